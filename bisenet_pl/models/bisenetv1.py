@@ -1,0 +1,160 @@
+"""BiSeNet V1 (Yu et al., ECCV 2018), as implemented by the reference CoinCheung/BiSeNet.
+
+Context path: a ResNet with attention refinement on its 1/16 and 1/32 features and a global
+average-pooled context, merged top-down by nearest upsampling and 3x3 convs. Spatial path:
+three stride-2 convs to 1/8. A feature fusion module joins the two. Following the reference
+release, the fusion attention is a 1x1 conv + BN (not the paper's two-layer MLP) and every
+classifier has a bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bisenet_pl.models.layers import ConvBNAct, SegmentHead, check_batch_size, resize_to
+from bisenet_pl.models.resnet import ResNet, ResNetName, load_backbone_weights
+
+#: Auxiliary head positions in forward-output order: the context path's 1/8 and 1/16 outputs.
+V1_AUX_POSITIONS: tuple[str, ...] = ("context8", "context16")
+
+
+class AttentionRefinement(nn.Module):
+    """3x3 ConvBNReLU, then channel attention from the pooled feature (1x1 conv + BN + sigmoid)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = ConvBNAct(in_channels, out_channels, 3)
+        self.attention = ConvBNAct(out_channels, out_channels, 1, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return x * torch.sigmoid(self.attention(x.mean(dim=(2, 3), keepdim=True)))
+
+
+class ContextPath(nn.Module):
+    """ResNet trunk with attention refinement and global context, merged top-down to 1/8."""
+
+    def __init__(self, backbone: ResNetName = "resnet18", channels: int = 128, in_channels: int = 3) -> None:
+        super().__init__()
+        self.backbone = ResNet(backbone, in_channels)
+        _, channels16, channels32 = self.backbone.feature_channels
+        self.refine16 = AttentionRefinement(channels16, channels)
+        self.refine32 = AttentionRefinement(channels32, channels)
+        self.global_context = ConvBNAct(channels32, channels, 1)
+        self.upsample32_conv = ConvBNAct(channels, channels, 3)
+        self.upsample16_conv = ConvBNAct(channels, channels, 3)
+        self.out_channels = channels
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the context features at 1/8 and 1/16."""
+        feat8, feat16, feat32 = self.backbone(x)
+        context = self.global_context(feat32.mean(dim=(2, 3), keepdim=True))
+        up32 = resize_to(self.refine32(feat32) + context, feat16.shape[-2:], mode="nearest")
+        context16 = self.upsample32_conv(up32)
+        up16 = resize_to(self.refine16(feat16) + context16, feat8.shape[-2:], mode="nearest")
+        context8 = self.upsample16_conv(up16)
+        return context8, context16
+
+
+class SpatialPath(nn.Module):
+    """Three stride-2 convs (7x7, 3x3, 3x3) to 1/8, then a 1x1 projection."""
+
+    def __init__(self, in_channels: int = 3, channels: int = 64, out_channels: int = 128) -> None:
+        super().__init__()
+        self.conv1 = ConvBNAct(in_channels, channels, 7, stride=2)
+        self.conv2 = ConvBNAct(channels, channels, 3, stride=2)
+        self.conv3 = ConvBNAct(channels, channels, 3, stride=2)
+        self.project = ConvBNAct(channels, out_channels, 1)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.conv3(self.conv2(self.conv1(x))))
+
+
+class FeatureFusion(nn.Module):
+    """Concatenate, 1x1 ConvBNReLU, then reweight channels by a pooled attention (residual)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.fuse = ConvBNAct(in_channels, out_channels, 1)
+        self.attention = ConvBNAct(out_channels, out_channels, 1, act=False)
+
+    def forward(self, spatial: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = self.fuse(torch.cat([spatial, context], dim=1))
+        return x + x * torch.sigmoid(self.attention(x.mean(dim=(2, 3), keepdim=True)))
+
+
+class BiSeNetV1(nn.Module):
+    """BiSeNet V1 for semantic segmentation.
+
+    Args:
+        num_classes: number of output classes.
+        backbone: context-path ResNet (``resnet18`` as the reference, or 34/50/101).
+        aux_heads: auxiliary heads to build, any of ``context8`` and ``context16`` (the
+            context path's 1/8 and 1/16 outputs); forward returns them in that order.
+        in_channels: input image channels.
+
+    ImageNet weights for the backbone are loaded explicitly, never in the constructor:
+    ``model.load_backbone_weights("imagenet" | path | url)``.
+
+    Forward returns ``(main, *aux)`` logits in training mode and the main logits alone in
+    eval mode; every output has the input's spatial size, whatever that size is.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: ResNetName = "resnet18",
+        aux_heads: Sequence[str] = V1_AUX_POSITIONS,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        unknown = set(aux_heads) - set(V1_AUX_POSITIONS)
+        if unknown:
+            raise ValueError(f"unknown BiSeNetV1 aux_heads {sorted(unknown)}; choose from {list(V1_AUX_POSITIONS)}")
+        self.num_classes = num_classes
+        self.context_path = ContextPath(backbone, in_channels=in_channels)
+        self.spatial_path = SpatialPath(in_channels)
+        fused_channels = self.spatial_path.out_channels + self.context_path.out_channels
+        self.fusion = FeatureFusion(fused_channels, fused_channels)
+        self.head = SegmentHead(fused_channels, 256, num_classes, dropout=0.0)
+        self.aux_heads = nn.ModuleDict(
+            {
+                name: SegmentHead(self.context_path.out_channels, 64, num_classes, dropout=0.0)
+                for name in V1_AUX_POSITIONS
+                if name in aux_heads
+            }
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reference's init outside the backbone: Kaiming-normal with a=1, zero biases."""
+        self.context_path.backbone.reset_parameters()
+        for name, module in self.named_modules():
+            if name.startswith("context_path.backbone"):
+                continue
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, a=1)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def load_backbone_weights(self, weights: str | Path) -> None:
+        """Load ImageNet ResNet weights: ``"imagenet"``, a local path or a URL."""
+        load_backbone_weights(self.context_path.backbone, weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        check_batch_size(x, self.context_path.global_context.bn, type(self).__name__)
+        size = x.shape[-2:]
+        context8, context16 = self.context_path(x)
+        logits = self.head(self.fusion(self.spatial_path(x), context8), size)
+        if not self.training:
+            return logits
+        features = {"context8": context8, "context16": context16}
+        return (logits, *(head(features[name], size) for name, head in self.aux_heads.items()))

@@ -1,0 +1,97 @@
+"""Building blocks shared by BiSeNet V1 and V2."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBNAct(nn.Sequential):
+    """Convolution without bias, BatchNorm, and (unless ``act=False``) ReLU.
+
+    Children are named ``conv``, ``bn`` and ``act`` so that every conv/BN pair in the
+    networks has the same, readable key layout.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+        )
+        self.bn = nn.BatchNorm2d(out_channels)
+        if act:
+            self.act = nn.ReLU(inplace=True)
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size, mode: str) -> torch.Tensor:
+    """Resample ``x`` to an exact spatial ``size``.
+
+    The reference upsamples by fixed factors, which only lines feature maps up when the
+    input is a multiple of 32. Resizing to the size of the tensor being joined works for
+    any input, and for power-of-two ratios it samples exactly the same points.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=tuple(size), mode="nearest")
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+class SegmentHead(nn.Module):
+    """3x3 conv-BN-ReLU, dropout, optional refinement, 1x1 classifier, bilinear resize.
+
+    With ``refine_channels`` set this is the reference's booster (auxiliary) head: the
+    features are upsampled x2 (nearest) and passed through one more 3x3 conv-BN-ReLU before
+    the classifier, so that the final bilinear upsampling covers a smaller factor.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        num_classes: int,
+        dropout: float = 0.1,
+        refine_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv = ConvBNAct(in_channels, mid_channels, 3)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if refine_channels is not None:
+            self.refine = ConvBNAct(mid_channels, refine_channels, 3)
+            classifier_in = refine_channels
+        else:
+            self.refine = None
+            classifier_in = mid_channels
+        self.classifier = nn.Conv2d(classifier_in, num_classes, kernel_size=1, bias=True)
+
+    def forward(self, x: torch.Tensor, output_size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        x = self.dropout(self.conv(x))
+        if self.refine is not None:
+            x = self.refine(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return resize_to(self.classifier(x), output_size, mode="bilinear")
+
+
+def check_batch_size(x: torch.Tensor, norm: nn.BatchNorm2d, network: str) -> None:
+    """Fail clearly where BatchNorm would fail obscurely on a 1x1 pooled map."""
+    if norm.training and x.shape[0] < 2:
+        raise ValueError(
+            f"{network} in training mode needs a batch of at least 2 images, got {x.shape[0]}: "
+            "its BatchNorm on the globally pooled (1x1) context map has a single value per "
+            "channel otherwise. Use a batch size >= 2 (and drop_last=True in the training "
+            "DataLoader), or call .eval() for inference."
+        )
