@@ -159,10 +159,13 @@ def load_backbone_weights(backbone: ResNet, weights: str | Path) -> None:
     """
     source = IMAGENET_URLS[backbone.name] if str(weights) == "imagenet" else weights
     state = {k.removeprefix("module."): v for k, v in read_state_dict(source).items() if not k.startswith(("fc.", "module.fc."))}
-    result = backbone.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    expected = backbone.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong_shape = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
         raise ValueError(
             f"{source} is not a torchvision-style {backbone.name} checkpoint: "
-            f"missing {result.missing_keys[:5]}{'...' if len(result.missing_keys) > 5 else ''}, "
-            f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shape[:3]}"
         )
+    backbone.load_state_dict(state, strict=True)

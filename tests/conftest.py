@@ -1,0 +1,52 @@
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Nothing in the tests may wait on a network.
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+SHARED = Path(os.environ.get("BISENET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
+REFERENCE_DIR = SHARED / "reference" / "coincheung"
+CAMVID_DIR = SHARED / "camvid"
+
+
+def reference_state_dict(keys_tsv: Path) -> dict[str, torch.Tensor]:
+    """Deterministic weights in the reference key layout, by the rule of the reference README."""
+    state = {}
+    for index, line in enumerate(keys_tsv.read_text().splitlines()[1:]):
+        key, shape_text, _ = line.split("\t")
+        shape = tuple(int(s) for s in shape_text.strip("()").split(",") if s.strip())
+        g = torch.Generator().manual_seed(index)
+        if key.endswith("num_batches_tracked"):
+            value = torch.zeros((), dtype=torch.long)
+        elif key.endswith("running_var"):
+            value = torch.rand(shape, generator=g) + 0.5
+        elif key.endswith("running_mean"):
+            value = torch.randn(shape, generator=g) * 0.1
+        elif len(shape) == 1 and key.endswith("weight"):
+            value = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        elif len(shape) == 1 and key.endswith("bias"):
+            value = 0.1 * torch.randn(shape, generator=g)
+        else:
+            value = torch.randn(shape, generator=g) * math.sqrt(2 / math.prod(shape[1:]))
+        state[key] = value
+    return state
+
+
+def eval_normalisation(model: torch.nn.Module) -> torch.nn.Module:
+    """Training mode (aux heads on) with BatchNorm and Dropout in eval mode, as the reference outputs were made."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout)):
+            module.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip(f"reference outputs not found at {REFERENCE_DIR}")
+    return REFERENCE_DIR
