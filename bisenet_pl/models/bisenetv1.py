@@ -105,6 +105,9 @@ class BiSeNetV1(nn.Module):
     eval mode; every output has the input's spatial size, whatever that size is.
     """
 
+    #: Modules trained at the head learning rate (10x in the reference recipe, fusion included).
+    head_modules: tuple[str, ...] = ("fusion", "head", "aux_heads")
+
     def __init__(
         self,
         num_classes: int,

@@ -191,6 +191,9 @@ class BiSeNetV2(nn.Module):
     eval mode; every output has the input's spatial size, whatever that size is.
     """
 
+    #: Modules trained at the head learning rate (10x in the reference recipe).
+    head_modules: tuple[str, ...] = ("head", "aux_heads")
+
     def __init__(
         self,
         num_classes: int,

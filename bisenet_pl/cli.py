@@ -1,0 +1,110 @@
+"""The ``bisenet-pl`` command: Lightning's fit/validate/test/predict, plus dataset tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from bisenet_pl.data import SegmentationDataModule, dataset_statistics
+from bisenet_pl.data.base import DataError
+from bisenet_pl.models import convert_coincheung_state_dict
+from bisenet_pl.models.resnet import read_state_dict
+from bisenet_pl.module import SegmentationModule
+
+TOOLS_HELP = """\
+Other commands:
+  bisenet-pl stats --config CONFIG [--split train]   dataset statistics (sizes, class shares, mean/std, weights)
+  bisenet-pl convert REFERENCE.pth OUTPUT.pth         convert a CoinCheung/BiSeNet checkpoint to this layout
+"""
+
+
+class BiSeNetCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The dataset decides these; the model never has them typed a second time.
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        # Callbacks every run has, configurable as --checkpoint.* and --lr_monitor.*.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/mIoU",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-{epoch:03d}-{step:06d}",
+                "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.save_last": True,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+
+
+def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
+    return BiSeNetCLI(
+        SegmentationModule,
+        SegmentationDataModule,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"epilog": TOOLS_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter},
+    )
+
+
+def stats_command(args: list[str]) -> None:
+    """``bisenet-pl stats``: statistics of one split of the configured dataset."""
+    split = "train"
+    if "--split" in args:
+        index = args.index("--split")
+        split = args[index + 1] if index + 1 < len(args) else ""
+        del args[index : index + 2]
+    if split not in ("train", "val", "test"):
+        raise SystemExit("bisenet-pl stats: --split must be train, val or test")
+    cli = build_cli(["fit", *args], run=False) if args and args[0] not in ("-h", "--help") else None
+    if cli is None:
+        print("usage: bisenet-pl stats --config CONFIG [--data.root PATH] [--split train|val|test]")
+        return
+    datamodule = cli.datamodule
+    datamodule.prepare_data()
+    stats = dataset_statistics(datamodule.dataset(split), datamodule.class_names)
+    print(f"{type(datamodule).__name__} {split} split at {datamodule.root}")
+    print(stats.format())
+    print(f"class_weights (median frequency): [{', '.join(f'{w:.4f}' for w in stats.median_frequency_weights())}]")
+
+
+def convert_command(args: list[str]) -> None:
+    """``bisenet-pl convert``: a CoinCheung/BiSeNet state dict in this package's layout."""
+    parser = argparse.ArgumentParser(prog="bisenet-pl convert", description=convert_command.__doc__)
+    parser.add_argument("reference", help="CoinCheung/BiSeNet .pth file (or URL)")
+    parser.add_argument("output", type=Path, help="where to write the converted state dict")
+    options = parser.parse_args(args)
+    state = convert_coincheung_state_dict(read_state_dict(options.reference))
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = options.output.with_name(options.output.name + ".part")
+    torch.save(state, temporary)
+    temporary.replace(options.output)
+    print(f"wrote {len(state)} tensors to {options.output}")
+
+
+TOOLS = {"stats": stats_command, "convert": convert_command}
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv and argv[0] in TOOLS:
+            TOOLS[argv[0]](argv[1:])
+        else:
+            build_cli(args)  # None: LightningCLI reads sys.argv itself
+    except (DataError, FileNotFoundError) as error:
+        raise SystemExit(f"bisenet-pl: error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

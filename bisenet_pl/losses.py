@@ -1,0 +1,119 @@
+"""Segmentation losses: cross-entropy, OHEM cross-entropy (as the reference), Dice.
+
+Every loss is computed in float32 whatever the autocast dtype, so it is safe under AMP.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LossName = Literal["ce", "ohem", "dice", "ce+dice", "ohem+dice"]
+
+
+def _zero_like_graph(logits: torch.Tensor) -> torch.Tensor:
+    """A zero loss that still reaches every parameter (DDP needs a gradient for each)."""
+    return logits.float().sum() * 0.0
+
+
+class CrossEntropy(nn.Module):
+    def __init__(self, ignore_index: int = 255, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.register_buffer("weight", weight, persistent=False)
+
+    def pixel_losses(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index, reduction="none")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not (target != self.ignore_index).any():
+            return _zero_like_graph(logits)
+        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index)
+
+
+class OhemCrossEntropy(CrossEntropy):
+    """Online hard example mining: average the pixel losses above ``-log(threshold)`` (pixels
+    predicted with probability below ``threshold``), and at least the hardest
+    ``min_kept_fraction`` of the batch's valid pixels. Ignored pixels are never selected.
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        threshold: float = 0.7,
+        min_kept_fraction: float = 1 / 16,
+        weight: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(ignore_index, weight)
+        if not 0 < threshold < 1:
+            raise ValueError(f"OHEM threshold is a probability in (0, 1); got {threshold}")
+        self.loss_threshold = -math.log(threshold)
+        self.min_kept_fraction = min_kept_fraction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target != self.ignore_index
+        losses = self.pixel_losses(logits, target)[valid]
+        if losses.numel() == 0:
+            return _zero_like_graph(logits)
+        min_kept = int(losses.numel() * self.min_kept_fraction)
+        hard = losses[losses > self.loss_threshold]
+        if hard.numel() < min_kept:
+            hard = losses.topk(min_kept).values
+        if hard.numel() == 0:
+            return _zero_like_graph(logits)
+        return hard.mean()
+
+
+class DiceLoss(nn.Module):
+    """Soft multi-class Dice on softmax probabilities over the batch, ignored pixels excluded,
+    averaged over all classes (one absent from both labels and predictions scores 1)."""
+
+    def __init__(self, ignore_index: int = 255, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        num_classes = logits.shape[1]
+        valid = (target != self.ignore_index).unsqueeze(1)
+        probs = logits.float().softmax(dim=1) * valid
+        one_hot = F.one_hot(target.masked_fill(~valid.squeeze(1), 0), num_classes).permute(0, 3, 1, 2) * valid
+        dims = (0, 2, 3)
+        intersection = (probs * one_hot).sum(dims)
+        cardinality = probs.sum(dims) + one_hot.sum(dims)
+        dice = (2 * intersection + self.smooth) / (cardinality + self.smooth)
+        return 1.0 - dice.mean()
+
+
+class SumOfLosses(nn.Module):
+    def __init__(self, *losses: nn.Module) -> None:
+        super().__init__()
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(loss(logits, target) for loss in self.losses)
+
+
+def build_loss(
+    name: LossName,
+    ignore_index: int = 255,
+    ohem_threshold: float = 0.7,
+    ohem_min_kept_fraction: float = 1 / 16,
+    class_weights: torch.Tensor | None = None,
+) -> nn.Module:
+    """The named loss; ``a+b`` sums two of them. Class weights apply to the cross-entropy part."""
+    parts = {
+        "ce": lambda: CrossEntropy(ignore_index, class_weights),
+        "ohem": lambda: OhemCrossEntropy(ignore_index, ohem_threshold, ohem_min_kept_fraction, class_weights),
+        "dice": lambda: DiceLoss(ignore_index),
+    }
+    names = name.split("+")
+    unknown = [n for n in names if n not in parts]
+    if unknown:
+        raise ValueError(f"unknown loss {name!r}; choose from ce, ohem, dice, ce+dice, ohem+dice")
+    losses = [parts[n]() for n in names]
+    return losses[0] if len(losses) == 1 else SumOfLosses(*losses)

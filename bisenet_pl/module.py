@@ -1,0 +1,292 @@
+"""The LightningModule: a BiSeNet network, its main and auxiliary losses, metrics, optimiser."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
+
+from bisenet_pl.losses import LossName, build_loss
+from bisenet_pl.models import BiSeNetV2, convert_coincheung_state_dict, detect_coincheung_architecture
+from bisenet_pl.models.resnet import read_state_dict
+
+
+class WarmupPolyLR:
+    """LR factor per step: exponential warm-up from ``warmup_ratio`` to 1 over ``warmup_steps``,
+    then poly(``power``) decay to 0 at ``total_steps`` (the reference's WarmupPolyLrScheduler).
+
+    A callable object rather than a lambda so that it is saved with the scheduler state.
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int = 1000, warmup_ratio: float = 0.1, power: float = 0.9) -> None:
+        self.total_steps = max(1, total_steps)
+        self.warmup_steps = min(warmup_steps, self.total_steps - 1) if self.total_steps > 1 else 0
+        self.warmup_ratio = warmup_ratio
+        self.power = power
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.warmup_ratio ** (1 - step / self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return max(0.0, 1 - progress) ** self.power
+
+
+class SegmentationModule(L.LightningModule):
+    """BiSeNet training and evaluation.
+
+    Args:
+        net: the network class (``bisenet_pl.models.BiSeNetV2`` or ``BiSeNetV1``) with its
+            options; it is called with ``num_classes``.
+        num_classes: number of classes (linked from the DataModule by the CLI).
+        ignore_index: label of ignored pixels (linked from the DataModule).
+        class_names: class names for per-class metrics (linked from the DataModule).
+        loss: ``ce``, ``ohem`` (the reference), ``dice``, or a sum such as ``ohem+dice``.
+        ohem_threshold: OHEM keeps pixels predicted below this probability.
+        ohem_min_kept_fraction: OHEM keeps at least this share of the valid pixels.
+        class_weights: per-class cross-entropy weights (e.g. median-frequency weights from
+            ``bisenet-pl stats``).
+        aux_weights: weight of each auxiliary head's loss, one number for all or one per head
+            (in the network's head order). A head with weight 0 is removed and never computed.
+        lr: base learning rate (SGD).
+        momentum: SGD momentum.
+        weight_decay: weight decay, not applied to BatchNorm parameters and biases.
+        head_lr_multiplier: learning-rate factor of the heads (the network's ``head_modules``).
+        warmup_steps: exponential warm-up steps.
+        warmup_ratio: learning-rate factor at the first step.
+        poly_power: power of the poly decay over ``trainer.estimated_stepping_batches``.
+        pretrained: initial weights: a checkpoint of this project, a network state dict, or a
+            CoinCheung/BiSeNet ``.pth`` (converted). Classifiers of another class count are
+            re-initialised.
+        backbone_weights: BiSeNetV1 only: ImageNet ResNet weights for training,
+            ``imagenet`` (torchvision's, downloaded once), a path or a URL.
+        compile: ``torch.compile`` the network.
+        channels_last: run the network in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        net: Callable[[int], nn.Module] = BiSeNetV2,
+        num_classes: int = 19,
+        ignore_index: int = 255,
+        class_names: list[str] | None = None,
+        loss: LossName = "ohem",
+        ohem_threshold: float = 0.7,
+        ohem_min_kept_fraction: float = 1 / 16,
+        class_weights: list[float] | None = None,
+        aux_weights: float | list[float] = 1.0,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        head_lr_multiplier: float = 10.0,
+        warmup_steps: int = 1000,
+        warmup_ratio: float = 0.1,
+        poly_power: float = 0.9,
+        pretrained: str | None = None,
+        backbone_weights: str | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net(num_classes)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"model.class_names has {len(self.class_names)} names for {num_classes} classes")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.criterion = build_loss(loss, ignore_index, ohem_threshold, ohem_min_kept_fraction, weights)
+        self.aux_weights = self._prune_aux_heads(aux_weights)
+        metrics = MetricCollection(
+            {
+                "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index),
+                "IoU": MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index),
+                "pixel_accuracy": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index),
+                "confusion_matrix": MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        #: The last epoch's confusion matrix per stage (rows: target, columns: prediction).
+        self.confusion_matrices: dict[str, torch.Tensor] = {}
+        self._weights_loaded = False
+
+    def _prune_aux_heads(self, aux_weights: float | Sequence[float]) -> list[float]:
+        """Match weights to the network's aux heads; drop zero-weight heads entirely."""
+        heads = getattr(self.net, "aux_heads", nn.ModuleDict())
+        names = list(heads)
+        weights = [float(aux_weights)] * len(names) if isinstance(aux_weights, (int, float)) else list(aux_weights)
+        if len(weights) != len(names):
+            raise ValueError(f"model.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}")
+        for name, weight in zip(names, weights):
+            if weight == 0:
+                del heads[name]
+        return [w for w in weights if w != 0]
+
+    # Weights.
+    def prepare_data(self) -> None:
+        # Download remote weights once per node (rank 0) into the torch.hub cache.
+        for source in (self.hparams.pretrained, self.hparams.backbone_weights):
+            if source and (source == "imagenet" or "://" in source):
+                if source == "imagenet":
+                    from bisenet_pl.models.resnet import IMAGENET_URLS
+
+                    source = IMAGENET_URLS[self.net.context_path.backbone.name]
+                read_state_dict(source)
+
+    def setup(self, stage: str) -> None:
+        if self._weights_loaded:
+            return
+        self._weights_loaded = True
+        if self.hparams.backbone_weights and stage == "fit" and not self.hparams.pretrained:
+            if not hasattr(self.net, "load_backbone_weights"):
+                raise ValueError(f"model.backbone_weights is for BiSeNetV1; {type(self.net).__name__} has no ImageNet backbone")
+            self.net.load_backbone_weights(self.hparams.backbone_weights)
+            rank_zero_info(f"Loaded backbone weights from {self.hparams.backbone_weights}")
+        if self.hparams.pretrained:
+            self.load_pretrained(self.hparams.pretrained)
+
+    def load_pretrained(self, source: str | Path) -> None:
+        """Initialise the network from a checkpoint of ours, a state dict, or a CoinCheung .pth."""
+        state = read_state_dict(source)
+        if any(key.startswith("net.") for key in state):  # a LightningModule checkpoint
+            state = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
+        else:
+            try:
+                detect_coincheung_architecture(state)
+            except ValueError:
+                pass
+            else:
+                state = convert_coincheung_state_dict(state)
+        own = self.net.state_dict()
+        state = {key.removeprefix("_orig_mod."): value for key, value in state.items()}
+        reinitialised = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+        skipped = sorted(state.keys() - own.keys())  # e.g. aux heads this run does not build
+        missing = sorted(own.keys() - state.keys())
+        if reinitialised and not all(".classifier." in k or k.startswith("head.classifier") for k in reinitialised):
+            raise ValueError(f"{source} does not fit this network: shapes differ for {reinitialised[:5]}")
+        if [k for k in missing if ".classifier." not in k and not k.startswith("aux_heads.")]:
+            raise ValueError(f"{source} does not fit this network: missing {missing[:5]}")
+        self.net.load_state_dict({k: v for k, v in state.items() if k in own and k not in reinitialised}, strict=False)
+        rank_zero_info(f"Loaded pretrained weights from {source}")
+        if reinitialised:
+            rank_zero_info(
+                f"Re-initialised classifier layers for {self.num_classes} classes (the checkpoint has "
+                f"{state[reinitialised[0]].shape[0]}): {', '.join(reinitialised)}"
+            )
+        if skipped:
+            rank_zero_info(f"Ignored {len(skipped)} checkpoint tensors this network does not have (e.g. {skipped[0]})")
+        if missing:
+            rank_zero_info(f"Kept fresh initialisation for {len(missing)} tensors not in the checkpoint (e.g. {missing[0]})")
+
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.net.compile()
+            self._compiled = True
+
+    # Steps.
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images, masks = batch["image"], batch["mask"]
+        outputs = self(images)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        main_loss = self.criterion(outputs[0], masks)
+        loss = main_loss
+        for name, weight, logits in zip(self.net.aux_heads, self.aux_weights, outputs[1:]):
+            aux_loss = self.criterion(logits, masks)
+            self.log(f"train/loss_aux_{name}", aux_loss, batch_size=images.shape[0])
+            loss = loss + weight * aux_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}: lower model.lr, "
+                "use precision 32 or bf16-mixed instead of 16-mixed, or check the data for corrupt images"
+            )
+        self.log("train/loss_main", main_loss, batch_size=images.shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def _evaluation_step(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
+        logits = self(batch["image"])
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        loss = self.criterion(logits, batch["mask"])
+        self.log(f"{stage}/loss", loss, batch_size=logits.shape[0], sync_dist=True)
+        metrics.update(logits.argmax(dim=1), batch["mask"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        logits = self(batch["image"])
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return {"prediction": logits.argmax(dim=1), "path": batch["path"]}
+
+    def _log_epoch_metrics(self, metrics: MetricCollection, stage: str) -> dict[str, float]:
+        results = metrics.compute()
+        metrics.reset()
+        self.confusion_matrices[stage] = results.pop(f"{stage}/confusion_matrix").cpu()
+        per_class = results.pop(f"{stage}/IoU")
+        scalars = {key: value for key, value in results.items()}
+        scalars.update({f"{stage}/IoU/{name}": iou for name, iou in zip(self.class_names, per_class)})
+        self.log_dict(scalars)
+        return {key: float(value) for key, value in scalars.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        results = self._log_epoch_metrics(self.test_metrics, "test")
+        if self.trainer.is_global_zero:
+            print(format_iou_table(self.class_names, results, "test"))
+
+    # Optimisation.
+    def configure_optimizers(self):
+        hp = self.hparams
+        head_names = tuple(getattr(self.net, "head_modules", ("head", "aux_heads")))
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(h, d): [] for h in (False, True) for d in (False, True)}
+        for name, param in self.net.named_parameters():
+            if not param.requires_grad:
+                continue
+            is_head = name.removeprefix("_orig_mod.").split(".", 1)[0] in head_names
+            decays = param.ndim > 1  # no decay on BatchNorm parameters and biases
+            groups[(is_head, decays)].append(param)
+        param_groups = [
+            {
+                "params": params,
+                "lr": hp.lr * (hp.head_lr_multiplier if is_head else 1.0),
+                "weight_decay": hp.weight_decay if decays else 0.0,
+                "name": f"{'head' if is_head else 'body'}{'' if decays else '_no_decay'}",
+            }
+            for (is_head, decays), params in groups.items()
+            if params
+        ]
+        optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        schedule = WarmupPolyLR(self.trainer.estimated_stepping_batches, hp.warmup_steps, hp.warmup_ratio, hp.poly_power)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def format_iou_table(class_names: Sequence[str], results: dict[str, float], stage: str) -> str:
+    """A per-class IoU table with mIoU and pixel accuracy, for the console."""
+    width = max(len(name) for name in class_names) + 2
+    lines = [f"{'class':<{width}}{'IoU':>8}", "-" * (width + 8)]
+    lines += [f"{name:<{width}}{100 * results[f'{stage}/IoU/{name}']:>8.2f}" for name in class_names]
+    lines += ["-" * (width + 8), f"{'mIoU':<{width}}{100 * results[f'{stage}/mIoU']:>8.2f}"]
+    lines.append(f"{'pixel accuracy':<{width}}{100 * results[f'{stage}/pixel_accuracy']:>8.2f}")
+    return "\n".join(lines)
