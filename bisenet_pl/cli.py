@@ -50,6 +50,8 @@ def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
         SegmentationModule,
         SegmentationDataModule,
         subclass_mode_data=True,
+        # The optimiser and schedule are the model's (the reference recipe), set as model options.
+        auto_configure_optimizers=False,
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
@@ -66,7 +68,7 @@ def stats_command(args: list[str]) -> None:
         del args[index : index + 2]
     if split not in ("train", "val", "test"):
         raise SystemExit("bisenet-pl stats: --split must be train, val or test")
-    cli = build_cli(["fit", *args], run=False) if args and args[0] not in ("-h", "--help") else None
+    cli = build_cli(args, run=False) if args and args[0] not in ("-h", "--help") else None
     if cli is None:
         print("usage: bisenet-pl stats --config CONFIG [--data.root PATH] [--split train|val|test]")
         return

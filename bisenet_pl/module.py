@@ -13,7 +13,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
 from bisenet_pl.losses import LossName, build_loss
-from bisenet_pl.models import BiSeNetV2, convert_coincheung_state_dict, detect_coincheung_architecture
+from bisenet_pl.models import convert_coincheung_state_dict, detect_coincheung_architecture
 from bisenet_pl.models.resnet import read_state_dict
 
 
@@ -42,7 +42,8 @@ class SegmentationModule(L.LightningModule):
 
     Args:
         net: the network class (``bisenet_pl.models.BiSeNetV2`` or ``BiSeNetV1``) with its
-            options; it is called with ``num_classes``.
+            options; it is called with ``num_classes``. No default: a default class would lend
+            its options to another class chosen in YAML.
         num_classes: number of classes (linked from the DataModule by the CLI).
         ignore_index: label of ignored pixels (linked from the DataModule).
         class_names: class names for per-class metrics (linked from the DataModule).
@@ -71,7 +72,7 @@ class SegmentationModule(L.LightningModule):
 
     def __init__(
         self,
-        net: Callable[[int], nn.Module] = BiSeNetV2,
+        net: Callable[[int], nn.Module],
         num_classes: int = 19,
         ignore_index: int = 255,
         class_names: list[str] | None = None,
@@ -248,7 +249,13 @@ class SegmentationModule(L.LightningModule):
         return {key: float(value) for key, value in scalars.items()}
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics(self.val_metrics, "val")
+        results = self._log_epoch_metrics(self.val_metrics, "val")
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            print(
+                f"Validation at step {self.global_step}: mIoU {100 * results['val/mIoU']:.2f}, "
+                f"pixel accuracy {100 * results['val/pixel_accuracy']:.2f}",
+                flush=True,
+            )
 
     def on_test_epoch_end(self) -> None:
         results = self._log_epoch_metrics(self.test_metrics, "test")

@@ -1,0 +1,101 @@
+"""Tiny synthetic datasets in each supported on-disk layout."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SIZE = (48, 64)  # height, width
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def write_gray(path: Path, values: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), values.astype(np.uint8))
+
+
+def block_label(rng: np.random.Generator, values: list[int], size=SIZE, block: int = 8) -> np.ndarray:
+    """A label of constant 8x8 blocks, so that resampling keeps it meaningful."""
+    h, w = size
+    coarse = rng.choice(values, size=(h // block, w // block))
+    return np.kron(coarse, np.ones((block, block), dtype=np.int64)).astype(np.uint8)
+
+
+def image_for(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An RGB image whose colour encodes the label (20 grey levels per class) plus noise."""
+    base = (label.astype(np.int16) * 20) % 250
+    noise = rng.integers(0, 4, size=label.shape)
+    return np.repeat((base + noise).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def make_camvid_segnet(root: Path, counts: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """SegNet layout: split/ and splitannot/ with values 0..10 and void 11."""
+    rng = np.random.default_rng(seed)
+    for split, count in (counts or {"train": 4, "val": 2, "test": 2}).items():
+        for index in range(count):
+            label = block_label(rng, list(range(12)))
+            name = f"0001TP_{index:06d}.png"
+            write_rgb(root / split / name, image_for(label, rng))
+            write_gray(root / f"{split}annot" / name, label)
+    # The real release's list files hold absolute paths that exist nowhere; they must not matter.
+    (root / "train.txt").write_text("/SegNet/CamVid/train/missing.png /SegNet/CamVid/trainannot/missing.png\n")
+    return root
+
+
+CAMVID_COLOURS = {  # a few of the 32 classes of class_dict.csv
+    "Sky": (128, 128, 128),
+    "Wall": (64, 192, 0),
+    "Road": (128, 64, 128),
+    "LaneMkgsDriv": (128, 0, 192),
+    "Child": (64, 128, 64),
+    "Void": (0, 0, 0),
+}
+
+
+def make_camvid_colour(root: Path, counts: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """The 32-class colour layout: split/, split_labels/*_L.png RGB, class_dict.csv."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "class_dict.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "r", "g", "b"])
+        for name, (r, g, b) in CAMVID_COLOURS.items():
+            writer.writerow([name, r, g, b])
+    colours = np.array(list(CAMVID_COLOURS.values()), dtype=np.uint8)
+    for split, count in (counts or {"train": 3, "val": 2}).items():
+        for index in range(count):
+            which = block_label(rng, list(range(len(colours))))
+            write_rgb(root / split / f"0016E5_{index:05d}.png", image_for(which, rng))
+            write_rgb(root / f"{split}_labels" / f"0016E5_{index:05d}_L.png", colours[which])
+    return root
+
+
+def make_cityscapes(root: Path, counts: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """Official layout with labelIds 0..33."""
+    rng = np.random.default_rng(seed)
+    for split, count in (counts or {"train": 3, "val": 2}).items():
+        for index in range(count):
+            city = ["aachen", "bremen"][index % 2]
+            stem = f"{city}_{index:06d}_000019"
+            label = block_label(rng, list(range(34)))
+            write_rgb(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", image_for(label, rng))
+            write_gray(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
+    return root
+
+
+def make_folder(root: Path, num_classes: int = 3, ignore_value: int = 255, counts=None, seed: int = 0) -> Path:
+    """images/<split>/*.jpg with masks/<split>/*.png."""
+    rng = np.random.default_rng(seed)
+    for split, count in (counts or {"train": 3, "val": 2}).items():
+        for index in range(count):
+            label = block_label(rng, list(range(num_classes)) + [ignore_value])
+            write_rgb(root / "images" / split / f"img{index}.jpg", image_for(label, rng))
+            write_gray(root / "masks" / split / f"img{index}.png", label)
+    return root

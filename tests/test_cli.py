@@ -1,0 +1,112 @@
+"""The ``bisenet-pl`` console script, run as a user runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import reference_state_dict
+from synthetic import make_camvid_segnet, make_cityscapes, make_folder
+
+from bisenet_pl.models import BiSeNetV2, ResNet
+from bisenet_pl.models.resnet import IMAGENET_URLS
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).with_name("bisenet-pl")
+CPU = [
+    "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32",
+    "--data.batch_size=2", "--data.num_workers=0", "--data.crop_size=[32,48]", "--data.val_batch_size=1",
+    "--progress_bar.refresh_rate=0",
+]  # fmt: skip
+DATASETS = {
+    "camvid.yaml": make_camvid_segnet,
+    "camvid_bisenetv1.yaml": make_camvid_segnet,
+    "cityscapes.yaml": make_cityscapes,
+    "cityscapes_bisenetv1.yaml": make_cityscapes,
+    "folder.yaml": lambda root: make_folder(root, num_classes=2, ignore_value=255),
+}
+
+
+def run(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = os.environ | {"WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"} | (env or {})
+    return subprocess.run([str(SCRIPT), *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def imagenet_cache(tmp_path):
+    """A torch.hub cache already holding 'torchvision's ResNet-18', so nothing is downloaded."""
+    torch_home = tmp_path / "torch_home"
+    checkpoints = torch_home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    state = ResNet("resnet18").state_dict() | {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
+    torch.save(state, checkpoints / IMAGENET_URLS["resnet18"].rsplit("/", 1)[1])
+    return {"TORCH_HOME": str(torch_home)}
+
+
+def test_configs_are_the_documented_set():
+    assert sorted(p.name for p in (REPO / "configs").glob("*.yaml")) == sorted(DATASETS)
+
+
+@pytest.mark.parametrize("config", sorted(DATASETS))
+def test_every_config_fits_through_the_console_script(tmp_path, config, imagenet_cache):
+    root = DATASETS[config](tmp_path / "data")
+    result = run(
+        "fit", "--config", str(REPO / "configs" / config), f"--data.root={root}", "--trainer.fast_dev_run=true", *CPU,
+        cwd=tmp_path, env=imagenet_cache,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "`Trainer.fit` stopped" in result.stdout + result.stderr
+
+
+def test_fit_then_test_prints_per_class_iou(tmp_path):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    config = str(REPO / "configs" / "camvid.yaml")
+    common = [f"--data.root={root}", *CPU, f"--trainer.default_root_dir={tmp_path / 'out'}", f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"]
+    fitted = run("fit", "--config", config, *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2", cwd=tmp_path)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    checkpoints = sorted((tmp_path / "out").rglob("*.ckpt"))
+    assert {p.name for p in checkpoints} >= {"last.ckpt"} and any(p.name.startswith("best-") for p in checkpoints)
+    hparams = next((tmp_path / "out").rglob("hparams.yaml")).read_text()
+    assert "num_classes: 11" in hparams and "ignore_index: 255" in hparams  # linked from the DataModule
+    assert "Validation at step 2: mIoU" in fitted.stdout
+    last = str(next(p for p in checkpoints if p.name == "last.ckpt"))
+    tested = run("test", "--config", config, *common, f"--ckpt_path={last}", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    for name in ("Sky", "Bicyclist", "mIoU", "pixel accuracy"):
+        assert name in tested.stdout
+    validated = run("validate", "--config", config, *common, f"--ckpt_path={last}", "--data.test_split=val", cwd=tmp_path)
+    assert validated.returncode == 0, validated.stderr[-3000:]
+    assert "val/mIoU" in validated.stdout
+
+
+def test_help_and_print_config(tmp_path):
+    helped = run("--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "fit" in helped.stdout and "bisenet-pl stats" in helped.stdout
+    printed = run("fit", "--config", str(REPO / "configs" / "camvid.yaml"), "--data.batch_size=8", "--print_config", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert "class_path: bisenet_pl.data.CamVidDataModule" in printed.stdout and "batch_size: 8" in printed.stdout
+
+
+def test_bad_options_and_missing_data_are_one_clear_line(tmp_path):
+    config = str(REPO / "configs" / "camvid.yaml")
+    unknown = run("fit", "--config", config, "--model.learning_rate=0.1", cwd=tmp_path)
+    assert unknown.returncode != 0 and "learning_rate" in unknown.stderr
+    missing = run("fit", "--config", config, f"--data.root={tmp_path / 'nowhere'}", *CPU, cwd=tmp_path)
+    assert missing.returncode != 0
+    assert "CamVid not found at" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_stats_command(tmp_path):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    result = run("stats", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", "--split", "val", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "images: 2" in result.stdout and "Bicyclist" in result.stdout and "class_weights" in result.stdout
+
+
+def test_convert_command(tmp_path, reference_dir):
+    torch.save(reference_state_dict(reference_dir / "bisenetv2_state_dict_keys.tsv"), tmp_path / "reference.pth")
+    result = run("convert", str(tmp_path / "reference.pth"), str(tmp_path / "ours.pth"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    BiSeNetV2(num_classes=19).load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True), strict=True)

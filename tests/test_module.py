@@ -1,0 +1,142 @@
+"""The LightningModule: metrics, optimiser, schedule, aux heads, pretrained weights, precision."""
+
+import functools
+import logging
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import reference_state_dict
+from synthetic import make_folder
+
+from bisenet_pl.data import FolderDataModule
+from bisenet_pl.models import BiSeNetV1, BiSeNetV2
+from bisenet_pl.module import SegmentationModule, WarmupPolyLR
+
+
+def numpy_scores(preds: np.ndarray, target: np.ndarray, num_classes: int, ignore: int):
+    valid = target != ignore
+    confusion = np.bincount(num_classes * target[valid] + preds[valid], minlength=num_classes**2).reshape(num_classes, -1)
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = intersection / union
+    return np.nanmean(iou), iou, intersection.sum() / confusion.sum(), confusion
+
+
+def test_metrics_equal_numpy_confusion_matrix_miou():
+    module = SegmentationModule(net=BiSeNetV2, num_classes=5, ignore_index=255, class_names=list("abcde"))
+    rng = np.random.default_rng(0)
+    all_preds, all_targets = [], []
+    for _ in range(4):  # accumulated over the whole set, not averaged per batch
+        target = rng.integers(0, 4, size=(2, 16, 16))  # class 4 never appears in targets...
+        target[rng.random(target.shape) < 0.1] = 255
+        preds = np.where(rng.random(target.shape) < 0.6, np.clip(target, 0, 3), rng.integers(0, 4, size=target.shape))
+        module.val_metrics.update(torch.tensor(preds), torch.tensor(target))  # ...nor in predictions
+        all_preds.append(preds.ravel())
+        all_targets.append(target.ravel())
+    results = module.val_metrics.compute()
+    miou, iou, accuracy, confusion = numpy_scores(np.concatenate(all_preds), np.concatenate(all_targets), 5, 255)
+    assert results["val/mIoU"].item() == pytest.approx(miou, abs=1e-6)  # absent class 4 excluded
+    assert np.allclose(results["val/IoU"][:4].numpy(), iou[:4])
+    assert results["val/pixel_accuracy"].item() == pytest.approx(accuracy, abs=1e-6)
+    assert np.array_equal(results["val/confusion_matrix"].numpy(), confusion)
+
+
+def test_warmup_poly_schedule():
+    schedule = WarmupPolyLR(total_steps=1000, warmup_steps=100, warmup_ratio=0.1, power=0.9)
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(50) == pytest.approx(0.1**0.5)  # exponential warm-up
+    assert schedule(100) == pytest.approx(1.0)
+    assert schedule(550) == pytest.approx(0.5**0.9)
+    assert schedule(1000) == 0.0
+    values = [schedule(s) for s in range(1001)]
+    assert all(a <= b for a, b in zip(values[:100], values[1:101])) and all(a >= b for a, b in zip(values[100:], values[101:]))
+
+
+def tiny_datamodule(tmp_path, **kwargs):
+    root = make_folder(tmp_path / "folder", num_classes=3, counts={"train": 4, "val": 2})
+    options = dict(batch_size=2, num_workers=0, crop_size=(32, 48), val_batch_size=2) | kwargs
+    return FolderDataModule(root=str(root), num_classes=3, **options)
+
+
+def fit(module, datamodule, tmp_path, **trainer_kwargs):
+    options = dict(
+        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+    ) | trainer_kwargs  # fmt: skip
+    trainer = L.Trainer(**options)
+    trainer.fit(module, datamodule)
+    return trainer
+
+
+def test_optimiser_groups_and_lr_follow_the_reference(tmp_path):
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, lr=0.02, warmup_steps=2, weight_decay=1e-4)
+    trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=4)
+    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
+    assert set(groups) == {"body", "body_no_decay", "head", "head_no_decay"}
+    head_ids = {id(p) for name in ("head", "aux_heads") for p in getattr(module.net, name).parameters()}
+    for name, group in groups.items():
+        assert all((id(p) in head_ids) == name.startswith("head") for p in group["params"])
+        assert all((p.ndim > 1) == (not name.endswith("no_decay")) for p in group["params"])
+        assert group["weight_decay"] == (0.0 if name.endswith("no_decay") else 1e-4)
+        assert group["momentum"] == 0.9
+        base = 0.02 * (10 if name.startswith("head") else 1)
+        assert group["initial_lr"] == pytest.approx(base)
+        assert group["lr"] == pytest.approx(base * WarmupPolyLR(4, 2)(4))  # stepped every iteration
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(module.net.parameters()))
+
+
+def test_bisenetv1_fusion_trains_at_head_rate(tmp_path):
+    module = SegmentationModule(net=BiSeNetV1, num_classes=3)
+    trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
+    head_params = {id(p) for g in trainer.optimizers[0].param_groups if g["name"].startswith("head") for p in g["params"]}
+    assert {id(p) for p in module.net.fusion.parameters()} <= head_params
+
+
+def test_zero_aux_weight_removes_the_head(tmp_path):
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, aux_weights=[1.0, 0.0, 0.0, 0.5])
+    assert list(module.net.aux_heads) == ["stem", "stage5"] and module.aux_weights == [1.0, 0.5]
+    fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
+    none = SegmentationModule(net=BiSeNetV2, num_classes=3, aux_weights=0)
+    assert len(none.net.aux_heads) == 0
+    fit(none, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
+    no_heads = SegmentationModule(net=functools.partial(BiSeNetV2, aux_heads=[]), num_classes=3, aux_weights=[])
+    fit(no_heads, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
+    with pytest.raises(ValueError, match="aux_weights has 2 values for the network's 4 aux heads"):
+        SegmentationModule(net=BiSeNetV2, num_classes=3, aux_weights=[1.0, 1.0])
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_trains_and_validates(tmp_path, precision):
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, class_names=["a", "b", "c"], loss="ohem+dice")
+    trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=2, precision=precision, val_check_interval=2)
+    metrics = trainer.callback_metrics
+    assert 0 <= metrics["val/mIoU"] <= 1 and "val/IoU/b" in metrics and torch.isfinite(metrics["train/loss"])
+    assert module.confusion_matrices["val"].shape == (3, 3)
+
+
+def test_pretrained_coincheung_weights_to_other_classes(tmp_path, reference_dir, caplog):
+    state = reference_state_dict(reference_dir / "bisenetv2_state_dict_keys.tsv")
+    torch.save(state, tmp_path / "model_final_v2_city.pth")
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, pretrained=str(tmp_path / "model_final_v2_city.pth"))
+    with caplog.at_level(logging.INFO):
+        module.setup("fit")
+    converted = module.net.aggregation.fuse.conv.weight
+    assert torch.equal(converted, state["bga.conv.0.weight"])
+    assert module.net.head.classifier.weight.shape[0] == 3
+    assert "Re-initialised classifier layers for 3 classes (the checkpoint has 19)" in caplog.text
+    # Same class count: everything loads, classifiers included.
+    same = SegmentationModule(net=BiSeNetV2, num_classes=19, pretrained=str(tmp_path / "model_final_v2_city.pth"))
+    same.setup("validate")
+    assert torch.equal(same.net.head.classifier.weight, state["head.conv_out.1.weight"])
+    wrong = SegmentationModule(net=BiSeNetV1, num_classes=19, pretrained=str(tmp_path / "model_final_v2_city.pth"))
+    with pytest.raises(ValueError, match="does not fit this network"):
+        wrong.setup("fit")
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, lr=1e30, warmup_steps=0)
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step \d+: lower model.lr"):
+        fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=20)
