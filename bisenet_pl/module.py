@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from bisenet_pl.losses import LossName, build_loss
 from bisenet_pl.models import convert_coincheung_state_dict, detect_coincheung_architecture
-from bisenet_pl.models.resnet import read_state_dict
+from bisenet_pl.models.resnet import IMAGENET_URLS, read_state_dict
 
 
 class WarmupPolyLR:
@@ -136,11 +136,9 @@ class SegmentationModule(L.LightningModule):
     def prepare_data(self) -> None:
         # Download remote weights once per node (rank 0) into the torch.hub cache.
         for source in (self.hparams.pretrained, self.hparams.backbone_weights):
-            if source and (source == "imagenet" or "://" in source):
-                if source == "imagenet":
-                    from bisenet_pl.models.resnet import IMAGENET_URLS
-
-                    source = IMAGENET_URLS[self.net.context_path.backbone.name]
+            if source == "imagenet" and hasattr(self.net, "load_backbone_weights"):
+                source = IMAGENET_URLS[self.net.context_path.backbone.name]
+            if source and "://" in source:
                 read_state_dict(source)
 
     def setup(self, stage: str) -> None:
@@ -172,7 +170,7 @@ class SegmentationModule(L.LightningModule):
         reinitialised = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
         skipped = sorted(state.keys() - own.keys())  # e.g. aux heads this run does not build
         missing = sorted(own.keys() - state.keys())
-        if reinitialised and not all(".classifier." in k or k.startswith("head.classifier") for k in reinitialised):
+        if not all(".classifier." in k for k in reinitialised):
             raise ValueError(f"{source} does not fit this network: shapes differ for {reinitialised[:5]}")
         if [k for k in missing if ".classifier." not in k and not k.startswith("aux_heads.")]:
             raise ValueError(f"{source} does not fit this network: missing {missing[:5]}")
@@ -243,7 +241,7 @@ class SegmentationModule(L.LightningModule):
         metrics.reset()
         self.confusion_matrices[stage] = results.pop(f"{stage}/confusion_matrix").cpu()
         per_class = results.pop(f"{stage}/IoU")
-        scalars = {key: value for key, value in results.items()}
+        scalars = dict(results)
         scalars.update({f"{stage}/IoU/{name}": iou for name, iou in zip(self.class_names, per_class)})
         self.log_dict(scalars)
         return {key: float(value) for key, value in scalars.items()}

@@ -1,0 +1,298 @@
+"""The dataset and the DataModule base class every dataset shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bisenet_pl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    seed_worker_transforms,
+    to_tensors,
+    train_transform,
+)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+Sample = tuple[Path, Path | None]
+LabelMap = Callable[[np.ndarray], np.ndarray]
+
+
+class DataError(ValueError):
+    """A problem with the data on disk; the message names the file and what was expected."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image as RGB uint8 HxWx3 (grayscale and RGBA are converted)."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"cannot read image {path}: missing, unreadable or not an image")
+    if image.dtype != np.uint8:
+        raise DataError(f"image {path} has dtype {image.dtype}; expected 8-bit images")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: Path) -> np.ndarray:
+    """Read a label image as stored: HxW class ids, or HxWx3 RGB for colour-coded labels."""
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise DataError(f"cannot read label {path}: missing, unreadable or not an image")
+    if label.ndim == 3:
+        return cv2.cvtColor(label[..., :3], cv2.COLOR_BGR2RGB)
+    return label
+
+
+def lookup_table(classes: dict[int, int], void: Iterable[int], ignore_index: int) -> LabelMap:
+    """A strict label map: raw values in ``classes`` become their class, ``void`` values become
+    ``ignore_index``, and any other raw value is an error naming the values."""
+    table = np.full(256, -1, dtype=np.int16)
+    for raw in void:
+        table[raw] = ignore_index
+    for raw, target in classes.items():
+        table[raw] = target
+
+    def apply(label: np.ndarray) -> np.ndarray:
+        if label.ndim != 2:
+            raise DataError(f"has shape {label.shape}; expected a single-channel class-id image")
+        if label.dtype != np.uint8:
+            raise DataError(f"has dtype {label.dtype}; expected 8-bit class ids")
+        mapped = table[label]
+        if (mapped < 0).any():
+            bad = sorted(int(v) for v in np.unique(label[mapped < 0]))
+            expected = sorted(classes)
+            raise DataError(
+                f"holds values {bad[:10]} that are neither classes ({expected[0]}..{expected[-1]}) "
+                f"nor void ({sorted(set(void))[:5]})"
+            )
+        return mapped.astype(np.uint8)
+
+    return apply
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def pair_by_stem(
+    image_dir: Path, label_dir: Path, label_suffix: str = "", image_suffix: str = ""
+) -> list[Sample]:
+    """Pair ``image_dir/<stem><image_suffix>.*`` with ``label_dir/<stem><label_suffix>.*``.
+
+    Raise :class:`DataError` naming the files that have no partner.
+    """
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise DataError(f"folder {folder} does not exist")
+    images = {p.stem.removesuffix(image_suffix): p for p in list_images(image_dir)}
+    labels = {p.stem.removesuffix(label_suffix): p for p in list_images(label_dir)}
+    if not images:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+    lonely_images = sorted(images.keys() - labels.keys())
+    lonely_labels = sorted(labels.keys() - images.keys())
+    if lonely_images or lonely_labels:
+        problems = [f"image without label: {images[s]}" for s in lonely_images[:5]]
+        problems += [f"label without image: {labels[s]}" for s in lonely_labels[:5]]
+        raise DataError(f"{len(lonely_images) + len(lonely_labels)} unpaired files: " + "; ".join(problems))
+    return [(images[stem], labels[stem]) for stem in sorted(images)]
+
+
+class SegmentationDataset(Dataset):
+    """Image/label pairs, mapped to train ids and transformed by an albumentations pipeline.
+
+    Items are dicts with ``image`` (float CxHxW), ``mask`` (int64 HxW, absent without labels)
+    and ``path``.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        num_classes: int,
+        ignore_index: int,
+        label_map: LabelMap | None = None,
+        transform: A.Compose | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.label_map = label_map
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The untransformed RGB image and train-id mask of one sample."""
+        image_path, label_path = self.samples[index]
+        image = read_image(image_path)
+        if label_path is None:
+            return image, None
+        raw = read_label(label_path)
+        if raw.shape[:2] != image.shape[:2]:
+            raise DataError(
+                f"label {label_path} is {raw.shape[1]}x{raw.shape[0]} but image {image_path} is "
+                f"{image.shape[1]}x{image.shape[0]}; they must be the same size"
+            )
+        try:
+            mask = self.label_map(raw) if self.label_map is not None else raw
+        except DataError as error:
+            raise DataError(f"label {label_path} {error}") from None
+        if mask.ndim != 2:
+            raise DataError(f"label {label_path} has {mask.shape[2]} channels; expected a single-channel class-id image")
+        invalid = (mask >= self.num_classes) & (mask != self.ignore_index)
+        if invalid.any():
+            values = sorted(int(v) for v in np.unique(mask[invalid]))
+            raise DataError(
+                f"label {label_path} holds values {values[:10]} outside the classes 0..{self.num_classes - 1} "
+                f"and not the ignore value {self.ignore_index}"
+            )
+        return image, mask.astype(np.uint8, copy=False)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
+            image, mask = out["image"], out.get("mask")
+        image_tensor, mask_tensor = to_tensors(image.astype(np.float32, copy=False), mask)
+        item: dict[str, torch.Tensor | str] = {"image": image_tensor, "path": str(self.samples[index][0])}
+        if mask_tensor is not None:
+            item["mask"] = mask_tensor
+        return item
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Options every dataset shares, and the DataLoaders.
+
+    Args:
+        root: dataset folder.
+        batch_size: training images per step (per device).
+        num_workers: DataLoader worker processes.
+        crop_size: training crop ``[height, width]``.
+        scale_range: random rescale range for training, e.g. ``[0.5, 2.0]``.
+        ignore_index: train id of ignored pixels (void), in losses and metrics.
+        val_batch_size: images per validation/test step (full resolution).
+        mean: per-channel RGB mean in [0, 1] for normalisation.
+        std: per-channel RGB std in [0, 1].
+        hflip: probability of a horizontal flip in training.
+        color_jitter: brightness/contrast/saturation jitter strength (0 disables it).
+        pin_memory: pin host memory for faster GPU transfer.
+        test_split: the split ``test`` and ``predict`` use (e.g. ``val`` where test labels are withheld).
+
+    Subclasses set ``num_classes``, ``class_names``, ``palette`` and implement ``samples``.
+    """
+
+    num_classes: int
+    class_names: list[str]
+    palette: list[tuple[int, int, int]]
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        crop_size: tuple[int, int] = (512, 1024),
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        ignore_index: int = 255,
+        val_batch_size: int = 1,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        hflip: float = 0.5,
+        color_jitter: float = 0.4,
+        pin_memory: bool = True,
+        test_split: str = "test",
+    ) -> None:
+        super().__init__()
+        if len(crop_size) != 2 or min(crop_size) < 32:
+            raise ValueError(f"data.crop_size must be [height, width], each >= 32; got {list(crop_size)}")
+        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high; got {list(scale_range)}")
+        if not 0 <= ignore_index <= 255:
+            raise ValueError(f"data.ignore_index must be in 0..255 (masks are 8-bit); got {ignore_index}")
+        if batch_size < 2:
+            raise ValueError(
+                f"data.batch_size must be >= 2 for training: BiSeNet's BatchNorm on pooled 1x1 context maps "
+                f"needs at least 2 images per step; got {batch_size}"
+            )
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.crop_size = tuple(crop_size)
+        self.scale_range = tuple(scale_range)
+        self.ignore_index = ignore_index
+        self.val_batch_size = val_batch_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.hflip = hflip
+        self.color_jitter = color_jitter
+        self.pin_memory = pin_memory
+        self.test_split = test_split
+        self.datasets: dict[str, SegmentationDataset] = {}
+
+    # Dataset-specific parts.
+    def samples(self, split: str) -> list[Sample]:
+        """Image/label path pairs of ``split`` (``train``, ``val``, ``test``)."""
+        raise NotImplementedError
+
+    def label_map(self) -> LabelMap | None:
+        """How stored label values become train ids (``None``: stored as train ids already)."""
+        return None
+
+    # Shared machinery.
+    def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
+        """A dataset of ``split`` with the training or the evaluation pipeline."""
+        transform = (
+            train_transform(
+                self.crop_size, self.scale_range, self.ignore_index, self.mean, self.std, self.hflip, self.color_jitter
+            )
+            if train
+            else eval_transform(self.mean, self.std)
+        )
+        return SegmentationDataset(self.samples(split), self.num_classes, self.ignore_index, self.label_map(), transform)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None):
+            self.datasets["train"] = self.dataset("train", train=True)
+        if stage in ("fit", "validate", None):
+            self.datasets["val"] = self.dataset("val")
+        if stage in ("test", "predict"):
+            self.datasets[stage] = self.dataset(self.test_split)
+
+    def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,  # a last batch of 1 would break BatchNorm on pooled maps
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker_transforms,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.datasets["train"]) < self.batch_size:
+            raise DataError(
+                f"the training split of {self.root} has {len(self.datasets['train'])} images, fewer than "
+                f"data.batch_size={self.batch_size}"
+            )
+        return self._loader("train", self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.val_batch_size)
