@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -94,7 +96,11 @@ class SegmentationModule(L.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters()
+        if isinstance(net, dict):  # the spec saved in a checkpoint's hyperparameters
+            net = network_from_spec(net)
+        if not isinstance(self.hparams.net, dict):  # plain data in checkpoints, not a pickled callable
+            self.hparams.net = network_spec(net)
         self.net = net(num_classes)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -287,9 +293,26 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def network_spec(net: Callable[[int], nn.Module]) -> dict | None:
+    """``{"class_path", "init_args"}`` for a network class or a ``functools.partial`` of one."""
+    keywords = {}
+    if isinstance(net, functools.partial) and not net.args:
+        net, keywords = net.func, dict(net.keywords)
+    if not isinstance(net, type):
+        return None  # an arbitrary factory: load_from_checkpoint then needs net=...
+    return {"class_path": f"{net.__module__}.{net.__qualname__}", "init_args": keywords}
+
+
+def network_from_spec(spec: dict) -> Callable[[int], nn.Module]:
+    """The network factory a :func:`network_spec` describes."""
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return functools.partial(cls, **spec.get("init_args", {}))
+
+
 def format_iou_table(class_names: Sequence[str], results: dict[str, float], stage: str) -> str:
     """A per-class IoU table with mIoU and pixel accuracy, for the console."""
-    width = max(len(name) for name in class_names) + 2
+    width = max(len(name) for name in [*class_names, "pixel accuracy"]) + 2
     lines = [f"{'class':<{width}}{'IoU':>8}", "-" * (width + 8)]
     lines += [f"{name:<{width}}{100 * results[f'{stage}/IoU/{name}']:>8.2f}" for name in class_names]
     lines += ["-" * (width + 8), f"{'mIoU':<{width}}{100 * results[f'{stage}/mIoU']:>8.2f}"]

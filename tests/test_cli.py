@@ -12,6 +12,7 @@ from synthetic import make_camvid_segnet, make_cityscapes, make_folder
 
 from bisenet_pl.models import BiSeNetV2, ResNet
 from bisenet_pl.models.resnet import IMAGENET_URLS
+from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("bisenet-pl")
@@ -72,6 +73,9 @@ def test_fit_then_test_prints_per_class_iou(tmp_path):
     assert "num_classes: 11" in hparams and "ignore_index: 255" in hparams  # linked from the DataModule
     assert "Validation at step 2: mIoU" in fitted.stdout
     last = str(next(p for p in checkpoints if p.name == "last.ckpt"))
+    # A notebook can rebuild the trained model from the checkpoint alone.
+    loaded = SegmentationModule.load_from_checkpoint(last, map_location="cpu")
+    assert isinstance(loaded.net, BiSeNetV2) and loaded.num_classes == 11 and loaded.class_names[0] == "Sky"
     tested = run("test", "--config", config, *common, f"--ckpt_path={last}", cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]
     for name in ("Sky", "Bicyclist", "mIoU", "pixel accuracy"):

@@ -140,3 +140,14 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
     module = SegmentationModule(net=BiSeNetV2, num_classes=3, lr=1e30, warmup_steps=0)
     with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step \d+: lower model.lr"):
         fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=20)
+
+
+def test_checkpoints_rebuild_their_network(tmp_path):
+    module = SegmentationModule(net=functools.partial(BiSeNetV1, backbone="resnet34"), num_classes=3, aux_weights=[1.0, 0.0])
+    assert module.hparams.net == {"class_path": "bisenet_pl.models.bisenetv1.BiSeNetV1", "init_args": {"backbone": "resnet34"}}
+    trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    loaded = SegmentationModule.load_from_checkpoint(tmp_path / "model.ckpt", map_location="cpu")
+    assert loaded.net.context_path.backbone.name == "resnet34" and list(loaded.net.aux_heads) == ["context8"]
+    for (name, a), b in zip(module.net.state_dict().items(), loaded.net.state_dict().values()):
+        assert torch.equal(a, b), name
