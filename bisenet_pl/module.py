@@ -111,7 +111,7 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.criterion = build_loss(loss, ignore_index, ohem_threshold, ohem_min_kept_fraction, weights)
-        self.aux_weights = self._prune_aux_heads(aux_weights)
+        self.aux_names, self.aux_weights = self._prune_aux_heads(aux_weights)
         metrics = MetricCollection(
             {
                 "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index),
@@ -126,7 +126,7 @@ class SegmentationModule(L.LightningModule):
         self.confusion_matrices: dict[str, torch.Tensor] = {}
         self._weights_loaded = False
 
-    def _prune_aux_heads(self, aux_weights: float | Sequence[float]) -> list[float]:
+    def _prune_aux_heads(self, aux_weights: float | Sequence[float]) -> tuple[list[str], list[float]]:
         """Match weights to the network's aux heads; drop zero-weight heads entirely."""
         heads = getattr(self.net, "aux_heads", nn.ModuleDict())
         names = list(heads)
@@ -136,7 +136,8 @@ class SegmentationModule(L.LightningModule):
         for name, weight in zip(names, weights):
             if weight == 0:
                 del heads[name]
-        return [w for w in weights if w != 0]
+        kept = [(name, weight) for name, weight in zip(names, weights) if weight != 0]
+        return [name for name, _ in kept], [weight for _, weight in kept]
 
     # Weights.
     def prepare_data(self) -> None:
@@ -211,7 +212,7 @@ class SegmentationModule(L.LightningModule):
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         main_loss = self.criterion(outputs[0], masks)
         loss = main_loss
-        for name, weight, logits in zip(self.net.aux_heads, self.aux_weights, outputs[1:]):
+        for name, weight, logits in zip(self.aux_names, self.aux_weights, outputs[1:]):
             aux_loss = self.criterion(logits, masks)
             self.log(f"train/loss_aux_{name}", aux_loss, batch_size=images.shape[0])
             loss = loss + weight * aux_loss

@@ -108,9 +108,11 @@ def test_zero_aux_weight_removes_the_head(tmp_path):
         SegmentationModule(net=BiSeNetV2, num_classes=3, aux_weights=[1.0, 1.0])
 
 
-@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
-def test_trains_and_validates(tmp_path, precision):
-    module = SegmentationModule(net=BiSeNetV2, num_classes=3, class_names=["a", "b", "c"], loss="ohem+dice")
+@pytest.mark.parametrize(
+    "precision,options", [("32", {}), ("bf16-mixed", {}), ("16-mixed", {}), ("32", {"channels_last": True})]
+)
+def test_trains_and_validates(tmp_path, precision, options):
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, class_names=["a", "b", "c"], loss="ohem+dice", **options)
     trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=2, precision=precision, val_check_interval=2)
     metrics = trainer.callback_metrics
     assert 0 <= metrics["val/mIoU"] <= 1 and "val/IoU/b" in metrics and torch.isfinite(metrics["train/loss"])
@@ -145,9 +147,30 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
 def test_checkpoints_rebuild_their_network(tmp_path):
     module = SegmentationModule(net=functools.partial(BiSeNetV1, backbone="resnet34"), num_classes=3, aux_weights=[1.0, 0.0])
     assert module.hparams.net == {"class_path": "bisenet_pl.models.bisenetv1.BiSeNetV1", "init_args": {"backbone": "resnet34"}}
+    assert module.aux_names == ["context8"]
     trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     loaded = SegmentationModule.load_from_checkpoint(tmp_path / "model.ckpt", map_location="cpu")
     assert loaded.net.context_path.backbone.name == "resnet34" and list(loaded.net.aux_heads) == ["context8"]
     for (name, a), b in zip(module.net.state_dict().items(), loaded.net.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+class TinySegmenter(torch.nn.Module):
+    """Any network with the (num_classes) constructor contract works; this one compiles fast."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        self.head = torch.nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_compile_option_keeps_state_dict_keys(tmp_path):
+    module = SegmentationModule(net=TinySegmenter, num_classes=3, compile=True, aux_weights=[])
+    keys = set(module.net.state_dict())
+    fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=2)
+    assert module.net._compiled_call_impl is not None  # nn.Module.compile: compiled in place
+    assert set(module.net.state_dict()) == keys  # no _orig_mod. prefix in checkpoints
