@@ -105,7 +105,15 @@ def main(args: list[str] | None = None) -> None:
         else:
             build_cli(args)  # None: LightningCLI reads sys.argv itself
     except (DataError, FileNotFoundError) as error:
-        raise SystemExit(f"bisenet-pl: error: {error}") from None
+        raise SystemExit(f"bisenet-pl: error: {one_line(error)}") from None
+
+
+def one_line(error: Exception) -> str:
+    """The error's own message, without the worker traceback a DataLoader worker wraps it in."""
+    message = str(error).strip()
+    if "Original Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 if __name__ == "__main__":

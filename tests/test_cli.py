@@ -5,10 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import reference_state_dict
-from synthetic import make_camvid_segnet, make_cityscapes, make_folder
+from synthetic import make_camvid_segnet, make_cityscapes, make_folder, write_gray
 
 from bisenet_pl.models import BiSeNetV2, ResNet
 from bisenet_pl.models.resnet import IMAGENET_URLS
@@ -114,3 +115,15 @@ def test_convert_command(tmp_path, reference_dir):
     result = run("convert", str(tmp_path / "reference.pth"), str(tmp_path / "ours.pth"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     BiSeNetV2(num_classes=19).load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True), strict=True)
+
+
+def test_corrupt_label_in_a_worker_is_one_clear_line(tmp_path):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    label = sorted((root / "trainannot").iterdir())[1]
+    write_gray(label, np.full((48, 64), 40))
+    args = [a for a in CPU if not a.startswith("--data.num_workers")] + ["--data.num_workers=1"]
+    result = run("fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", "--trainer.max_steps=4", *args, cwd=tmp_path)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == f"bisenet-pl: error: label {label} holds values [40] that are neither classes (0..10) nor void ([11])"
+    assert "Traceback" not in result.stderr
