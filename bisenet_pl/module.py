@@ -250,7 +250,8 @@ class SegmentationModule(L.LightningModule):
         per_class = results.pop(f"{stage}/IoU")
         scalars = dict(results)
         scalars.update({f"{stage}/IoU/{name}": iou for name, iou in zip(self.class_names, per_class)})
-        self.log_dict(scalars)
+        # Already reduced over processes by torchmetrics: every rank holds the same values.
+        self.log_dict(scalars, sync_dist=True)
         return {key: float(value) for key, value in scalars.items()}
 
     def on_validation_epoch_end(self) -> None:

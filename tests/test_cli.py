@@ -127,3 +127,27 @@ def test_corrupt_label_in_a_worker_is_one_clear_line(tmp_path):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line == f"bisenet-pl: error: label {label} holds values [40] that are neither classes (0..10) nor void ([11])"
     assert "Traceback" not in result.stderr
+
+
+def _logged(output: str, key: str) -> float:
+    row = next(line for line in output.splitlines() if f" {key} " in line)
+    return float(row.split("│")[2])
+
+
+def test_two_process_ddp_validation_equals_one_process(tmp_path):
+    # 5 val images over 2 processes: padding would count one of them twice.
+    root = make_camvid_segnet(tmp_path / "camvid", {"train": 8, "val": 5, "test": 1})
+    config = str(REPO / "configs" / "camvid.yaml")
+    out = [f"--trainer.default_root_dir={tmp_path / 'out'}", f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"]
+    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
+    cpu = [a for a in CPU if not a.startswith(("--trainer.devices", "--trainer.strategy"))]
+    fitted = run("fit", "--config", config, f"--data.root={root}", *cpu, *ddp, *out, "--trainer.max_steps=3", "--trainer.val_check_interval=3", cwd=tmp_path)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    assert "Validation at step 3: mIoU" in fitted.stdout
+    last = str(next((tmp_path / "out").rglob("last.ckpt")))
+    scores = {}
+    for name, devices in {"one": ["--trainer.devices=1"], "two": ddp}.items():
+        result = run("validate", "--config", config, f"--data.root={root}", *cpu, *devices, f"--ckpt_path={last}", "--trainer.logger=false", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[name] = {key: _logged(result.stdout, key) for key in ("val/mIoU", "val/pixel_accuracy", "val/IoU/Sky")}
+    assert scores["one"] == pytest.approx(scores["two"], abs=1e-6)

@@ -10,6 +10,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from bisenet_pl.data.transforms import (
@@ -269,10 +270,16 @@ class SegmentationDataModule(L.LightningDataModule):
             self.datasets[stage] = self.dataset(self.test_split)
 
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
+        sampler = None
+        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning's default DistributedSampler pads the last shard with repeated images,
+            # which would count them twice in the mIoU; this one splits the set exactly.
+            sampler = UnrepeatedDistributedSampler(self.datasets[split], shuffle=False)
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train,  # a last batch of 1 would break BatchNorm on pooled maps
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
