@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
-from bisenet_pl.data.base import DataError
+from bisenet_pl.errors import UserError
 from bisenet_pl.models import convert_coincheung_state_dict
 from bisenet_pl.models.resnet import read_state_dict
 from bisenet_pl.module import SegmentationModule
@@ -44,6 +44,14 @@ class BiSeNetCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
 
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        # Switching checkpointing or logging off also switches off the callbacks added above for them.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if config.get("logger") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        return super()._instantiate_trainer(config, callbacks)
+
 
 def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
     return BiSeNetCLI(
@@ -55,7 +63,11 @@ def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"epilog": TOOLS_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter},
+        parser_kwargs={
+            "epilog": TOOLS_HELP,
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+            "exit_on_error": False,  # main() reports parse errors as one line
+        },
     )
 
 
@@ -104,16 +116,31 @@ def main(args: list[str] | None = None) -> None:
             TOOLS[argv[0]](argv[1:])
         else:
             build_cli(args)  # None: LightningCLI reads sys.argv itself
-    except (DataError, FileNotFoundError) as error:
-        raise SystemExit(f"bisenet-pl: error: {one_line(error)}") from None
+    except argparse.ArgumentError as error:
+        cause = user_error(error)
+        raise SystemExit(f"bisenet-pl: error: {one_line(cause or error)} (see bisenet-pl --help)") from None
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None:
+            raise  # a bug, not bad input: keep the traceback
+        raise SystemExit(f"bisenet-pl: error: {one_line(cause)}") from None
 
 
-def one_line(error: Exception) -> str:
+def user_error(error: BaseException | None) -> BaseException | None:
+    """The bad-input error behind ``error`` (jsonargparse and Lightning wrap the original)."""
+    while error is not None:
+        if isinstance(error, (UserError, FileNotFoundError)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def one_line(error: BaseException) -> str:
     """The error's own message, without the worker traceback a DataLoader worker wraps it in."""
     message = str(error).strip()
     if "Original Traceback" in message:
         message = message.splitlines()[-1].split(": ", 1)[-1]
-    return message
+    return message or type(error).__name__
 
 
 if __name__ == "__main__":

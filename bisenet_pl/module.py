@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
+from bisenet_pl.errors import ConfigError, NonFiniteLossError
 from bisenet_pl.losses import LossName, build_loss
 from bisenet_pl.models import convert_coincheung_state_dict, detect_coincheung_architecture
 from bisenet_pl.models.resnet import IMAGENET_URLS, read_state_dict
@@ -106,9 +107,9 @@ class SegmentationModule(L.LightningModule):
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != num_classes:
-            raise ValueError(f"model.class_names has {len(self.class_names)} names for {num_classes} classes")
+            raise ConfigError(f"model.class_names has {len(self.class_names)} names for {num_classes} classes")
         if class_weights is not None and len(class_weights) != num_classes:
-            raise ValueError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
+            raise ConfigError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.criterion = build_loss(loss, ignore_index, ohem_threshold, ohem_min_kept_fraction, weights)
         self.aux_names, self.aux_weights = self._prune_aux_heads(aux_weights)
@@ -132,7 +133,7 @@ class SegmentationModule(L.LightningModule):
         names = list(heads)
         weights = [float(aux_weights)] * len(names) if isinstance(aux_weights, (int, float)) else list(aux_weights)
         if len(weights) != len(names):
-            raise ValueError(f"model.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}")
+            raise ConfigError(f"model.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}")
         for name, weight in zip(names, weights):
             if weight == 0:
                 del heads[name]
@@ -154,7 +155,7 @@ class SegmentationModule(L.LightningModule):
         self._weights_loaded = True
         if self.hparams.backbone_weights and stage == "fit" and not self.hparams.pretrained:
             if not hasattr(self.net, "load_backbone_weights"):
-                raise ValueError(f"model.backbone_weights is for BiSeNetV1; {type(self.net).__name__} has no ImageNet backbone")
+                raise ConfigError(f"model.backbone_weights is for BiSeNetV1; {type(self.net).__name__} has no ImageNet backbone")
             self.net.load_backbone_weights(self.hparams.backbone_weights)
             rank_zero_info(f"Loaded backbone weights from {self.hparams.backbone_weights}")
         if self.hparams.pretrained:
@@ -178,9 +179,9 @@ class SegmentationModule(L.LightningModule):
         skipped = sorted(state.keys() - own.keys())  # e.g. aux heads this run does not build
         missing = sorted(own.keys() - state.keys())
         if not all(".classifier." in k for k in reinitialised):
-            raise ValueError(f"{source} does not fit this network: shapes differ for {reinitialised[:5]}")
+            raise ConfigError(f"{source} does not fit this network: shapes differ for {reinitialised[:5]}")
         if [k for k in missing if ".classifier." not in k and not k.startswith("aux_heads.")]:
-            raise ValueError(f"{source} does not fit this network: missing {missing[:5]}")
+            raise ConfigError(f"{source} does not fit this network: missing {missing[:5]}")
         self.net.load_state_dict({k: v for k, v in state.items() if k in own and k not in reinitialised}, strict=False)
         rank_zero_info(f"Loaded pretrained weights from {source}")
         if reinitialised:
@@ -192,6 +193,20 @@ class SegmentationModule(L.LightningModule):
             rank_zero_info(f"Ignored {len(skipped)} checkpoint tensors this network does not have (e.g. {skipped[0]})")
         if missing:
             rank_zero_info(f"Kept fresh initialisation for {len(missing)} tensors not in the checkpoint (e.g. {missing[0]})")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, in words, a checkpoint of another network or class count (--ckpt_path)."""
+        own = self.state_dict()
+        theirs = checkpoint.get("state_dict", {})
+        wrong = sorted(k for k in own.keys() & theirs.keys() if own[k].shape != theirs[k].shape)
+        if wrong:
+            classifier = "net.head.classifier.weight"
+            if classifier in wrong:
+                raise ConfigError(
+                    f"the checkpoint predicts {theirs[classifier].shape[0]} classes but this data has {self.num_classes}: "
+                    "use it as --model.pretrained=CHECKPOINT to fine-tune (classifiers re-initialised) instead of --ckpt_path"
+                )
+            raise ConfigError(f"the checkpoint does not fit this network: shapes differ for {wrong[:3]}")
 
     def configure_model(self) -> None:
         if self.hparams.channels_last:
@@ -217,7 +232,7 @@ class SegmentationModule(L.LightningModule):
             self.log(f"train/loss_aux_{name}", aux_loss, batch_size=images.shape[0])
             loss = loss + weight * aux_loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}: lower model.lr, "
                 "use precision 32 or bf16-mixed instead of 16-mixed, or check the data for corrupt images"
             )

@@ -74,6 +74,8 @@ def test_fit_then_test_prints_per_class_iou(tmp_path):
     assert "num_classes: 11" in hparams and "ignore_index: 255" in hparams  # linked from the DataModule
     assert "Validation at step 2: mIoU" in fitted.stdout
     last = str(next(p for p in checkpoints if p.name == "last.ckpt"))
+    # Checkpoints hold plain data: they load with torch.load(weights_only=True).
+    assert "state_dict" in torch.load(last, map_location="cpu", weights_only=True)
     # A notebook can rebuild the trained model from the checkpoint alone.
     loaded = SegmentationModule.load_from_checkpoint(last, map_location="cpu")
     assert isinstance(loaded.net, BiSeNetV2) and loaded.num_classes == 11 and loaded.class_names[0] == "Sky"

@@ -21,14 +21,11 @@ from bisenet_pl.data.transforms import (
     to_tensors,
     train_transform,
 )
+from bisenet_pl.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Sample = tuple[Path, Path | None]
 LabelMap = Callable[[np.ndarray], np.ndarray]
-
-
-class DataError(ValueError):
-    """A problem with the data on disk; the message names the file and what was expected."""
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -189,6 +186,8 @@ class SegmentationDataModule(L.LightningDataModule):
         color_jitter: brightness/contrast/saturation jitter strength (0 disables it).
         pin_memory: pin host memory for faster GPU transfer.
         test_split: the split ``test`` and ``predict`` use (e.g. ``val`` where test labels are withheld).
+        validate: read every image and label of the splits in use before starting, and report
+            every problem found at once.
 
     Subclasses set ``num_classes``, ``class_names``, ``palette`` and implement ``samples``.
     """
@@ -212,16 +211,17 @@ class SegmentationDataModule(L.LightningDataModule):
         color_jitter: float = 0.4,
         pin_memory: bool = True,
         test_split: str = "test",
+        validate: bool = False,
     ) -> None:
         super().__init__()
         if len(crop_size) != 2 or min(crop_size) < 32:
-            raise ValueError(f"data.crop_size must be [height, width], each >= 32; got {list(crop_size)}")
+            raise ConfigError(f"data.crop_size must be [height, width], each >= 32; got {list(crop_size)}")
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high; got {list(scale_range)}")
+            raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high; got {list(scale_range)}")
         if not 0 <= ignore_index <= 255:
-            raise ValueError(f"data.ignore_index must be in 0..255 (masks are 8-bit); got {ignore_index}")
+            raise ConfigError(f"data.ignore_index must be in 0..255 (masks are 8-bit); got {ignore_index}")
         if batch_size < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size must be >= 2 for training: BiSeNet's BatchNorm on pooled 1x1 context maps "
                 f"needs at least 2 images per step; got {batch_size}"
             )
@@ -238,6 +238,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.color_jitter = color_jitter
         self.pin_memory = pin_memory
         self.test_split = test_split
+        self.validate = validate
         self.datasets: dict[str, SegmentationDataset] = {}
 
     # Dataset-specific parts.
@@ -262,12 +263,33 @@ class SegmentationDataModule(L.LightningDataModule):
         return SegmentationDataset(self.samples(split), self.num_classes, self.ignore_index, self.label_map(), transform)
 
     def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": [self.test_split], "predict": [self.test_split]}
+        if self.validate:
+            self.check_splits(splits.get(stage, ["train", "val"]))
         if stage in ("fit", None):
             self.datasets["train"] = self.dataset("train", train=True)
         if stage in ("fit", "validate", None):
             self.datasets["val"] = self.dataset("val")
         if stage in ("test", "predict"):
             self.datasets[stage] = self.dataset(self.test_split)
+
+    def check_splits(self, splits: Sequence[str]) -> None:
+        """Read every sample of ``splits``; raise one :class:`DataError` listing every problem."""
+        problems: list[str] = []
+        for split in splits:
+            try:
+                dataset = self.dataset(split)
+            except DataError as error:
+                problems.append(f"{split}: {error}")
+                continue
+            for index in range(len(dataset)):
+                try:
+                    dataset.load(index)
+                except DataError as error:
+                    problems.append(f"{split}: {error}")
+        if problems:
+            listing = "\n".join(f"  - {p}" for p in problems)
+            raise DataError(f"{len(problems)} problem(s) in the data at {self.root}:\n{listing}")
 
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
         sampler = None

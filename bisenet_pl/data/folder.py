@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bisenet_pl.errors import ConfigError
 from bisenet_pl.data.base import DataError, LabelMap, Sample, SegmentationDataModule, lookup_table, pair_by_stem
 
 
@@ -38,9 +39,9 @@ class FolderDataModule(SegmentationDataModule):
     ) -> None:
         super().__init__(root, **kwargs)
         if not 1 < num_classes <= 255:
-            raise ValueError(f"data.num_classes must be in 2..255; got {num_classes}")
+            raise ConfigError(f"data.num_classes must be in 2..255; got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"data.class_names has {len(class_names)} names for data.num_classes={num_classes}")
+            raise ConfigError(f"data.class_names has {len(class_names)} names for data.num_classes={num_classes}")
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         self.mask_ignore_value = self.ignore_index if mask_ignore_value is None else mask_ignore_value

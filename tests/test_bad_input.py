@@ -1,0 +1,102 @@
+"""Bad input: one clear error naming the file or option, non-zero exit, no traceback, nothing written."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import SIZE, make_camvid_segnet, make_cityscapes, make_folder, write_gray
+
+from bisenet_pl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = [
+    "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32",
+    "--data.batch_size=2", "--data.num_workers=0", "--data.crop_size=[32,48]", "--data.val_batch_size=1",
+    "--progress_bar.refresh_rate=0", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+]  # fmt: skip
+
+
+def error_of(*args) -> str:
+    """Run the CLI in-process; return its one-line error (SystemExit with a message, as the shell sees it)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    message = exit_info.value.code
+    assert isinstance(message, str), f"exited with status {message!r} instead of an error message"
+    assert message.startswith("bisenet-pl: error: ")
+    return message
+
+
+def fit(config: str, root: Path, *extra: str) -> str:
+    return error_of("fit", "--config", str(REPO / "configs" / config), f"--data.root={root}", *CPU, *extra)
+
+
+@pytest.mark.parametrize(
+    "config,make,expected",
+    [
+        ("camvid.yaml", None, r"CamVid not found at .*nowhere"),
+        ("cityscapes.yaml", None, r"Cityscapes split 'train' not found: expected .*nowhere/leftImg8bit/train"),
+        ("folder.yaml", None, r"dataset folder .*nowhere does not exist"),
+        ("folder.yaml", lambda root: (root / "images" / "train").mkdir(parents=True) or (root / "masks" / "train").mkdir(parents=True), r"no images .* in .*images/train"),
+    ],
+)
+def test_missing_or_empty_data_root(tmp_path, config, make, expected):
+    root = tmp_path / "nowhere"
+    if make:
+        make(root)
+    assert pytest.importorskip("re").search(expected, fit(config, root))
+
+
+def test_label_without_image(tmp_path):
+    root = make_folder(tmp_path / "data", num_classes=2)
+    write_gray(root / "masks" / "train" / "orphan.png", np.zeros(SIZE))
+    assert "label without image: " in fit("folder.yaml", root) and "orphan.png" in fit("folder.yaml", root)
+
+
+@pytest.mark.parametrize(
+    "damage,expected",
+    [
+        (lambda root: write_gray(root / "trainannot/0001TP_000001.png", np.zeros((10, 12))), "0001TP_000001.png is 12x10 but image"),
+        (lambda root: write_gray(root / "trainannot/0001TP_000002.png", np.full(SIZE, 77)), "0001TP_000002.png holds values [77]"),
+        (lambda root: (root / "train/0001TP_000003.png").write_bytes(b"\x89PNG broken"), "cannot read image"),
+    ],
+)
+def test_bad_files_are_named(tmp_path, damage, expected):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    damage(root)
+    assert expected in fit("camvid.yaml", root, "--trainer.max_steps=2")
+
+
+def test_validate_reports_every_problem_at_once(tmp_path):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    write_gray(root / "trainannot/0001TP_000001.png", np.full(SIZE, 77))
+    (root / "val/0001TP_000000.png").write_bytes(b"broken")
+    (root / "valannot/0001TP_000001.png").unlink()
+    message = fit("camvid.yaml", root, "--data.validate=true")
+    assert "2 problem(s) in the data at" in message
+    assert "train: label" in message and "holds values [77]" in message
+    assert "val: 1 unpaired files: image without label" in message
+
+
+def test_options_that_do_not_fit(tmp_path):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    assert "unrecognized arguments: --model.learning_rate=0.1" in fit("camvid.yaml", root, "--model.learning_rate=0.1")
+    assert "data.batch_size must be >= 2" in fit("camvid.yaml", root, "--data.batch_size=1")
+    assert "data.crop_size must be [height, width]" in fit("camvid.yaml", root, "--data.crop_size=[8,8]")
+
+
+def test_checkpoint_with_another_class_count(tmp_path):
+    camvid = make_camvid_segnet(tmp_path / "camvid")
+    out = tmp_path / "out"
+    main(["fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU[:-2],
+          "--trainer.max_steps=1", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}",
+          f"--trainer.logger.init_args.save_dir={out}"])  # fmt: skip
+    checkpoint = next(out.rglob("last.ckpt"))
+    folder = make_folder(tmp_path / "folder", num_classes=2)
+    message = error_of("validate", "--config", str(REPO / "configs" / "folder.yaml"), f"--data.root={folder}", *CPU, f"--ckpt_path={checkpoint}")
+    assert "the checkpoint predicts 11 classes but this data has 2" in message and "--model.pretrained" in message
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    message = fit("camvid.yaml", root, "--model.lr=1e30", "--model.warmup_steps=0", "--trainer.max_steps=20")
+    assert "non-finite training loss" in message and "at step" in message and "lower model.lr" in message
