@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
-from bisenet_pl.errors import UserError
+from bisenet_pl.errors import ConfigError, UserError
 from bisenet_pl.models import convert_coincheung_state_dict
 from bisenet_pl.models.resnet import read_state_dict
 from bisenet_pl.module import SegmentationModule
@@ -29,7 +29,7 @@ class BiSeNetCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        # Callbacks every run has, configurable as --checkpoint.* and --lr_monitor.*.
+        # Callbacks every run has, configurable as --checkpoint.*, --last_checkpoint.*, --lr_monitor.*.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -37,12 +37,27 @@ class BiSeNetCLI(LightningCLI):
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best-{epoch:03d}-{step:06d}",
                 "checkpoint.auto_insert_metric_name": False,
-                "checkpoint.save_last": True,
+            }
+        )
+        # last.ckpt every N steps, for --ckpt_path last after a crash (Lightning writes it atomically).
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.every_n_train_steps": 500,
+                "last_checkpoint.save_last": True,
+                "last_checkpoint.save_top_k": 0,
+                "last_checkpoint.monitor": None,
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            kwargs["ckpt_path"] = str(find_last_checkpoint(Path(self.trainer.default_root_dir)))
+        return kwargs
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         # Switching checkpointing or logging off also switches off the callbacks added above for them.
@@ -51,6 +66,17 @@ class BiSeNetCLI(LightningCLI):
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def find_last_checkpoint(root: Path) -> Path:
+    """The newest last.ckpt under ``root``, whichever logger version wrote it.
+
+    Lightning alone would look only in the new run's own (next version's) folder.
+    """
+    found = sorted(root.rglob("last*.ckpt"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"--ckpt_path last: no last.ckpt under {root} (trainer.default_root_dir) to resume from")
+    return found[-1]
 
 
 def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:

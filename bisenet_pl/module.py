@@ -194,8 +194,19 @@ class SegmentationModule(L.LightningModule):
         if missing:
             rank_zero_info(f"Kept fresh initialisation for {len(missing)} tensors not in the checkpoint (e.g. {missing[0]})")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Dropout draws from the global RNG: a resumed run continues its stream exactly.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse, in words, a checkpoint of another network or class count (--ckpt_path)."""
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
         own = self.state_dict()
         theirs = checkpoint.get("state_dict", {})
         wrong = sorted(k for k in own.keys() & theirs.keys() if own[k].shape != theirs[k].shape)

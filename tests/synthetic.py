@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import os
+
 import cv2
+import lightning as L
 import numpy as np
 
 SIZE = (48, 64)  # height, width
@@ -99,3 +102,14 @@ def make_folder(root: Path, num_classes: int = 3, ignore_value: int = 255, count
             write_rgb(root / "images" / split / f"img{index}.jpg", image_for(label, rng))
             write_gray(root / "masks" / split / f"img{index}.png", label)
     return root
+
+
+class KillAtStep(L.Callback):
+    """Ends the process abruptly after optimizer step ``step``, as a crash or a kill would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os._exit(3)

@@ -243,3 +243,25 @@ def test_unlabelled_dataset_items_have_no_mask(tmp_path):
     samples = [(p, None) for p in sorted((root / "images" / "train").iterdir())]
     item = SegmentationDataset(samples, 3, 255)[0]
     assert "mask" not in item and item["image"].shape == (3, *SIZE)
+
+
+def test_training_order_and_augmentation_depend_only_on_seed_epoch_position(tmp_path):
+    from bisenet_pl.data.resume import SeededShuffleSampler, SkippingBatchSampler
+
+    dm = CamVidDataModule(root=str(make_camvid_segnet(tmp_path / "camvid", {"train": 6})), crop_size=(32, 32))
+    dataset = dm.dataset("train", train=True)
+    sampler = SeededShuffleSampler(dataset, seed=5)
+    sampler.set_epoch(2)
+    epoch2 = list(sampler)
+    assert sorted(i for i, _ in epoch2) == list(range(6))
+    assert list(SeededShuffleSampler(dataset, seed=5).__iter__()) != epoch2  # epoch 0 differs
+    again = SeededShuffleSampler(dataset, seed=5)
+    again.set_epoch(2)
+    assert list(again) == epoch2
+    key = epoch2[0]
+    assert torch.equal(dataset[key]["image"], dataset[key]["image"])  # same (index, seed): same augmentation
+    assert not torch.equal(dataset[key]["image"], dataset[(key[0], key[1] + 1)]["image"])
+    batches = SkippingBatchSampler(again, batch_size=2, drop_last=True)
+    batches.skip = 2
+    assert list(batches) == [[epoch2[4], epoch2[5]]]
+    assert len(list(batches)) == 3  # the skip applies to one pass only

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from bisenet_pl.data.resume import ResumableDataLoader, SeededShuffleSampler, SkippingBatchSampler
 from bisenet_pl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -157,9 +158,13 @@ class SegmentationDataset(Dataset):
             )
         return image, mask.astype(np.uint8, copy=False)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
+        """``key`` is an index, or ``(index, seed)`` to draw this item's augmentation from ``seed``."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(index)
         if self.transform is not None:
+            if seed is not None:
+                self.transform.set_random_seed(seed)
             out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
             image, mask = out["image"], out.get("mask")
         image_tensor, mask_tensor = to_tensors(image.astype(np.float32, copy=False), mask)
@@ -291,31 +296,39 @@ class SegmentationDataModule(L.LightningDataModule):
             listing = "\n".join(f"  - {p}" for p in problems)
             raise DataError(f"{len(problems)} problem(s) in the data at {self.root}:\n{listing}")
 
-    def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
+    def _loader_options(self) -> dict:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.num_workers > 0,
+            "worker_init_fn": seed_worker_transforms,
+            # Its own generator: creating an iterator draws from it, not from the global RNG.
+            "generator": torch.Generator().manual_seed(torch.initial_seed()),
+        }
+
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
         sampler = None
-        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Lightning's default DistributedSampler pads the last shard with repeated images,
             # which would count them twice in the mIoU; this one splits the set exactly.
             sampler = UnrepeatedDistributedSampler(self.datasets[split], shuffle=False)
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=train,
-            sampler=sampler,
-            drop_last=train,  # a last batch of 1 would break BatchNorm on pooled maps
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker_transforms,
-        )
+        return DataLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, **self._loader_options())
 
     def train_dataloader(self) -> DataLoader:
-        if len(self.datasets["train"]) < self.batch_size:
+        dataset = self.datasets["train"]
+        if len(dataset) < self.batch_size:
             raise DataError(
-                f"the training split of {self.root} has {len(self.datasets['train'])} images, fewer than "
-                f"data.batch_size={self.batch_size}"
+                f"the training split of {self.root} has {len(dataset)} images, fewer than data.batch_size={self.batch_size}"
             )
-        return self._loader("train", self.batch_size, train=True)
+        # Shuffled and augmented from (seed, epoch, position) only, so training resumes mid-epoch
+        # exactly; drop_last because a last batch of 1 would break BatchNorm on pooled maps.
+        sampler = SeededShuffleSampler(dataset, seed=torch.initial_seed() % 2**31)
+        batches = SkippingBatchSampler(sampler, self.batch_size, drop_last=True)
+        loader = ResumableDataLoader(dataset, batch_sampler=batches, **self._loader_options())
+        if self.trainer is not None:
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+            loader.progress = lambda: progress.processed
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.val_batch_size)
