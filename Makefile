@@ -6,16 +6,32 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The tested environment, pinned with hashes (make lock). REQUIREMENTS= resolves afresh instead,
+# e.g. with a CUDA build of torch: make test REQUIREMENTS= TORCH_SPEC="torch --index-url ...".
+REQUIREMENTS ?= requirements.lock
+
+$(STAMP): pyproject.toml $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
+ifneq ($(REQUIREMENTS),)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(REQUIREMENTS)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+else
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+endif
 	touch $(STAMP)
+
+# Re-pin requirements.lock after changing dependencies (takes minutes: every wheel is hashed).
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet pip-tools
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras \
+		--no-emit-index-url --no-emit-find-links -c $(VENV)/torch-constraint.txt -o requirements.lock pyproject.toml
 
 test: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest $(PYTEST_ARGS)
