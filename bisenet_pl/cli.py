@@ -53,6 +53,12 @@ class BiSeNetCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
 
+    def _check_data(self) -> None:
+        # Before the trainer creates log folders: bad data leaves nothing behind.
+        self.datamodule.check_data({"fit": "fit"}.get(self.subcommand, self.subcommand))
+
+    before_fit = before_validate = before_test = before_predict = _check_data
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") == "last":

@@ -1,5 +1,6 @@
 """Bad input: one clear error naming the file or option, non-zero exit, no traceback, nothing written."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,15 @@ def fit(config: str, root: Path, *extra: str) -> str:
         ("folder.yaml", lambda root: (root / "images" / "train").mkdir(parents=True) or (root / "masks" / "train").mkdir(parents=True), r"no images .* in .*images/train"),
     ],
 )
-def test_missing_or_empty_data_root(tmp_path, config, make, expected):
+def test_missing_or_empty_data_root(tmp_path, config, make, expected, monkeypatch):
     root = tmp_path / "nowhere"
     if make:
         make(root)
-    assert pytest.importorskip("re").search(expected, fit(config, root))
+    monkeypatch.chdir(tmp_path)
+    logging_on = [a for a in CPU if a != "--trainer.logger=false"]  # the config's own logger and folders
+    message = error_of("fit", "--config", str(REPO / "configs" / config), f"--data.root={root}", *logging_on)
+    assert re.search(expected, message)
+    assert not (tmp_path / "outputs").exists()  # nothing written
 
 
 def test_label_without_image(tmp_path):

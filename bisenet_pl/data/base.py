@@ -267,10 +267,23 @@ class SegmentationDataModule(L.LightningDataModule):
         )
         return SegmentationDataset(self.samples(split), self.num_classes, self.ignore_index, self.label_map(), transform)
 
-    def setup(self, stage: str | None = None) -> None:
-        splits = {"fit": ["train", "val"], "validate": ["val"], "test": [self.test_split], "predict": [self.test_split]}
+    def stage_splits(self, stage: str | None) -> list[str]:
+        """The splits a trainer stage reads."""
+        return {"validate": ["val"], "test": [self.test_split], "predict": [self.test_split]}.get(stage, ["train", "val"])
+
+    def check_data(self, stage: str | None) -> None:
+        """Fail early, before anything is written: folders and pairing of the stage's splits, and
+        with ``validate`` every image and label."""
         if self.validate:
-            self.check_splits(splits.get(stage, ["train", "val"]))
+            self.check_splits(self.stage_splits(stage))
+            self._checked = True
+        else:
+            for split in self.stage_splits(stage):
+                self.samples(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.validate and not getattr(self, "_checked", False):
+            self.check_splits(self.stage_splits(stage))
         if stage in ("fit", None):
             self.datasets["train"] = self.dataset("train", train=True)
         if stage in ("fit", "validate", None):

@@ -123,6 +123,11 @@ class CamVidDataModule(SegmentationDataModule):
             "--data.root to a local copy"
         )
 
+    def check_data(self, stage: str | None) -> None:
+        if self.download and not (self.root / "trainannot").is_dir():
+            return  # prepare_data downloads it first
+        super().check_data(stage)
+
     def prepare_data(self) -> None:
         if self.download and not (self.root / "trainannot").is_dir():
             download_camvid(self.root, self.url)
