@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from synthetic import make_camvid_segnet
 
@@ -12,10 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("bisenet-pl")
 
 
-def fit(root: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def fit(root: Path, out: Path, precision: str, *extra: str) -> subprocess.CompletedProcess:
     args = [
         str(SCRIPT), "fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}",
-        "--trainer.accelerator=cpu", "--trainer.precision=32", "--data.batch_size=2", "--data.num_workers=1",
+        "--trainer.accelerator=cpu", f"--trainer.precision={precision}", "--data.batch_size=2", "--data.num_workers=1",
         "--data.crop_size=[32,48]", "--data.val_batch_size=1", "--progress_bar.refresh_rate=0",
         # 4 steps per epoch; last.ckpt every 3 steps; validation every 3 steps.
         "--trainer.max_steps=9", "--trainer.val_check_interval=3", "--last_checkpoint.every_n_train_steps=3",
@@ -30,15 +31,17 @@ def newest_last(out: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
+# 16-mixed runs fp16 autocast; Lightning keeps a GradScaler (and saves its state) only on GPUs.
+@pytest.mark.parametrize("precision", ["32", "16-mixed"])
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, precision):
     root = make_camvid_segnet(tmp_path / "camvid", {"train": 8, "val": 2, "test": 1})
-    straight = fit(root, tmp_path / "straight")
+    straight = fit(root, tmp_path / "straight", precision)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    killed = fit(root, tmp_path / "resumed", "--trainer.callbacks+=synthetic.KillAtStep", "--trainer.callbacks.step=7")
+    killed = fit(root, tmp_path / "resumed", precision, "--trainer.callbacks+=synthetic.KillAtStep", "--trainer.callbacks.step=7")
     assert killed.returncode == 3, killed.stderr[-3000:]  # died mid-epoch, after last.ckpt at step 6
     assert newest_last(tmp_path / "resumed")["global_step"] == 6
-    resumed = fit(root, tmp_path / "resumed", "--ckpt_path=last")
+    resumed = fit(root, tmp_path / "resumed", precision, "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
 
