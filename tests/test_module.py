@@ -109,7 +109,8 @@ def test_zero_aux_weight_removes_the_head(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "precision,options", [("32", {}), ("bf16-mixed", {}), ("16-mixed", {}), ("32", {"channels_last": True})]
+    # 16-mixed needs a GPU: on the CPU Lightning runs it as bf16-mixed.
+    "precision,options", [("32", {}), ("bf16-mixed", {}), ("32", {"channels_last": True})]
 )
 def test_trains_and_validates(tmp_path, precision, options):
     module = SegmentationModule(net=BiSeNetV2, num_classes=3, class_names=["a", "b", "c"], loss="ohem+dice", **options)

@@ -244,6 +244,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.test_split = test_split
         self.validate = validate
+        self._checked = False  # check_data already scanned every file
         self.datasets: dict[str, SegmentationDataset] = {}
 
     # Dataset-specific parts.
@@ -282,7 +283,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 self.samples(split)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.validate and not getattr(self, "_checked", False):
+        if self.validate and not self._checked:
             self.check_splits(self.stage_splits(stage))
         if stage in ("fit", None):
             self.datasets["train"] = self.dataset("train", train=True)
