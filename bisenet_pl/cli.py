@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LightningCLI
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
 from bisenet_pl.errors import ConfigError, UserError
 from bisenet_pl.models import convert_coincheung_state_dict
-from bisenet_pl.models.resnet import read_state_dict
+from bisenet_pl.models.weights import read_state_dict
 from bisenet_pl.module import SegmentationModule
 
 TOOLS_HELP = """\
@@ -55,7 +55,7 @@ class BiSeNetCLI(LightningCLI):
 
     def _check_data(self) -> None:
         # Before the trainer creates log folders: bad data leaves nothing behind.
-        self.datamodule.check_data({"fit": "fit"}.get(self.subcommand, self.subcommand))
+        self.datamodule.check_data(self.subcommand)
 
     before_fit = before_validate = before_test = before_predict = _check_data
 
@@ -112,11 +112,10 @@ def stats_command(args: list[str]) -> None:
         del args[index : index + 2]
     if split not in ("train", "val", "test"):
         raise SystemExit("bisenet-pl stats: --split must be train, val or test")
-    cli = build_cli(args, run=False) if args and args[0] not in ("-h", "--help") else None
-    if cli is None:
+    if not args or args[0] in ("-h", "--help"):
         print("usage: bisenet-pl stats --config CONFIG [--data.root PATH] [--split train|val|test]")
         return
-    datamodule = cli.datamodule
+    datamodule = build_cli(args, run=False).datamodule
     datamodule.prepare_data()
     stats = dataset_statistics(datamodule.dataset(split), datamodule.class_names)
     print(f"{type(datamodule).__name__} {split} split at {datamodule.root}")

@@ -17,7 +17,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from bisenet_pl.errors import ConfigError, NonFiniteLossError
 from bisenet_pl.losses import LossName, build_loss
 from bisenet_pl.models import convert_coincheung_state_dict, detect_coincheung_architecture
-from bisenet_pl.models.resnet import IMAGENET_URLS, read_state_dict
+from bisenet_pl.models.resnet import IMAGENET_URLS
+from bisenet_pl.models.weights import compare_state_dicts, read_state_dict
 
 
 class WarmupPolyLR:
@@ -125,7 +126,8 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         #: The last epoch's confusion matrix per stage (rows: target, columns: prediction).
         self.confusion_matrices: dict[str, torch.Tensor] = {}
-        self._weights_loaded = False
+        self._weights_loaded = False  # setup() runs once per trainer call; load once
+        self._compiled = False
 
     def _prune_aux_heads(self, aux_weights: float | Sequence[float]) -> tuple[list[str], list[float]]:
         """Match weights to the network's aux heads; drop zero-weight heads entirely."""
@@ -169,20 +171,21 @@ class SegmentationModule(L.LightningModule):
         else:
             try:
                 detect_coincheung_architecture(state)
-            except ValueError:
+            except ConfigError:
                 pass
             else:
                 state = convert_coincheung_state_dict(state)
-        own = self.net.state_dict()
         state = {key.removeprefix("_orig_mod."): value for key, value in state.items()}
-        reinitialised = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-        skipped = sorted(state.keys() - own.keys())  # e.g. aux heads this run does not build
-        missing = sorted(own.keys() - state.keys())
+        diff = compare_state_dicts(self.net.state_dict(), state)
+        # Classifiers of another class count are re-initialised; tensors of aux heads this run
+        # does not build are skipped; anything else must fit.
+        reinitialised, skipped, missing = diff.wrong_shape, diff.unexpected, diff.missing
         if not all(".classifier." in k for k in reinitialised):
             raise ConfigError(f"{source} does not fit this network: shapes differ for {reinitialised[:5]}")
         if [k for k in missing if ".classifier." not in k and not k.startswith("aux_heads.")]:
             raise ConfigError(f"{source} does not fit this network: missing {missing[:5]}")
-        self.net.load_state_dict({k: v for k, v in state.items() if k in own and k not in reinitialised}, strict=False)
+        keep = state.keys() - set(skipped) - set(reinitialised)
+        self.net.load_state_dict({k: state[k] for k in keep}, strict=False)
         rank_zero_info(f"Loaded pretrained weights from {source}")
         if reinitialised:
             rank_zero_info(
@@ -201,15 +204,14 @@ class SegmentationModule(L.LightningModule):
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse, in words, a checkpoint of another network or class count (--ckpt_path)."""
+        """Restore the RNG state; refuse, in words, a checkpoint of another network or class count."""
         states = checkpoint.get("rng_states", {})
         if "torch" in states:
             torch.set_rng_state(states["torch"])
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
-        own = self.state_dict()
         theirs = checkpoint.get("state_dict", {})
-        wrong = sorted(k for k in own.keys() & theirs.keys() if own[k].shape != theirs[k].shape)
+        wrong = compare_state_dicts(self.state_dict(), theirs).wrong_shape
         if wrong:
             classifier = "net.head.classifier.weight"
             if classifier in wrong:
@@ -222,7 +224,7 @@ class SegmentationModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if self.hparams.compile and not getattr(self, "_compiled", False):
+        if self.hparams.compile and not self._compiled:  # configure_model runs for every trainer call
             self.net.compile()
             self._compiled = True
 

@@ -13,7 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from bisenet_pl.data.base import DataError, LabelMap, Sample, SegmentationDataModule, lookup_table, pair_by_stem
+from bisenet_pl.data.base import LabelMap, Sample, SegmentationDataModule, lookup_table, pair_by_stem
+from bisenet_pl.errors import DataError
 
 CAMVID_CLASSES = [
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree",

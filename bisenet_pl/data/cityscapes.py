@@ -6,7 +6,8 @@ from pathlib import Path
 
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
-from bisenet_pl.data.base import DataError, LabelMap, Sample, SegmentationDataModule, lookup_table
+from bisenet_pl.data.base import LabelMap, Sample, SegmentationDataModule, lookup_table
+from bisenet_pl.errors import DataError
 
 _TRAIN_LABELS = sorted((label for label in CITYSCAPES_LABELS if 0 <= label.trainId < 255), key=lambda label: label.trainId)
 CITYSCAPES_CLASSES = [label.name for label in _TRAIN_LABELS]

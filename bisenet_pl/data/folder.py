@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bisenet_pl.errors import ConfigError
-from bisenet_pl.data.base import DataError, LabelMap, Sample, SegmentationDataModule, lookup_table, pair_by_stem
+from bisenet_pl.data.base import LabelMap, Sample, SegmentationDataModule, lookup_table, pair_by_stem
+from bisenet_pl.errors import ConfigError, DataError
 
 
 class FolderDataModule(SegmentationDataModule):

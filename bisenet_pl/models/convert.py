@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from bisenet_pl.errors import ConfigError
 _V2_STAGES = {"3": "stage3", "4": "stage4", "5_4": "stage5"}
 _V2_AUX = {"2": "stem", "3": "stage3", "4": "stage4", "5_4": "stage5"}
 _CONV_BN = {"0": "conv", "1": "bn"}
@@ -84,7 +85,7 @@ def detect_coincheung_architecture(state_dict: Mapping[str, torch.Tensor]) -> Li
     for name, signature in _SIGNATURES.items():
         if signature <= roots:
             return name  # type: ignore[return-value]
-    raise ValueError(
+    raise ConfigError(
         "not a CoinCheung/BiSeNet state dict: expected the top-level modules "
         f"{sorted(_SIGNATURES['bisenetv1'])} (BiSeNetV1) or {sorted(_SIGNATURES['bisenetv2'])} "
         f"(BiSeNetV2), found {sorted(roots)[:10]}"
@@ -97,7 +98,7 @@ def convert_coincheung_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dic
     The result loads with ``strict=True`` into ``BiSeNetV1(num_classes)`` or
     ``BiSeNetV2(num_classes)`` (aux heads included if the reference had them). A DDP
     ``module.`` prefix is accepted. Keys of any other layout (another network, or an older
-    reference release with PixelShuffle heads) raise ``ValueError`` naming them.
+    reference release with PixelShuffle heads) raise ``ConfigError`` (a ``ValueError``) naming them.
     """
     rules = _RULES[detect_coincheung_architecture(state_dict)]
     converted: dict[str, torch.Tensor] = {}
@@ -113,7 +114,7 @@ def convert_coincheung_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dic
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unrecognised keys for the CoinCheung/BiSeNet layout ({len(unknown)}): {unknown[:8]}"
             f"{' ...' if len(unknown) > 8 else ''}. Only the current reference release is supported."
         )

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
+
+from bisenet_pl.errors import ConfigError
+from bisenet_pl.models.weights import compare_state_dicts, read_state_dict
 
 ResNetName = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
 
@@ -128,44 +130,19 @@ class ResNet(nn.Module):
         return feat8, feat16, feat32
 
 
-def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a local file or a URL (cached in torch.hub's directory).
-
-    Loading uses ``weights_only=True``: a checkpoint that needs arbitrary code is refused.
-    """
-    source = str(source)
-    scheme = urlparse(source).scheme
-    if scheme in ("http", "https", "file"):
-        state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True, progress=False)
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist (expected a local .pth file or an http(s):// or file:// URL)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise ValueError(f"{source} does not hold a state dict (got {type(state).__name__})")
-    return state
-
-
 def load_backbone_weights(backbone: ResNet, weights: str | Path) -> None:
     """Load ImageNet weights into ``backbone``.
 
     ``weights`` is ``"imagenet"`` (torchvision's checkpoint for this depth, downloaded once
     into the torch.hub cache), a local path or a URL. The classifier (``fc``) is dropped;
-    every other tensor must match, or a ``ValueError`` names the differences.
+    every other tensor must match, or a ``ConfigError`` names the differences.
     """
     source = IMAGENET_URLS[backbone.name] if str(weights) == "imagenet" else weights
     state = {k.removeprefix("module."): v for k, v in read_state_dict(source).items() if not k.startswith(("fc.", "module.fc."))}
-    expected = backbone.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    wrong_shape = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
+    diff = compare_state_dicts(backbone.state_dict(), state)
+    if diff.missing or diff.unexpected or diff.wrong_shape:
+        raise ConfigError(
             f"{source} is not a torchvision-style {backbone.name} checkpoint: "
-            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shape[:3]}"
+            f"missing {diff.missing[:3]}, unexpected {diff.unexpected[:3]}, wrong shape {diff.wrong_shape[:3]}"
         )
     backbone.load_state_dict(state, strict=True)
