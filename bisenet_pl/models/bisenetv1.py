@@ -5,12 +5,17 @@ average-pooled context, merged top-down by nearest upsampling and 3x3 convs. Spa
 three stride-2 convs to 1/8. A feature fusion module joins the two. Following the reference
 release, the fusion attention is a 1x1 conv + BN (not the paper's two-layer MLP) and every
 classifier has a bias.
+
+The paper's ablations are constructor options whose defaults are the reference network: the
+spatial path, attention refinement and global context can each be switched off, the fusion
+can be a plain sum, and the context path can be ResNet-18/34/50/101.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -36,15 +41,27 @@ class AttentionRefinement(nn.Module):
 
 
 class ContextPath(nn.Module):
-    """ResNet trunk with attention refinement and global context, merged top-down to 1/8."""
+    """ResNet trunk with attention refinement and global context, merged top-down to 1/8.
 
-    def __init__(self, backbone: ResNetName = "resnet18", channels: int = 128, in_channels: int = 3) -> None:
+    Without ``attention_refinement`` the refinement is its 3x3 conv alone; without
+    ``global_context`` nothing pooled is added to the 1/32 features.
+    """
+
+    def __init__(
+        self,
+        backbone: ResNetName = "resnet18",
+        channels: int = 128,
+        in_channels: int = 3,
+        attention_refinement: bool = True,
+        global_context: bool = True,
+    ) -> None:
         super().__init__()
         self.backbone = ResNet(backbone, in_channels)
         _, channels16, channels32 = self.backbone.feature_channels
-        self.refine16 = AttentionRefinement(channels16, channels)
-        self.refine32 = AttentionRefinement(channels32, channels)
-        self.global_context = ConvBNAct(channels32, channels, 1)
+        refinement = AttentionRefinement if attention_refinement else ConvBNAct
+        self.refine16 = refinement(channels16, channels)
+        self.refine32 = refinement(channels32, channels)
+        self.global_context = ConvBNAct(channels32, channels, 1) if global_context else None
         self.upsample32_conv = ConvBNAct(channels, channels, 3)
         self.upsample16_conv = ConvBNAct(channels, channels, 3)
         self.out_channels = channels
@@ -52,8 +69,10 @@ class ContextPath(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the context features at 1/8 and 1/16."""
         feat8, feat16, feat32 = self.backbone(x)
-        context = self.global_context(feat32.mean(dim=(2, 3), keepdim=True))
-        up32 = resize_to(self.refine32(feat32) + context, feat16.shape[-2:], mode="nearest")
+        refined32 = self.refine32(feat32)
+        if self.global_context is not None:
+            refined32 = refined32 + self.global_context(feat32.mean(dim=(2, 3), keepdim=True))
+        up32 = resize_to(refined32, feat16.shape[-2:], mode="nearest")
         context16 = self.upsample32_conv(up32)
         up16 = resize_to(self.refine16(feat16) + context16, feat8.shape[-2:], mode="nearest")
         context8 = self.upsample16_conv(up16)
@@ -88,6 +107,13 @@ class FeatureFusion(nn.Module):
         return x + x * torch.sigmoid(self.attention(x.mean(dim=(2, 3), keepdim=True)))
 
 
+class SumFusion(nn.Module):
+    """Ablation baseline for the feature fusion module: the element-wise sum of both paths."""
+
+    def forward(self, spatial: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return spatial + context
+
+
 class BiSeNetV1(nn.Module):
     """BiSeNet V1 for semantic segmentation.
 
@@ -97,6 +123,12 @@ class BiSeNetV1(nn.Module):
         aux_heads: auxiliary heads to build, any of ``context8`` and ``context16`` (the
             context path's 1/8 and 1/16 outputs); forward returns them in that order.
         in_channels: input image channels.
+        spatial_path: build the spatial path; without it the head sits on the context path's
+            1/8 output and there is no fusion.
+        attention_refinement: refine the 1/16 and 1/32 features with attention (ARM);
+            without it only the ARM's 3x3 conv remains.
+        global_context: add the globally pooled 1/32 context to the refined 1/32 features.
+        fusion: ``ffm`` (the feature fusion module) or ``sum`` (the two paths added).
 
     ImageNet weights for the backbone are loaded explicitly, never in the constructor:
     ``model.load_backbone_weights("imagenet" | path | url)``.
@@ -114,17 +146,31 @@ class BiSeNetV1(nn.Module):
         backbone: ResNetName = "resnet18",
         aux_heads: Sequence[str] = V1_AUX_POSITIONS,
         in_channels: int = 3,
+        spatial_path: bool = True,
+        attention_refinement: bool = True,
+        global_context: bool = True,
+        fusion: Literal["ffm", "sum"] = "ffm",
     ) -> None:
         super().__init__()
         unknown = set(aux_heads) - set(V1_AUX_POSITIONS)
         if unknown:
             raise ValueError(f"unknown BiSeNetV1 aux_heads {sorted(unknown)}; choose from {list(V1_AUX_POSITIONS)}")
+        if fusion not in ("ffm", "sum"):
+            raise ValueError(f"BiSeNetV1 fusion must be ffm or sum, got {fusion!r}")
         self.num_classes = num_classes
-        self.context_path = ContextPath(backbone, in_channels=in_channels)
-        self.spatial_path = SpatialPath(in_channels)
-        fused_channels = self.spatial_path.out_channels + self.context_path.out_channels
-        self.fusion = FeatureFusion(fused_channels, fused_channels)
-        self.head = SegmentHead(fused_channels, 256, num_classes, dropout=0.0)
+        self.context_path = ContextPath(
+            backbone, in_channels=in_channels, attention_refinement=attention_refinement, global_context=global_context
+        )
+        context_channels = self.context_path.out_channels
+        self.spatial_path = SpatialPath(in_channels, out_channels=context_channels) if spatial_path else None
+        if not spatial_path:
+            self.fusion, head_in = None, context_channels
+        elif fusion == "ffm":
+            head_in = self.spatial_path.out_channels + context_channels
+            self.fusion = FeatureFusion(head_in, head_in)
+        else:
+            self.fusion, head_in = SumFusion(), context_channels
+        self.head = SegmentHead(head_in, 256, num_classes, dropout=0.0)
         self.aux_heads = nn.ModuleDict(
             {
                 name: SegmentHead(self.context_path.out_channels, 64, num_classes, dropout=0.0)
@@ -148,15 +194,27 @@ class BiSeNetV1(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def _pooled_norm(self) -> nn.BatchNorm2d | None:
+        """A BatchNorm over a globally pooled (1x1) map, which a batch of one cannot train."""
+        context = self.context_path
+        for module in (context.global_context, context.refine32, self.fusion):
+            attention = getattr(module, "attention", module)
+            if isinstance(attention, ConvBNAct) and attention.conv.kernel_size == (1, 1):
+                return attention.bn
+        return None
+
     def load_backbone_weights(self, weights: str | Path) -> None:
         """Load ImageNet ResNet weights: ``"imagenet"``, a local path or a URL."""
         load_backbone_weights(self.context_path.backbone, weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        check_batch_size(x, self.context_path.global_context.bn, type(self).__name__)
+        pooled_norm = self._pooled_norm()
+        if pooled_norm is not None:
+            check_batch_size(x, pooled_norm, type(self).__name__)
         size = x.shape[-2:]
         context8, context16 = self.context_path(x)
-        logits = self.head(self.fusion(self.spatial_path(x), context8), size)
+        features = context8 if self.spatial_path is None else self.fusion(self.spatial_path(x), context8)
+        logits = self.head(features, size)
         if not self.training:
             return logits
         features = {"context8": context8, "context16": context16}

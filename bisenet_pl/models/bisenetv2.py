@@ -5,31 +5,42 @@ ReLUs in the GE layers and the aggregation, BN-ReLU in the context block, 1024-c
 head, booster heads with a x2 refinement step); this module follows the reference exactly
 and only replaces its fixed-factor upsampling by resizing to the joined tensor's size, so
 that any input size works.
+
+The paper's ablations are constructor options whose defaults are the reference network:
+which branches exist (``branches``), how they are joined (``aggregation``), the semantic
+branch's width relative to the detail branch (``semantic_ratio``, the paper's lambda), the GE
+expansion ratio, and the width/depth multipliers of BiSeNetV2-Large (2.0 and 3.0).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
 from bisenet_pl.models.layers import ConvBNAct, SegmentHead, check_batch_size, resize_to
 
-#: Booster head positions in forward-output order, with each feature's channels and stride.
-V2_AUX_POSITIONS: dict[str, tuple[int, int]] = {
-    "stem": (16, 4),
-    "stage3": (32, 8),
-    "stage4": (64, 16),
-    "stage5": (128, 32),
-}
+#: Booster head positions in forward-output order, with each feature's stride.
+V2_AUX_POSITIONS: dict[str, int] = {"stem": 4, "stage3": 8, "stage4": 16, "stage5": 32}
+
+#: The reference's detail branch: channels and layers (the first of each stage has stride 2).
+DETAIL_CHANNELS: tuple[int, ...] = (64, 64, 128)
+DETAIL_DEPTHS: tuple[int, ...] = (2, 3, 3)
+#: Semantic branch widths (stem, stages 3-5) as multiples of lambda x the detail branch's first width.
+SEMANTIC_WIDTH_FACTORS: tuple[int, ...] = (1, 2, 4, 8)
+SEMANTIC_DEPTHS: tuple[int, ...] = (2, 2, 4)
+
+Branches = Literal["both", "detail", "semantic"]
+Aggregation = Literal["bga", "sum", "concat"]
 
 
 class DetailBranch(nn.Module):
     """Wide, shallow branch keeping spatial detail: three stages of 3x3 convs to 1/8."""
 
-    def __init__(self, in_channels: int = 3, channels: Sequence[int] = (64, 64, 128), depths: Sequence[int] = (2, 3, 3)) -> None:
+    def __init__(self, in_channels: int = 3, channels: Sequence[int] = DETAIL_CHANNELS, depths: Sequence[int] = DETAIL_DEPTHS) -> None:
         super().__init__()
         stages = []
         for out_channels, depth in zip(channels, depths, strict=True):
@@ -101,13 +112,14 @@ class GatherExpansionLayer(nn.Module):
 
 
 class ContextEmbedding(nn.Module):
-    """Global average pool -> BN -> 1x1 conv, broadcast-added to the input, then a 3x3 conv."""
+    """Global average pool -> BN -> 1x1 conv, broadcast-added to the input, then a 3x3 conv
+    (to ``out_channels``: the detail branch's width when the semantic branch is narrower or wider)."""
 
-    def __init__(self, channels: int = 128) -> None:
+    def __init__(self, channels: int = 128, out_channels: int | None = None) -> None:
         super().__init__()
         self.norm = nn.BatchNorm2d(channels)
         self.pooled_conv = ConvBNAct(channels, channels, 1)
-        self.fuse = ConvBNAct(channels, channels, 3)
+        self.fuse = ConvBNAct(channels, out_channels or channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         context = self.pooled_conv(self.norm(x.mean(dim=(2, 3), keepdim=True)))
@@ -117,8 +129,16 @@ class ContextEmbedding(nn.Module):
 class SemanticBranch(nn.Module):
     """Narrow, deep branch for context: stem (1/4), GE stages 3-5 (1/8, 1/16, 1/32), context embedding."""
 
-    def __init__(self, in_channels: int = 3, channels: Sequence[int] = (16, 32, 64, 128), depths: Sequence[int] = (2, 2, 4), expansion: int = 6) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        depths: Sequence[int] = SEMANTIC_DEPTHS,
+        expansion: int = 6,
+        out_channels: int | None = None,
+    ) -> None:
         super().__init__()
+        self.channels = dict(zip(V2_AUX_POSITIONS, channels, strict=True))
         self.stem = StemBlock(in_channels, channels[0])
         stages = []
         for stage_in, stage_out, depth in zip(channels[:-1], channels[1:], depths, strict=True):
@@ -126,8 +146,8 @@ class SemanticBranch(nn.Module):
             layers += [GatherExpansionLayer(stage_out, stage_out, expansion=expansion) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*layers))
         self.stage3, self.stage4, self.stage5 = stages
-        self.context_embedding = ContextEmbedding(channels[-1])
-        self.out_channels = channels[-1]
+        self.out_channels = out_channels or channels[-1]
+        self.context_embedding = ContextEmbedding(channels[-1], self.out_channels)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return every feature the heads use: ``stem``, ``stage3``..``stage5`` and ``context``."""
@@ -173,6 +193,40 @@ class BilateralGuidedAggregation(nn.Module):
         return self.fuse(high + resize_to(low, high_size, mode="nearest"))
 
 
+class SumAggregation(nn.Module):
+    """Ablation baseline: upsample the semantic features, add the detail features, 3x3 conv."""
+
+    def __init__(self, channels: int = 128) -> None:
+        super().__init__()
+        self.fuse = ConvBNAct(channels, channels, 3)
+
+    def forward(self, detail: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        return self.fuse(detail + resize_to(semantic, detail.shape[-2:], mode="bilinear"))
+
+
+class ConcatAggregation(nn.Module):
+    """Ablation baseline: upsample the semantic features, concatenate, 3x3 conv back to ``channels``."""
+
+    def __init__(self, channels: int = 128) -> None:
+        super().__init__()
+        self.fuse = ConvBNAct(2 * channels, channels, 3)
+
+    def forward(self, detail: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([detail, resize_to(semantic, detail.shape[-2:], mode="bilinear")], dim=1))
+
+
+AGGREGATIONS: dict[str, type[nn.Module]] = {
+    "bga": BilateralGuidedAggregation,
+    "sum": SumAggregation,
+    "concat": ConcatAggregation,
+}
+
+
+def scaled_depth(depth: int, multiplier: float) -> int:
+    """Layers of a stage whose stride-1 repeats (all but the first layer) are scaled by ``multiplier``."""
+    return 1 + max(1, round((depth - 1) * multiplier))
+
+
 class BiSeNetV2(nn.Module):
     """BiSeNet V2 for semantic segmentation.
 
@@ -181,11 +235,21 @@ class BiSeNetV2(nn.Module):
         aux_heads: booster heads to build, any of ``stem``, ``stage3``, ``stage4``,
             ``stage5`` (on the last GE stage, before the context block). They are used in
             training only; forward returns them after the main logits in that order.
-        expansion: GE layer expansion ratio.
+        expansion: GE layer expansion ratio (the paper's epsilon).
         head_channels: width of the main head's 3x3 conv.
         aux_channels: width of each booster head's 3x3 conv.
         dropout: dropout before the classifiers.
         in_channels: input image channels.
+        branches: ``both``, or ablate to the ``detail`` or the ``semantic`` branch alone (the
+            head then sits on that branch's output; ``detail`` has no booster heads).
+        aggregation: how the branches join: ``bga`` (bilateral guided aggregation), or the
+            ablation baselines ``sum`` and ``concat`` (upsample, join, 3x3 conv).
+        semantic_ratio: the semantic branch's width as a fraction of the detail branch's
+            (the paper's lambda: 1/2, 1/4, 1/8, 1/16); the context block projects back to the
+            detail width when it differs.
+        width_multiplier: scales every channel count of both branches (the paper's alpha).
+        depth_multiplier: scales the stride-1 layers of every stage of both branches (d).
+            BiSeNetV2-Large is ``width_multiplier=2.0, depth_multiplier=3.0``.
 
     Forward returns ``(main, *aux)`` logits in training mode and the main logits alone in
     eval mode; every output has the input's spatial size, whatever that size is.
@@ -203,25 +267,57 @@ class BiSeNetV2(nn.Module):
         aux_channels: int = 128,
         dropout: float = 0.1,
         in_channels: int = 3,
+        branches: Branches = "both",
+        aggregation: Aggregation = "bga",
+        semantic_ratio: float = 0.25,
+        width_multiplier: float = 1.0,
+        depth_multiplier: float = 1.0,
     ) -> None:
         super().__init__()
         unknown = set(aux_heads) - set(V2_AUX_POSITIONS)
         if unknown:
             raise ValueError(f"unknown BiSeNetV2 aux_heads {sorted(unknown)}; choose from {list(V2_AUX_POSITIONS)}")
+        if branches not in ("both", "detail", "semantic"):
+            raise ValueError(f"BiSeNetV2 branches must be both, detail or semantic, got {branches!r}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"BiSeNetV2 aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+        if branches == "detail" and aux_heads:
+            raise ValueError("BiSeNetV2 with branches='detail' has no semantic branch for booster heads: set aux_heads to []")
         self.num_classes = num_classes
-        self.detail_branch = DetailBranch(in_channels)
-        self.semantic_branch = SemanticBranch(in_channels, expansion=expansion)
-        self.aggregation = BilateralGuidedAggregation(self.detail_branch.out_channels)
-        self.head = SegmentHead(self.detail_branch.out_channels, head_channels, num_classes, dropout)
+        self.branches = branches
+        detail_channels = [self._channels(c * width_multiplier, "width_multiplier") for c in DETAIL_CHANNELS]
+        semantic_channels = [
+            self._channels(DETAIL_CHANNELS[0] * width_multiplier * semantic_ratio * f, "semantic_ratio")
+            for f in SEMANTIC_WIDTH_FACTORS
+        ]
+        detail_depths = [scaled_depth(d, depth_multiplier) for d in DETAIL_DEPTHS]
+        semantic_depths = [scaled_depth(d, depth_multiplier) for d in SEMANTIC_DEPTHS]
+        features = detail_channels[-1]
+        self.detail_branch = DetailBranch(in_channels, detail_channels, detail_depths) if branches != "semantic" else None
+        self.semantic_branch = (
+            SemanticBranch(in_channels, semantic_channels, semantic_depths, expansion, out_channels=features)
+            if branches != "detail"
+            else None
+        )
+        self.aggregation = AGGREGATIONS[aggregation](features) if branches == "both" else None
+        self.head = SegmentHead(features, head_channels, num_classes, dropout)
         # Each booster head refines to stride**2 channels before its classifier, as the reference.
+        aux_inputs = self.semantic_branch.channels if self.semantic_branch is not None else {}
         self.aux_heads = nn.ModuleDict(
             {
-                name: SegmentHead(channels, aux_channels, num_classes, dropout, refine_channels=stride**2)
-                for name, (channels, stride) in V2_AUX_POSITIONS.items()
+                name: SegmentHead(aux_inputs[name], aux_channels, num_classes, dropout, refine_channels=stride**2)
+                for name, stride in V2_AUX_POSITIONS.items()
                 if name in aux_heads
             }
         )
         self.reset_parameters()
+
+    @staticmethod
+    def _channels(value: float, option: str) -> int:
+        channels = round(value)
+        if channels < 2 or abs(channels - value) > 1e-6:
+            raise ValueError(f"BiSeNetV2 {option} gives {value:g} channels; choose it so that every width is a whole number >= 2")
+        return channels
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan_out) convolutions, unit BN, zero-gamma GE projections."""
@@ -235,11 +331,18 @@ class BiSeNetV2(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        check_batch_size(x, self.semantic_branch.context_embedding.norm, type(self).__name__)
         size = x.shape[-2:]
-        semantic = self.semantic_branch(x)
-        fused = self.aggregation(self.detail_branch(x), semantic["context"])
-        logits = self.head(fused, size)
+        semantic = {}
+        if self.semantic_branch is not None:
+            check_batch_size(x, self.semantic_branch.context_embedding.norm, type(self).__name__)
+            semantic = self.semantic_branch(x)
+        if self.branches == "both":
+            features = self.aggregation(self.detail_branch(x), semantic["context"])
+        elif self.branches == "detail":
+            features = self.detail_branch(x)
+        else:
+            features = semantic["context"]
+        logits = self.head(features, size)
         if not self.training:
             return logits
         return (logits, *(head(semantic[name], size) for name, head in self.aux_heads.items()))
