@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
 from bisenet_pl.errors import ConfigError, UserError
+from bisenet_pl.loggers import SaveConfigToLoggers, ValidationImages
 from bisenet_pl.models import convert_coincheung_state_dict
 from bisenet_pl.models.weights import read_state_dict
 from bisenet_pl.module import SegmentationModule
@@ -52,6 +53,8 @@ class BiSeNetCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        # Sample predictions and the confusion matrix for whichever logger is on (--val_images.*).
+        parser.add_lightning_class_args(ValidationImages, "val_images")
 
     def _check_data(self) -> None:
         # Before the trainer creates log folders: bad data leaves nothing behind.
@@ -62,7 +65,8 @@ class BiSeNetCLI(LightningCLI):
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") == "last":
-            kwargs["ckpt_path"] = str(find_last_checkpoint(Path(self.trainer.default_root_dir)))
+            roots = [self.trainer.default_root_dir] + [logger.save_dir for logger in self.trainer.loggers if logger.save_dir]
+            kwargs["ckpt_path"] = str(find_last_checkpoint([Path(root) for root in roots]))
         return kwargs
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
@@ -70,19 +74,21 @@ class BiSeNetCLI(LightningCLI):
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("logger") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+            callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, ValidationImages))]
         return super()._instantiate_trainer(config, callbacks)
 
 
-def find_last_checkpoint(root: Path) -> Path:
-    """The newest last.ckpt under ``root``, whichever logger version wrote it.
+def find_last_checkpoint(roots: list[Path]) -> Path:
+    """The newest last.ckpt under any of ``roots`` (the default root dir and the loggers' save
+    dirs), whichever logger version or W&B run wrote it.
 
     Lightning alone would look only in the new run's own (next version's) folder.
     """
-    found = sorted(root.rglob("last*.ckpt"), key=lambda path: path.stat().st_mtime)
+    found = {path for root in roots for path in root.rglob("last*.ckpt")}
     if not found:
-        raise ConfigError(f"--ckpt_path last: no last.ckpt under {root} (trainer.default_root_dir) to resume from")
-    return found[-1]
+        where = ", ".join(str(root) for root in dict.fromkeys(roots))
+        raise ConfigError(f"--ckpt_path last: no last.ckpt under {where} (trainer.default_root_dir, logger save_dir) to resume from")
+    return max(found, key=lambda path: path.stat().st_mtime)
 
 
 def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
@@ -94,7 +100,9 @@ def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
         auto_configure_optimizers=False,
         args=args,
         run=run,
-        save_config_kwargs={"overwrite": True},
+        # The resolved config goes into each logger's own run folder (and W&B's run config).
+        save_config_callback=SaveConfigToLoggers,
+        save_config_kwargs={"save_to_log_dir": False},
         parser_kwargs={
             "epilog": TOOLS_HELP,
             "formatter_class": argparse.RawDescriptionHelpFormatter,

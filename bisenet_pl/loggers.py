@@ -1,0 +1,207 @@
+"""Experiment tracking: a W&B logger with typed options, the resolved config in every run, and
+validation pictures (sample predictions, confusion matrix) for whichever logger is on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+from bisenet_pl.visualize import confusion_matrix_figure, denormalize, figure_to_array, sample_panel
+
+#: W&B summaries of a run: the best value, not the last, is what a sweep optimises.
+SUMMARY_METRICS: dict[str, str] = {"val/mIoU": "max", "val/pixel_accuracy": "max", "val/loss": "min"}
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger with W&B's run options as named, typed arguments, so that YAML and
+    the command line can set them (``--trainer.logger.init_args.group=ablation``), and with
+    ``val/mIoU``'s run summary being its maximum.
+
+    Offline (``offline=true`` or ``WANDB_MODE=offline``) it never touches the network; sync
+    later with ``wandb sync DIR``.
+
+    Args:
+        project: W&B project.
+        entity: W&B user or team (default: yours).
+        group: runs to show together (e.g. one ablation table).
+        tags: labels to filter runs by.
+        job_type: e.g. ``train`` or ``eval``.
+        notes: a longer description of the run.
+        name: display name of the run.
+        save_dir: where the ``wandb`` folder goes (and the checkpoints, under ``project/run id``).
+        offline: log to disk only.
+        id: a run id, to resume a run.
+        log_model: upload checkpoints as W&B artifacts (``true``: at the end, ``all``: each one).
+        summary_metrics: metric -> ``max``/``min``/``last``: which value a run's summary holds.
+    """
+
+    def __init__(
+        self,
+        project: str = "bisenet-pl",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        job_type: str | None = None,
+        notes: str | None = None,
+        name: str | None = None,
+        save_dir: str = "outputs",
+        offline: bool = False,
+        id: str | None = None,
+        log_model: bool | str = False,
+        summary_metrics: dict[str, str] | None = None,
+    ) -> None:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)  # W&B falls back to a temp dir otherwise
+        super().__init__(
+            name=name,
+            save_dir=save_dir,
+            offline=offline,
+            id=id,
+            project=project,
+            log_model=log_model,
+            entity=entity,
+            group=group,
+            tags=tags,
+            job_type=job_type,
+            notes=notes,
+            resume="allow" if id else None,
+        )
+        self.summary_metrics = dict(SUMMARY_METRICS if summary_metrics is None else summary_metrics)
+        self._summaries_defined = False
+
+    @property
+    def experiment(self):
+        run = super().experiment
+        if not self._summaries_defined and hasattr(run, "define_metric"):
+            for metric, summary in self.summary_metrics.items():
+                run.define_metric(metric, step_metric="trainer/global_step", summary=summary)
+            self._summaries_defined = True
+        return run
+
+
+#: The config's file name in a W&B run's files (W&B writes its own ``config.yaml`` there).
+WANDB_CONFIG_FILENAME = "cli_config.yaml"
+
+
+class SaveConfigToLoggers(SaveConfigCallback):
+    """The fully resolved config as ``config.yaml`` in each logger's own run folder (W&B: as
+    ``cli_config.yaml`` in the run's files), and in W&B's run config.
+
+    Lightning's default writes it to ``trainer.log_dir``, which WandbLogger does not version: a
+    second run in the same place would fail or overwrite the first run's file. A W&B run's own
+    files folder and a CSV/TensorBoard version folder belong to one run only.
+    """
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        for logger in trainer.loggers:
+            if isinstance(logger, LightningWandbLogger):
+                run = logger.experiment
+                run.config.update(yaml.safe_load(text), allow_val_change=True)
+                path = Path(run.dir) / WANDB_CONFIG_FILENAME
+            elif logger.log_dir is not None:
+                path = Path(logger.log_dir) / self.config_filename
+            else:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+
+def log_images(loggers: Sequence[Logger], key: str, images: Sequence[np.ndarray], step: int, **wandb_options: list) -> list[Path]:
+    """Send RGB images to loggers: W&B images (with ``wandb_options`` such as ``masks``),
+    TensorBoard images, or PNG files under any other logger's ``log_dir/images``. Returns the files written."""
+    written = []
+    for logger in loggers:
+        if isinstance(logger, LightningWandbLogger):
+            logger.log_image(key=key, images=list(images), step=step, **wandb_options)
+        elif isinstance(logger, TensorBoardLogger):
+            for index, image in enumerate(images):
+                logger.experiment.add_image(f"{key}/{index}", image, step, dataformats="HWC")
+        elif isinstance(logger, Logger) and logger.log_dir is not None:
+            folder = Path(logger.log_dir) / "images" / key.replace("/", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            for index, image in enumerate(images):
+                path = folder / f"step_{step:06d}_{index}.png"
+                cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                written.append(path)
+    return written
+
+
+class ValidationImages(Callback):
+    """After each validation: predictions on a fixed set of validation images and the confusion
+    matrix, as pictures for every logger (W&B: images with interactive ground-truth and predicted
+    masks; otherwise image | ground truth | prediction | error panels).
+
+    Args:
+        num_samples: validation images shown, evenly spaced over the set (0: none).
+        confusion_matrix: also show the row-normalised confusion matrix.
+    """
+
+    def __init__(self, num_samples: int = 4, confusion_matrix: bool = True) -> None:
+        self.num_samples = num_samples
+        self.confusion_matrix = confusion_matrix
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.loggers or not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        matrix = getattr(pl_module, "confusion_matrices", {}).get("val")
+        if self.confusion_matrix and matrix is not None:
+            figure = confusion_matrix_figure(matrix, pl_module.class_names, f"Validation confusion matrix, step {step}")
+            log_images(trainer.loggers, "val/confusion_matrix", [figure_to_array(figure)], step)
+        if self.num_samples > 0:
+            self._log_samples(trainer, pl_module, step)
+
+    @torch.no_grad()
+    def _log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        loader = trainer.val_dataloaders
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None or len(dataset) == 0:
+            return
+        datamodule = trainer.datamodule
+        palette = getattr(datamodule, "palette", None)
+        if palette is None:
+            from bisenet_pl.data.folder import default_palette
+
+            palette = default_palette(pl_module.num_classes)
+        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        ignore_index = pl_module.ignore_index
+        labels = dict(enumerate(pl_module.class_names)) | {ignore_index: "ignore"}
+        indices = np.linspace(0, len(dataset) - 1, min(self.num_samples, len(dataset))).round().astype(int)
+        images, panels, masks, captions = [], [], [], []
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            for index in dict.fromkeys(indices.tolist()):
+                item = dataset[index]
+                with trainer.precision_plugin.forward_context():
+                    logits = pl_module(item["image"][None].to(pl_module.device))
+                logits = logits[0] if isinstance(logits, tuple) else logits
+                prediction = logits[0].argmax(0).byte().cpu().numpy()
+                target = item["mask"].cpu().numpy().astype(np.uint8)
+                image = denormalize(item["image"], mean, std)
+                images.append(image)
+                panels.append(sample_panel(image, target, prediction, palette, ignore_index))
+                masks.append(
+                    {
+                        "ground_truth": {"mask_data": target, "class_labels": labels},
+                        "prediction": {"mask_data": prediction, "class_labels": labels},
+                    }
+                )
+                captions.append(Path(item["path"]).name)
+        finally:
+            pl_module.train(was_training)
+        # W&B shows each image with toggleable masks; other loggers get the side-by-side panels.
+        wandb = [logger for logger in trainer.loggers if isinstance(logger, LightningWandbLogger)]
+        others = [logger for logger in trainer.loggers if logger not in wandb]
+        log_images(wandb, "val/samples", images, step, masks=masks, caption=captions)
+        log_images(others, "val/samples", panels, step)

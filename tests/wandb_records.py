@@ -1,0 +1,44 @@
+"""Read an offline W&B run file (``run-ID.wandb``): a LevelDB-style log of protobuf records.
+
+W&B's own Python reader is gone (its service is written in Go now); tests read the file to
+check what a run logged without a W&B server.
+"""
+
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+HEADER = 7  # b":W&B", a 2-byte magic, a version byte
+BLOCK = 32768
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    records, pending, offset = [], b"", HEADER
+    while offset + 7 <= len(data):
+        if BLOCK - offset % BLOCK < 7:  # a block's tail too short for a header is padding
+            offset += BLOCK - offset % BLOCK
+            continue
+        _crc, length, kind = struct.unpack_from("<IHB", data, offset)
+        chunk = data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        if kind == 0 and length == 0:
+            break
+        pending = chunk if kind in (FULL, FIRST) else pending + chunk
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def history(records) -> list[dict[str, str]]:
+    """Each logged row: metric name -> JSON value."""
+    return [
+        {item.key or "/".join(item.nested_key): item.value_json for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
