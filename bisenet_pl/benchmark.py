@@ -1,0 +1,71 @@
+"""Measuring networks: parameters, FLOPs (torch's FlopCounterMode) and latency percentiles."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-call latency of a batch, in milliseconds, and the images per second it gives."""
+
+    batch_size: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 * self.batch_size / self.mean_ms
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by linear interpolation between order statistics."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def measure_latency(
+    run: Callable[[], Any],
+    batch_size: int = 1,
+    warmup: int = 3,
+    iterations: int = 20,
+    device: torch.device | str = "cpu",
+) -> Latency:
+    """Time ``run()`` after ``warmup`` untimed calls; on CUDA each call is synchronised."""
+    device = torch.device(device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        run()
+    synchronize()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        run()
+        synchronize()
+        times.append(1000 * (time.perf_counter() - start))
+    return Latency(batch_size, statistics.fmean(times), percentile(times, 50), percentile(times, 90), percentile(times, 99))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, images: torch.Tensor) -> int:
+    """Floating-point operations of one forward pass (a multiply-add counts 2), by torch's FlopCounterMode."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(images)
+    return counter.get_total_flops()
