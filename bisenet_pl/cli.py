@@ -21,6 +21,8 @@ TOOLS_HELP = """\
 Other commands:
   bisenet-pl stats --config CONFIG [--split train]   dataset statistics (sizes, class shares, mean/std, weights)
   bisenet-pl convert REFERENCE.pth OUTPUT.pth         convert a CoinCheung/BiSeNet checkpoint to this layout
+  bisenet-pl export --ckpt_path CKPT [--format onnx|torchscript] [--labels int32|int64]
+                                                      a deployable network (BN folded, aux heads dropped)
 """
 
 
@@ -145,7 +147,33 @@ def convert_command(args: list[str]) -> None:
     print(f"wrote {len(state)} tensors to {options.output}")
 
 
-TOOLS = {"stats": stats_command, "convert": convert_command}
+def export_command(args: list[str]) -> None:
+    """``bisenet-pl export``: the checkpoint's network for deployment (eval mode, aux heads
+    dropped, BatchNorm folded), as ONNX (dynamic batch and size) or TorchScript."""
+    from bisenet_pl.deploy import export, onnx_matches_pytorch
+
+    parser = argparse.ArgumentParser(prog="bisenet-pl export", description=export_command.__doc__)
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by bisenet-pl fit")
+    parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    parser.add_argument("--output", type=Path, help="default: the checkpoint's path with .onnx or .torchscript.pt")
+    parser.add_argument("--labels", choices=["int32", "int64"], help="put the argmax in the graph: class ids of this type instead of logits")
+    parser.add_argument("--size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"), help="example input size for tracing (any size works after)")
+    options = parser.parse_args(args)
+    checkpoint = Path(options.ckpt_path)
+    if not checkpoint.is_file():
+        raise ConfigError(f"--ckpt_path {checkpoint}: no such checkpoint")
+    module = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    suffix = ".onnx" if options.format == "onnx" else ".torchscript.pt"
+    output = options.output or checkpoint.with_suffix(suffix)
+    export(module.net, output, options.format, tuple(options.size), options.labels)
+    print(f"wrote {output} ({options.format}, {'labels ' + options.labels if options.labels else 'logits'}, "
+          f"{type(module.net).__name__}, {module.num_classes} classes)")
+    if options.format == "onnx":
+        difference = onnx_matches_pytorch(module.net, output, tuple(options.size), options.labels)
+        print(f"onnxruntime agrees with PyTorch at {options.size[0]}x{options.size[1]}: {difference}")
+
+
+TOOLS = {"stats": stats_command, "convert": convert_command, "export": export_command}
 
 
 def main(args: list[str] | None = None) -> None:

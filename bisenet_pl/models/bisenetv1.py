@@ -199,7 +199,7 @@ class BiSeNetV1(nn.Module):
         context = self.context_path
         for module in (context.global_context, context.refine32, self.fusion):
             attention = getattr(module, "attention", module)
-            if isinstance(attention, ConvBNAct) and attention.conv.kernel_size == (1, 1):
+            if isinstance(attention, ConvBNAct) and isinstance(attention.bn, nn.BatchNorm2d) and attention.conv.kernel_size == (1, 1):
                 return attention.bn
         return None
 

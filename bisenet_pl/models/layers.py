@@ -45,7 +45,9 @@ def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size, mode: str) ->
     input is a multiple of 32. Resizing to the size of the tensor being joined works for
     any input, and for power-of-two ratios it samples exactly the same points.
     """
-    if tuple(x.shape[-2:]) == tuple(size):
+    # The shortcut compares sizes in Python, which torch.export cannot do for dynamic sizes;
+    # resampling to the same size is an exact copy, so exported graphs simply always resample.
+    if not torch.compiler.is_exporting() and tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "nearest":
         return F.interpolate(x, size=tuple(size), mode="nearest")

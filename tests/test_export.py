@@ -1,0 +1,94 @@
+"""Deployment: BatchNorm folding, ONNX (checked with onnxruntime) and TorchScript export."""
+
+import functools
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from bisenet_pl.cli import main
+from bisenet_pl.deploy import export_onnx, fold_batchnorm, inference_network, onnx_session
+from bisenet_pl.models import BiSeNetV1, BiSeNetV2
+from bisenet_pl.module import SegmentationModule
+
+
+def trained_like(net: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, as after training."""
+    generator = torch.Generator().manual_seed(0)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+            module.weight.data.copy_(1 + 0.1 * torch.randn(module.num_features, generator=generator))
+            module.bias.data.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+    return net.eval()
+
+
+@pytest.mark.parametrize("cls", [BiSeNetV2, functools.partial(BiSeNetV1, backbone="resnet50")], ids=["v2", "v1-resnet50"])
+def test_folding_batchnorm_keeps_the_outputs(cls):
+    net = trained_like(cls(num_classes=5))
+    folded = inference_network(net)
+    batchnorms = [name for name, m in folded.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # Only a BN that follows no convolution stays (BiSeNetV2's context block, on pooled features).
+    assert batchnorms == (["semantic_branch.context_embedding.norm"] if isinstance(net, BiSeNetV2) else [])
+    assert len(folded.aux_heads) == 0 and len(net.aux_heads) > 0  # a copy: the original keeps its heads
+    images = torch.randn(2, 3, 72, 104)
+    with torch.no_grad():
+        ours, theirs = folded(images), net(images)
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()  # float round-off only
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(cls(num_classes=5).train())
+
+
+def test_onnx_logits_match_pytorch_at_any_batch_and_size(tmp_path):
+    net = trained_like(BiSeNetV2(num_classes=5))
+    path = export_onnx(net, tmp_path / "v2.onnx", example_size=(64, 96))
+    session = onnx_session(path)
+    assert [i.name for i in session.get_inputs()] == ["images"] and [o.name for o in session.get_outputs()] == ["logits"]
+    for shape in [(1, 3, 64, 96), (2, 3, 97, 131), (1, 3, 360, 480)]:  # dynamic batch, height and width
+        images = torch.randn(*shape)
+        (logits,) = session.run(None, {"images": images.numpy()})
+        with torch.no_grad():
+            expected = net(images).numpy()
+        assert logits.shape == expected.shape
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.data"))  # one file, nothing half-written
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    module = SegmentationModule(net=functools.partial(BiSeNetV1, aux_heads=["context16"]), num_classes=4)
+    trained_like(module.net)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", devices=1)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    return tmp_path / "model.ckpt", module.net.eval()
+
+
+def test_export_command_onnx_with_argmax(checkpoint, capsys):
+    path, net = checkpoint
+    main(["export", f"--ckpt_path={path}", "--labels=int32", "--size", "64", "96"])
+    output = capsys.readouterr().out
+    assert f"wrote {path.with_suffix('.onnx')}" in output and "onnxruntime agrees with PyTorch" in output
+    session = onnx_session(path.with_suffix(".onnx"))
+    images = torch.randn(2, 3, 80, 112)
+    (labels,) = session.run(None, {"images": images.numpy()})
+    assert labels.dtype == np.int32 and labels.shape == (2, 80, 112)
+    with torch.no_grad():
+        expected = net(images).argmax(dim=1).numpy()
+    assert (labels == expected).mean() > 0.999  # ties of float round-off aside, the same classes
+
+
+def test_export_command_torchscript(checkpoint, tmp_path):
+    path, net = checkpoint
+    main(["export", f"--ckpt_path={path}", "--format=torchscript", f"--output={tmp_path / 'net.pt'}", "--size", "64", "96"])
+    scripted = torch.jit.load(str(tmp_path / "net.pt"))
+    images = torch.randn(3, 3, 96, 128)  # another batch and size than traced
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(images), net(images), rtol=1e-4, atol=1e-4)
+
+
+def test_export_command_refuses_a_missing_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        main(["export", f"--ckpt_path={tmp_path / 'missing.ckpt'}"])
