@@ -16,6 +16,7 @@ from bisenet_pl.loggers import SaveConfigToLoggers, ValidationImages
 from bisenet_pl.models import convert_coincheung_state_dict
 from bisenet_pl.models.weights import read_state_dict
 from bisenet_pl.module import SegmentationModule
+from bisenet_pl.writer import SegmentationWriter
 
 TOOLS_HELP = """\
 Other commands:
@@ -57,6 +58,8 @@ class BiSeNetCLI(LightningCLI):
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
         # Sample predictions and the confusion matrix for whichever logger is on (--val_images.*).
         parser.add_lightning_class_args(ValidationImages, "val_images")
+        # What predict writes (--prediction_writer.*): labels, colour masks, overlays, probabilities.
+        parser.add_lightning_class_args(SegmentationWriter, "prediction_writer")
 
     def _check_data(self) -> None:
         # Before the trainer creates log folders: bad data leaves nothing behind.
@@ -66,6 +69,8 @@ class BiSeNetCLI(LightningCLI):
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if subcommand == "predict" and kwargs.get("return_predictions") is None:
+            kwargs["return_predictions"] = False  # the writer has written them; a video would fill memory
         if kwargs.get("ckpt_path") == "last":
             roots = [self.trainer.default_root_dir] + [logger.save_dir for logger in self.trainer.loggers if logger.save_dir]
             kwargs["ckpt_path"] = str(find_last_checkpoint([Path(root) for root in roots]))

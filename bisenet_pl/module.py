@@ -15,6 +15,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
 from bisenet_pl.errors import ConfigError, NonFiniteLossError
+from bisenet_pl.inference import EvalMode, EvaluationProtocol, class_scores
 from bisenet_pl.losses import LossName, build_loss
 from bisenet_pl.models import convert_coincheung_state_dict, detect_coincheung_architecture
 from bisenet_pl.models.resnet import IMAGENET_URLS
@@ -72,6 +73,13 @@ class SegmentationModule(L.LightningModule):
             ``imagenet`` (torchvision's, downloaded once), a path or a URL.
         compile: ``torch.compile`` the network.
         channels_last: run the network in channels-last memory format.
+        eval_mode: how validation, test and predict score an image, as the reference's
+            evaluator: ``ss`` (single scale), ``ssc`` (single-scale sliding-window crops),
+            ``msf`` (multi-scale with flip), ``mscf`` (multi-scale crops with flip).
+        eval_scales: image scales (default: 1.0 for ss/ssc, 0.5-1.75 for msf/mscf).
+        eval_flip: add flipped images (default: on for msf/mscf).
+        eval_crop_size: sliding-window size (H, W) for ssc/mscf.
+        eval_crop_stride: window stride as a fraction of the crop size.
     """
 
     def __init__(
@@ -96,6 +104,11 @@ class SegmentationModule(L.LightningModule):
         backbone_weights: str | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        eval_mode: EvalMode = "ss",
+        eval_scales: list[float] | None = None,
+        eval_flip: bool | None = None,
+        eval_crop_size: tuple[int, int] = (1024, 1024),
+        eval_crop_stride: float = 2 / 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -114,6 +127,12 @@ class SegmentationModule(L.LightningModule):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.criterion = build_loss(loss, ignore_index, ohem_threshold, ohem_min_kept_fraction, weights)
         self.aux_names, self.aux_weights = self._prune_aux_heads(aux_weights)
+        try:
+            self.evaluation = EvaluationProtocol(
+                eval_mode, tuple(eval_scales) if eval_scales else None, eval_flip, tuple(eval_crop_size), eval_crop_stride
+            )
+        except ValueError as error:
+            raise ConfigError(f"model.eval_*: {error}") from None
         metrics = MetricCollection(
             {
                 "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index),
@@ -254,11 +273,11 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def _evaluation_step(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
-        logits = self(batch["image"])
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        loss = self.criterion(logits, batch["mask"])
-        self.log(f"{stage}/loss", loss, batch_size=logits.shape[0], sync_dist=True)
-        metrics.update(logits.argmax(dim=1), batch["mask"])
+        scores = class_scores(self, batch["image"], self.evaluation)
+        if self.evaluation.is_plain:  # the scores are logits: the loss means what it does in training
+            loss = self.criterion(scores, batch["mask"])
+            self.log(f"{stage}/loss", loss, batch_size=scores.shape[0], sync_dist=True)
+        metrics.update(scores.argmax(dim=1), batch["mask"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, self.val_metrics, "val")
@@ -267,9 +286,13 @@ class SegmentationModule(L.LightningModule):
         self._evaluation_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        logits = self(batch["image"])
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        return {"prediction": logits.argmax(dim=1), "path": batch["path"]}
+        """Predicted class ids (N, H, W), class probabilities (N, C, H, W) and the batch's
+        identifiers (``path``, and ``frame`` for video)."""
+        scores = class_scores(self, batch["image"], self.evaluation)
+        probabilities = scores.float().softmax(dim=1) if self.evaluation.is_plain else scores / scores.sum(dim=1, keepdim=True)
+        return {"prediction": scores.argmax(dim=1), "probabilities": probabilities} | {
+            key: value for key, value in batch.items() if key not in ("image", "mask")
+        }
 
     def _log_epoch_metrics(self, metrics: MetricCollection, stage: str) -> dict[str, float]:
         results = metrics.compute()

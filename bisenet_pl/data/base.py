@@ -6,13 +6,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import albumentations as A
-import cv2
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from bisenet_pl.data.io import IMAGE_SUFFIXES, read_image, read_label
+from bisenet_pl.data.predict import VideoFrames, collate_predict, predict_loader_parts
 from bisenet_pl.data.resume import ResumableDataLoader, SeededShuffleSampler, SkippingBatchSampler
 from bisenet_pl.data.transforms import (
     IMAGENET_MEAN,
@@ -24,33 +25,8 @@ from bisenet_pl.data.transforms import (
 )
 from bisenet_pl.errors import ConfigError, DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Sample = tuple[Path, Path | None]
 LabelMap = Callable[[np.ndarray], np.ndarray]
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image as RGB uint8 HxWx3 (grayscale and RGBA are converted)."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DataError(f"cannot read image {path}: missing, unreadable or not an image")
-    if image.dtype != np.uint8:
-        raise DataError(f"image {path} has dtype {image.dtype}; expected 8-bit images")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_label(path: Path) -> np.ndarray:
-    """Read a label image as stored: HxW class ids, or HxWx3 RGB for colour-coded labels."""
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise DataError(f"cannot read label {path}: missing, unreadable or not an image")
-    if label.ndim == 3:
-        return cv2.cvtColor(label[..., :3], cv2.COLOR_BGR2RGB)
-    return label
 
 
 def lookup_table(classes: dict[int, int], void: Iterable[int], ignore_index: int) -> LabelMap:
@@ -193,6 +169,8 @@ class SegmentationDataModule(L.LightningDataModule):
         test_split: the split ``test`` and ``predict`` use (e.g. ``val`` where test labels are withheld).
         validate: read every image and label of the splits in use before starting, and report
             every problem found at once.
+        predict_source: what ``predict`` reads instead of ``test_split``: a folder of images
+            (searched recursively; any size, RGB, RGBA or grayscale), one image, or a video file.
 
     Subclasses set ``num_classes``, ``class_names``, ``palette`` and implement ``samples``.
     """
@@ -217,6 +195,7 @@ class SegmentationDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         test_split: str = "test",
         validate: bool = False,
+        predict_source: str | None = None,
     ) -> None:
         super().__init__()
         if len(crop_size) != 2 or min(crop_size) < 32:
@@ -244,7 +223,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.test_split = test_split
         self.validate = validate
+        self.predict_source = Path(predict_source).expanduser() if predict_source else None
         self._checked = False  # check_data already scanned every file
+        self._predict_parts: tuple | None = None  # the predict source's dataset and batching
         self.datasets: dict[str, SegmentationDataset] = {}
 
     # Dataset-specific parts.
@@ -270,11 +251,15 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def stage_splits(self, stage: str | None) -> list[str]:
         """The splits a trainer stage reads."""
+        if stage == "predict" and self.predict_source is not None:
+            return []
         return {"validate": ["val"], "test": [self.test_split], "predict": [self.test_split]}.get(stage, ["train", "val"])
 
     def check_data(self, stage: str | None) -> None:
         """Fail early, before anything is written: folders and pairing of the stage's splits, and
         with ``validate`` every image and label."""
+        if stage == "predict" and self.predict_source is not None:
+            self._predict_parts = predict_loader_parts(self.predict_source, eval_transform(self.mean, self.std), self.val_batch_size)
         if self.validate:
             self.check_splits(self.stage_splits(stage))
             self._checked = True
@@ -289,7 +274,11 @@ class SegmentationDataModule(L.LightningDataModule):
             self.datasets["train"] = self.dataset("train", train=True)
         if stage in ("fit", "validate", None):
             self.datasets["val"] = self.dataset("val")
-        if stage in ("test", "predict"):
+        if stage == "predict" and self.predict_source is not None:
+            if self._predict_parts is None:
+                self._predict_parts = predict_loader_parts(self.predict_source, eval_transform(self.mean, self.std), self.val_batch_size)
+            self.datasets["predict"] = self._predict_parts[0]
+        elif stage in ("test", "predict"):
             self.datasets[stage] = self.dataset(self.test_split)
 
     def check_splits(self, splits: Sequence[str]) -> None:
@@ -351,4 +340,10 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._loader("test", self.val_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", self.val_batch_size)
+        if self.predict_source is None:
+            return self._loader("predict", self.val_batch_size)
+        dataset, batching = self._predict_parts
+        options = self._loader_options()
+        if isinstance(dataset, VideoFrames):  # frames stay in order with at most one decoding worker
+            options.update(num_workers=min(1, self.num_workers), persistent_workers=False)
+        return DataLoader(dataset, collate_fn=collate_predict, **batching, **options)

@@ -1,0 +1,36 @@
+"""Reading images and labels from disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bisenet_pl.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image as RGB uint8 HxWx3 (grayscale and RGBA are converted)."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"cannot read image {path}: missing, unreadable or not an image")
+    if image.dtype != np.uint8:
+        raise DataError(f"image {path} has dtype {image.dtype}; expected 8-bit images")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: Path) -> np.ndarray:
+    """Read a label image as stored: HxW class ids, or HxWx3 RGB for colour-coded labels."""
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise DataError(f"cannot read label {path}: missing, unreadable or not an image")
+    if label.ndim == 3:
+        return cv2.cvtColor(label[..., :3], cv2.COLOR_BGR2RGB)
+    return label

@@ -1,0 +1,125 @@
+"""Inputs for ``bisenet-pl predict``: a folder of images (any size, RGB, RGBA or grayscale), one
+image, or a video file, without labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, IterableDataset, Sampler
+
+from bisenet_pl.data.io import IMAGE_SUFFIXES, read_image
+from bisenet_pl.data.transforms import to_tensors
+from bisenet_pl.errors import DataError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def find_images(source: Path) -> list[Path]:
+    """The image files of ``source`` (one image, or a folder searched recursively), sorted."""
+    if source.is_file():
+        if source.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"data.predict_source {source} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video")
+        return [source]
+    if not source.is_dir():
+        raise DataError(f"data.predict_source {source} does not exist")
+    images = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise DataError(f"data.predict_source {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+class ImageFiles(Dataset):
+    """Unlabelled images, normalised; items carry their ``path``."""
+
+    def __init__(self, paths: Sequence[Path], transform: A.Compose) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.transform(image=read_image(self.paths[index]))["image"]
+        tensor, _ = to_tensors(image, None)
+        return {"image": tensor, "path": str(self.paths[index])}
+
+
+class SameSizeBatches(Sampler[list[int]]):
+    """Batches of images of one size (read from file headers), in file order within each size:
+    images of any size are batched without padding, which would change the predictions."""
+
+    def __init__(self, paths: Sequence[Path], batch_size: int) -> None:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, path in enumerate(paths):
+            try:
+                with Image.open(path) as image:
+                    size = image.size
+            except OSError:
+                raise DataError(f"cannot read image {path}: missing, unreadable or not an image") from None
+            groups.setdefault(size, []).append(index)
+        self.batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class VideoFrames(IterableDataset):
+    """The frames of a video, in order, normalised; items carry ``path``, ``frame`` and ``fps``."""
+
+    def __init__(self, path: Path, transform: A.Compose) -> None:
+        self.path = Path(path)
+        self.transform = transform
+        capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            raise DataError(f"cannot open video {self.path}: missing, unreadable or in a format OpenCV cannot decode")
+        self.fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+        self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        capture.release()
+
+    def __len__(self) -> int:  # for the progress bar; containers may round it
+        return max(self.frame_count, 0)
+
+    def __iter__(self) -> Iterator[dict]:
+        capture = cv2.VideoCapture(str(self.path))
+        index = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                image = self.transform(image=cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))["image"]
+                tensor, _ = to_tensors(image, None)
+                yield {"image": tensor, "path": str(self.path), "frame": index, "fps": float(self.fps)}
+                index += 1
+        finally:
+            capture.release()
+
+
+def predict_loader_parts(source: Path, transform: A.Compose, batch_size: int) -> tuple[Dataset, dict]:
+    """The dataset and DataLoader arguments for a predict source."""
+    if is_video(source):
+        if not source.is_file():
+            raise DataError(f"data.predict_source {source} does not exist")
+        # Frames in order: one process decodes (a worker, or the main process).
+        return VideoFrames(source, transform), {"batch_size": batch_size}
+    images = find_images(source)
+    return ImageFiles(images, transform), {"batch_sampler": SameSizeBatches(images, batch_size)}
+
+
+def collate_predict(items: list[dict]) -> dict:
+    return {
+        key: torch.stack([item[key] for item in items]) if key == "image" else [item[key] for item in items]
+        for key in items[0]
+    }
