@@ -1,0 +1,138 @@
+"""bisenet-pl predict: folders of mixed images, videos, the Cityscapes submission format."""
+
+import argparse
+import functools
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from synthetic import make_camvid_segnet, make_cityscapes, write_gray, write_rgb
+
+from bisenet_pl.cli import main
+from bisenet_pl.data.io import read_image
+from bisenet_pl.data.transforms import eval_transform, to_tensors
+from bisenet_pl.models import BiSeNetV2
+from bisenet_pl.module import SegmentationModule
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32", "--trainer.logger=false",
+       "--data.num_workers=0", "--progress_bar.refresh_rate=0"]  # fmt: skip
+
+
+def save_checkpoint(path: Path, num_classes: int) -> SegmentationModule:
+    torch.manual_seed(0)
+    module = SegmentationModule(net=functools.partial(BiSeNetV2, aux_heads=[]), num_classes=num_classes)
+    for m in module.net.modules():  # non-trivial statistics, so that predictions vary over the image
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.normal_(0, 0.2)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", devices=1)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return module.eval()
+
+
+def expected_labels(module: SegmentationModule, path: Path, mean, std) -> np.ndarray:
+    image, _ = to_tensors(eval_transform(mean, std)(image=read_image(path))["image"], None)
+    with torch.no_grad():
+        return module(image[None])[0].argmax(0).numpy()
+
+
+def test_predict_a_folder_of_mixed_images(tmp_path):
+    camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
+    module = save_checkpoint(tmp_path / "model.ckpt", num_classes=11)
+    inputs = tmp_path / "inputs"
+    rng = np.random.default_rng(0)
+    write_rgb(inputs / "a.png", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    write_rgb(inputs / "b.png", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    (inputs / "sub").mkdir()
+    assert cv2.imwrite(str(inputs / "sub" / "c.png"), rng.integers(0, 255, (40, 56, 4), dtype=np.uint8))  # RGBA
+    write_gray(inputs / "d.jpg", rng.integers(0, 255, (33, 71)))  # grayscale, odd size
+    out = tmp_path / "predictions"
+    main([
+        "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
+        f"--data.predict_source={inputs}", "--data.val_batch_size=2", f"--ckpt_path={tmp_path / 'model.ckpt'}",
+        f"--prediction_writer.output_dir={out}", "--prediction_writer.outputs=[labels,colour,overlay,probabilities]",
+    ])  # fmt: skip
+    datamodule_stats = (0.4119, 0.4251, 0.4327), (0.3071, 0.3116, 0.3072)  # CamVid's (configs use the dataset's)
+    for name, image in {"a": "a.png", "b": "b.png", "sub/c": "sub/c.png", "d": "d.jpg"}.items():
+        labels = cv2.imread(str(out / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        height, width = cv2.imread(str(inputs / image), cv2.IMREAD_UNCHANGED).shape[:2]
+        assert labels.shape == (height, width) and labels.max() < 11
+        assert np.array_equal(labels, expected_labels(module, inputs / image, *datamodule_stats)), name
+        assert cv2.imread(str(out / "colour" / f"{name}.png")).shape == (height, width, 3)
+        assert cv2.imread(str(out / "overlay" / f"{name}.jpg")).shape == (height, width, 3)
+        probabilities = np.load(out / "probabilities" / f"{name}.npy")
+        assert probabilities.shape == (11, height, width) and probabilities.dtype == np.float16
+        np.testing.assert_allclose(probabilities.astype(np.float32).sum(0), 1, atol=1e-2)
+        assert (probabilities.argmax(0) == labels).mean() > 0.99  # float16 may split near-ties
+    assert not list(out.rglob("*.part*"))
+
+
+def test_predict_a_video(tmp_path):
+    camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
+    save_checkpoint(tmp_path / "model.ckpt", num_classes=11)
+    video = tmp_path / "drive.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    out = tmp_path / "predictions"
+    main([
+        "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
+        f"--data.predict_source={video}", "--data.val_batch_size=2", f"--ckpt_path={tmp_path / 'model.ckpt'}",
+        f"--prediction_writer.output_dir={out}",
+    ])  # fmt: skip
+    assert sorted(p.name for p in (out / "labels" / "drive").iterdir()) == [f"frame_{i:06d}.png" for i in range(5)]
+    for kind in ("colour", "overlay"):
+        capture = cv2.VideoCapture(str(out / f"drive_{kind}.mp4"))
+        assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 5 and capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0)
+        assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (64, 48)
+        capture.release()
+    assert not list(out.rglob("*.part*"))
+
+
+def test_cityscapes_submission_format(tmp_path):
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+    from cityscapesscripts.helpers.labels import trainId2label
+
+    cityscapes = make_cityscapes(tmp_path / "cityscapes", {"train": 2, "val": 1, "test": 2})
+    save_checkpoint(tmp_path / "model.ckpt", num_classes=19)
+    out = tmp_path / "predictions"
+    main([
+        "predict", "--config", str(REPO / "configs" / "cityscapes.yaml"), f"--data.root={cityscapes}", *CPU,
+        "--trainer.strategy=auto", f"--ckpt_path={tmp_path / 'model.ckpt'}", f"--prediction_writer.output_dir={out}",
+        "--prediction_writer.outputs=[labels]", "--prediction_writer.cityscapes_submission=true",
+    ])  # fmt: skip
+    args = argparse.Namespace(predictionPath=str(out / "cityscapes_submission"), predictionWalk=None)
+    tests = sorted((cityscapes / "gtFine" / "test").rglob("*_gtFine_labelIds.png"))
+    assert len(tests) == 2
+    for ground_truth in tests:
+        found = Path(official.getPrediction(args, str(ground_truth)))  # the benchmark's own lookup
+        city = ground_truth.parent.name
+        stem = ground_truth.name.replace("_gtFine_labelIds.png", "")
+        train_ids = cv2.imread(str(out / "labels" / "leftImg8bit" / "test" / city / f"{stem}_leftImg8bit.png"), cv2.IMREAD_UNCHANGED)
+        label_ids = cv2.imread(str(found), cv2.IMREAD_UNCHANGED)
+        assert found.parent.name == city and label_ids.dtype == np.uint8
+        expected = np.vectorize(lambda t: trainId2label[int(t)].id)(train_ids)
+        assert np.array_equal(label_ids, expected)
+
+
+def test_predict_source_errors_are_one_line(tmp_path):
+    camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
+    base = ["predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU]
+    (tmp_path / "empty").mkdir()
+    for source, message in [
+        (tmp_path / "nowhere", "does not exist"),
+        (tmp_path / "empty", "holds no images"),
+        (tmp_path / "notes.txt", "neither an image"),
+        (tmp_path / "broken.mp4", "cannot open video"),
+    ]:
+        if source.suffix:
+            source.write_text("not media")
+        with pytest.raises(SystemExit, match=message):
+            main([*base, f"--data.predict_source={source}"])
