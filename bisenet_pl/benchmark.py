@@ -59,6 +59,41 @@ def measure_latency(
     return Latency(batch_size, statistics.fmean(times), percentile(times, 50), percentile(times, 90), percentile(times, 99))
 
 
+def measure_interleaved(
+    runs: dict[str, Callable[[], Any]],
+    batch_size: int = 1,
+    warmup: int = 3,
+    iterations: int = 20,
+    device: torch.device | str = "cpu",
+    rounds: int = 4,
+) -> dict[str, Latency]:
+    """Time several ways of doing the same thing in alternating blocks (``rounds`` blocks of
+    ``iterations / rounds`` calls each, after an untimed call), so that drifts of a shared machine
+    affect them alike while each block runs undisturbed by the others' thread pools."""
+    device = torch.device(device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    synchronize()
+    rounds = max(1, min(rounds, iterations))
+    per_block = [iterations // rounds + (1 if r < iterations % rounds else 0) for r in range(rounds)]
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for block in per_block:
+        for name, run in runs.items():
+            run()  # untimed: lets the previous variant's threads go idle
+            synchronize()
+            for _ in range(block):
+                start = time.perf_counter()
+                run()
+                synchronize()
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {
+        name: Latency(batch_size, statistics.fmean(t), percentile(t, 50), percentile(t, 90), percentile(t, 99))
+        for name, t in times.items()
+    }
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
