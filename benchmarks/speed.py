@@ -137,33 +137,37 @@ def training_table(args, device: torch.device) -> list[dict]:
         return SegmentationModule(net=BiSeNetV2, num_classes=args.num_classes, warmup_steps=10)
 
     precision = "16-mixed" if device.type == "cuda" else "32-true"
-    rows = []
+    rows: list[dict] = []
 
-    # Plain PyTorch: the same network, loss and optimiser, written out by hand.
-    plain = module().to(device)
-    trainer = L.Trainer(max_steps=steps + warmup, logger=False, enable_checkpointing=False)
-    plain.trainer = trainer  # configure_optimizers reads the schedule length
-    optimisers = plain.configure_optimizers()
-    optimiser, scheduler = optimisers["optimizer"], optimisers["lr_scheduler"]["scheduler"]
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
-    plain.train()
-    times = []
-    for step, batch in enumerate(loader()):
-        start = time.perf_counter()
-        x, y = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            outputs = plain.net(x)
-            loss = plain.criterion(outputs[0], y) + sum(w * plain.criterion(o, y) for w, o in zip(plain.aux_weights, outputs[1:]))
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    rows.append({"training": "plain PyTorch loop", "images/s": args.train_batch * len(times) / sum(times)})
+    def plain_loop() -> float:
+        """Plain PyTorch: the same network, loss, optimiser and schedule, written out by hand."""
+        plain = module().to(device)
+        plain.trainer = L.Trainer(max_steps=steps + warmup, logger=False, enable_checkpointing=False)
+        optimisers = plain.configure_optimizers()  # reads the schedule length from the trainer
+        optimiser, scheduler = optimisers["optimizer"], optimisers["lr_scheduler"]["scheduler"]
+        scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
+        plain.train()
+        times = []
+        for step, batch in enumerate(loader()):
+            start = time.perf_counter()
+            x, y = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                outputs = plain.net(x)
+                aux = zip(plain.aux_weights, outputs[1:])
+                loss = plain.criterion(outputs[0], y) + sum(w * plain.criterion(o, y) for w, o in aux)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            scheduler.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+        return args.train_batch * len(times) / sum(times)
+
+    # Plain before and after the Trainer: their spread shows how much the machine drifted.
+    rows.append({"training": "plain PyTorch loop (before)", "images/s": plain_loop()})
 
     class StepTimer(L.Callback):
         def __init__(self):
@@ -186,8 +190,10 @@ def training_table(args, device: torch.device) -> list[dict]:
     )  # fmt: skip
     trainer.fit(module(), train_dataloaders=loader())
     rows.append({"training": "LightningModule (Trainer)", "images/s": args.train_batch * len(timer.times) / sum(timer.times)})
+    rows.append({"training": "plain PyTorch loop (after)", "images/s": plain_loop()})
+    plain_mean = (rows[0]["images/s"] + rows[2]["images/s"]) / 2
     for row in rows:
-        row["x plain"] = row["images/s"] / rows[0]["images/s"]
+        row["x plain"] = row["images/s"] / plain_mean
         row["setting"] = f"BiSeNetV2 train, batch {args.train_batch} x {args.train_size}, {precision}"
     return rows
 
