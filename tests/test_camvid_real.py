@@ -39,7 +39,7 @@ def test_real_camvid_class_shares_match_the_dataset_readme():
 def test_bisenetv2_learns_real_camvid(tmp_path):
     L.seed_everything(0)
     dm = CamVidDataModule(
-        root=str(CAMVID_DIR), batch_size=4, num_workers=1, crop_size=(192, 256), scale_range=(0.5, 1.0), val_batch_size=4
+        root=str(CAMVID_DIR), batch_size=4, num_workers=1, crop_size=(160, 224), scale_range=(0.5, 1.0), val_batch_size=4
     )
     module = SegmentationModule(net=BiSeNetV2, num_classes=11, ignore_index=255, class_names=dm.class_names, warmup_steps=10)
     trainer = L.Trainer(
@@ -49,9 +49,10 @@ def test_bisenetv2_learns_real_camvid(tmp_path):
     )  # fmt: skip
     trainer.fit(module, dm)
     miou = trainer.callback_metrics["val/mIoU"].item()
-    # Predicting the most common class (Road) everywhere scores about 0.03; this run measured 0.103.
+    print(f"BiSeNetV2 after {STEPS} steps: val mIoU {miou:.3f}")
+    # Predicting the most common class (Road) everywhere scores about 0.03; this run measured 0.121.
     assert miou > MIN_MIOU, miou
 
 
-STEPS = 100
+STEPS = 60
 MIN_MIOU = 0.07
