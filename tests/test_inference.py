@@ -104,3 +104,45 @@ def test_validate_in_every_mode(tmp_path, mode, capsys):
     ])  # fmt: skip
     output = capsys.readouterr().out
     assert "val/mIoU" in output and "val/loss" not in output  # a loss of summed probabilities means nothing
+
+
+@pytest.mark.parametrize("mode", ["ss", "mscf"])
+def test_reference_checkpoint_scores_through_the_converter(tmp_path, reference_dir, mode):
+    """A CoinCheung/BiSeNet .pth (reference key layout) validated by the CLI gives the mIoU an
+    independent computation gives: the converted network's predictions against the labels."""
+    from conftest import reference_state_dict
+    from synthetic import make_cityscapes
+
+    from bisenet_pl.cli import build_cli
+    from bisenet_pl.data import CityscapesDataModule
+    from bisenet_pl.models import BiSeNetV2, convert_coincheung_state_dict
+
+    state = reference_state_dict(reference_dir / "bisenetv2_state_dict_keys.tsv")
+    # Decisive logits, as a trained network has: near-ties would make the argmax depend on float round-off.
+    state["head.conv_out.1.weight"] = 50 * state["head.conv_out.1.weight"]
+    torch.save(state, tmp_path / "model_final_v2_city.pth")
+    root = make_cityscapes(tmp_path / "cityscapes", {"train": 2, "val": 3})
+    cli = build_cli([
+        "validate", "--config", str(REPO / "configs" / "cityscapes.yaml"), f"--data.root={root}",
+        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32",
+        "--trainer.logger=false", "--trainer.sync_batchnorm=false", "--data.num_workers=0", "--progress_bar.refresh_rate=0",
+        f"--model.pretrained={tmp_path / 'model_final_v2_city.pth'}", f"--model.eval_mode={mode}",
+        "--model.eval_crop_size=[32,32]", *(["--model.eval_scales=[0.75,1.0]"] if mode == "mscf" else []),
+    ])  # fmt: skip
+    ours = cli.trainer.callback_metrics["val/mIoU"].item()
+
+    net = BiSeNetV2(19)
+    net.load_state_dict(convert_coincheung_state_dict(state))
+    net.eval()
+    protocol = EvaluationProtocol(mode, (0.75, 1.0) if mode == "mscf" else None, crop_size=(32, 32))
+    dataset = CityscapesDataModule(root=str(root)).dataset("val")
+    confusion = np.zeros((19, 19), dtype=np.int64)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        prediction = class_scores(net, item["image"][None], protocol)[0].argmax(0).numpy().ravel()
+        target = item["mask"].numpy().ravel()
+        valid = target != 255
+        confusion += np.bincount(19 * target[valid] + prediction[valid], minlength=19 * 19).reshape(19, 19)
+    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    expected = np.mean(np.diag(confusion)[union > 0] / union[union > 0])
+    assert ours == pytest.approx(expected, abs=1e-6)
