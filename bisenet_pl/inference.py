@@ -145,3 +145,11 @@ def class_scores(net: nn.Module, images: torch.Tensor, protocol: EvaluationProto
                 scores = scores + _resize(flipped, size).softmax(dim=1)
         total = scores if total is None else total + scores
     return total
+
+
+def probabilities(scores: torch.Tensor, protocol: EvaluationProtocol) -> torch.Tensor:
+    """Class probabilities from :func:`class_scores`: the softmax of logits, or the summed scores
+    of several passes normalised to sum to one."""
+    if protocol.is_plain:
+        return scores.float().softmax(dim=1)
+    return scores / scores.sum(dim=1, keepdim=True)

@@ -286,11 +286,11 @@ class SegmentationModule(L.LightningModule):
         self._evaluation_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Predicted class ids (N, H, W), class probabilities (N, C, H, W) and the batch's
-        identifiers (``path``, and ``frame`` for video)."""
+        """Predicted class ids (N, H, W), the class scores they come from (N, C, H, W; see
+        :func:`bisenet_pl.inference.probabilities`) and the batch's identifiers (``path``, and
+        ``frame`` and ``fps`` for video)."""
         scores = class_scores(self, batch["image"], self.evaluation)
-        probabilities = scores.float().softmax(dim=1) if self.evaluation.is_plain else scores / scores.sum(dim=1, keepdim=True)
-        return {"prediction": scores.argmax(dim=1), "probabilities": probabilities} | {
+        return {"prediction": scores.argmax(dim=1), "scores": scores} | {
             key: value for key, value in batch.items() if key not in ("image", "mask")
         }
 

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from bisenet_pl.errors import ConfigError
+from bisenet_pl.inference import probabilities as class_probabilities
 from bisenet_pl.visualize import colorize, denormalize, overlay
 
 Output = Literal["labels", "colour", "overlay", "probabilities"]
@@ -116,7 +117,7 @@ class SegmentationWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         labels = prediction["prediction"].to(torch.uint8).cpu().numpy()
-        probabilities = prediction["probabilities"] if "probabilities" in self.outputs else None
+        probabilities = class_probabilities(prediction["scores"], pl_module.evaluation) if "probabilities" in self.outputs else None
         for index, path in enumerate(prediction["path"]):
             needs_image = "overlay" in self.outputs
             image = denormalize(batch["image"][index], self.mean, self.std) if needs_image else None
