@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import SIZE, make_camvid_segnet, make_cityscapes, make_folder, write_gray
+from synthetic import SIZE, make_camvid_segnet, make_folder, write_gray
 
 from bisenet_pl.cli import main
 

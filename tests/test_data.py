@@ -33,7 +33,7 @@ from bisenet_pl.data import (
 )
 from bisenet_pl.data.base import read_label
 from bisenet_pl.data.camvid import CAMVID_CLASSES
-from bisenet_pl.data.transforms import seed_worker_transforms, train_transform
+from bisenet_pl.data.transforms import seed_worker_transforms
 
 
 def raw_and_mapped(datamodule, split="train", index=0):
