@@ -45,18 +45,7 @@ def measure_latency(
     device: torch.device | str = "cpu",
 ) -> Latency:
     """Time ``run()`` after ``warmup`` untimed calls; on CUDA each call is synchronised."""
-    device = torch.device(device)
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        run()
-    synchronize()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        run()
-        synchronize()
-        times.append(1000 * (time.perf_counter() - start))
-    return Latency(batch_size, statistics.fmean(times), percentile(times, 50), percentile(times, 90), percentile(times, 99))
+    return measure_interleaved({"run": run}, batch_size, warmup, iterations, device, rounds=1)["run"]
 
 
 def measure_interleaved(

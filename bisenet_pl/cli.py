@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
+from bisenet_pl.data.io import atomic_write
 from bisenet_pl.errors import ConfigError, UserError
 from bisenet_pl.loggers import SaveConfigToLoggers, ValidationImages
 from bisenet_pl.models import convert_coincheung_state_dict
@@ -145,10 +146,8 @@ def convert_command(args: list[str]) -> None:
     parser.add_argument("output", type=Path, help="where to write the converted state dict")
     options = parser.parse_args(args)
     state = convert_coincheung_state_dict(read_state_dict(options.reference))
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = options.output.with_name(options.output.name + ".part")
-    torch.save(state, temporary)
-    temporary.replace(options.output)
+    with atomic_write(options.output) as partial:
+        torch.save(state, partial)
     print(f"wrote {len(state)} tensors to {options.output}")
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from bisenet_pl.data.io import atomic_write
 from bisenet_pl.errors import ConfigError
 
 LabelDtype = Literal["int32", "int64"]
@@ -65,6 +66,12 @@ class LabelOutput(nn.Module):
         return self.net(images).argmax(dim=1).to(self.dtype)
 
 
+def example_images(net: nn.Module, size: tuple[int, int]) -> torch.Tensor:
+    """One random image of ``size`` with as many channels as the network's first convolution takes."""
+    first_conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    return torch.randn(1, first_conv.in_channels, *size)
+
+
 def deployable(net: nn.Module, labels: LabelDtype | None = None, fold: bool = True) -> nn.Module:
     network = inference_network(net, fold=fold)
     return LabelOutput(network, labels).eval() if labels else network
@@ -79,11 +86,9 @@ def export_onnx(
 ) -> Path:
     """Export to ONNX with dynamic batch, height and width (input ``images``, output ``logits`` or ``labels``)."""
     model = deployable(net, labels)
-    images = torch.randn(1, getattr(net, "in_channels", 3), *example_size)
+    images = example_images(net, example_size)
     batch, height, width = (torch.export.Dim(name, min=1) for name in ("batch", "height", "width"))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -96,8 +101,8 @@ def export_onnx(
             dynamo=True,
             verbose=False,
         )
-    program.save(str(partial), external_data=False)
-    partial.replace(path)
+    with atomic_write(path) as partial:
+        program.save(str(partial), external_data=False)
     return path
 
 
@@ -106,15 +111,13 @@ def export_torchscript(
 ) -> Path:
     """Trace to TorchScript; sizes follow the input (the traced graph reads them from it)."""
     model = deployable(net, labels)
-    images = torch.randn(1, getattr(net, "in_channels", 3), *example_size)
+    images = example_images(net, example_size)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, images, check_trace=False)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    traced.save(str(partial))
-    partial.replace(path)
+    with atomic_write(path) as partial:
+        traced.save(str(partial))
     return path
 
 
@@ -145,7 +148,7 @@ def onnx_session(path: str | Path, threads: int | None = None):
 
 def onnx_matches_pytorch(net: nn.Module, path: str | Path, size: tuple[int, int], labels: LabelDtype | None = None) -> str:
     """Run the exported file and the PyTorch network on one random image; describe the difference."""
-    images = torch.randn(1, getattr(net, "in_channels", 3), *size)
+    images = example_images(net, size)
     (output,) = onnx_session(path).run(None, {"images": images.numpy()})
     with torch.no_grad():
         expected = copy.deepcopy(net).eval()(images)

@@ -75,7 +75,8 @@ class EvaluationProtocol:
         return not self.cropped and self.scale_list == (1.0,) and not self.flips
 
 
-def _main_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def main_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The main head's logits, whether the network returns them alone (eval) or first (train)."""
     logits = net(images)
     return logits[0] if isinstance(logits, tuple) else logits
 
@@ -105,9 +106,9 @@ def _pad_to_crop(images: torch.Tensor, crop: tuple[int, int]) -> tuple[torch.Ten
 
 
 def _window_scores(net: nn.Module, chip: torch.Tensor, flip: bool) -> torch.Tensor:
-    scores = _main_logits(net, chip).softmax(dim=1)
+    scores = main_logits(net, chip).softmax(dim=1)
     if flip:
-        scores = scores + _main_logits(net, chip.flip(dims=(3,))).flip(dims=(3,)).softmax(dim=1)
+        scores = scores + main_logits(net, chip.flip(dims=(3,))).flip(dims=(3,)).softmax(dim=1)
         scores = scores.exp()  # the reference's crop evaluator does this; kept for its numbers
     return scores
 
@@ -131,7 +132,7 @@ def _sliding_window_scores(net: nn.Module, images: torch.Tensor, protocol: Evalu
 def class_scores(net: nn.Module, images: torch.Tensor, protocol: EvaluationProtocol = EvaluationProtocol()) -> torch.Tensor:
     """(N, C, H, W) scores at the images' size whose argmax over C is the prediction."""
     if protocol.is_plain:
-        return _main_logits(net, images)
+        return main_logits(net, images)
     size = images.shape[-2:]
     total = None
     for scale in protocol.scale_list:
@@ -139,9 +140,9 @@ def class_scores(net: nn.Module, images: torch.Tensor, protocol: EvaluationProto
         if protocol.cropped:
             scores = _resize(_sliding_window_scores(net, scaled, protocol), size)
         else:
-            scores = _resize(_main_logits(net, scaled), size).softmax(dim=1)
+            scores = _resize(main_logits(net, scaled), size).softmax(dim=1)
             if protocol.flips:
-                flipped = _main_logits(net, scaled.flip(dims=(3,))).flip(dims=(3,))
+                flipped = main_logits(net, scaled.flip(dims=(3,))).flip(dims=(3,))
                 scores = scores + _resize(flipped, size).softmax(dim=1)
         total = scores if total is None else total + scores
     return total

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -16,7 +15,9 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
-from bisenet_pl.visualize import confusion_matrix_figure, denormalize, figure_to_array, sample_panel
+from bisenet_pl.data.io import write_image
+from bisenet_pl.inference import main_logits
+from bisenet_pl.visualize import confusion_matrix_figure, denormalize, figure_to_array, palette_for, sample_panel
 
 #: W&B summaries of a run: the best value, not the last, is what a sweep optimises.
 SUMMARY_METRICS: dict[str, str] = {"val/mIoU": "max", "val/pixel_accuracy": "max", "val/loss": "min"}
@@ -128,10 +129,9 @@ def log_images(loggers: Sequence[Logger], key: str, images: Sequence[np.ndarray]
                 logger.experiment.add_image(f"{key}/{index}", image, step, dataformats="HWC")
         elif isinstance(logger, Logger) and logger.log_dir is not None:
             folder = Path(logger.log_dir) / "images" / key.replace("/", "_")
-            folder.mkdir(parents=True, exist_ok=True)
             for index, image in enumerate(images):
                 path = folder / f"step_{step:06d}_{index}.png"
-                cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                write_image(path, image)
                 written.append(path)
     return written
 
@@ -168,11 +168,7 @@ class ValidationImages(Callback):
         if dataset is None or len(dataset) == 0:
             return
         datamodule = trainer.datamodule
-        palette = getattr(datamodule, "palette", None)
-        if palette is None:
-            from bisenet_pl.data.folder import default_palette
-
-            palette = default_palette(pl_module.num_classes)
+        palette = palette_for(datamodule, pl_module.num_classes)
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
         ignore_index = pl_module.ignore_index
         labels = dict(enumerate(pl_module.class_names)) | {ignore_index: "ignore"}
@@ -184,8 +180,7 @@ class ValidationImages(Callback):
             for index in dict.fromkeys(indices.tolist()):
                 item = dataset[index]
                 with trainer.precision_plugin.forward_context():
-                    logits = pl_module(item["image"][None].to(pl_module.device))
-                logits = logits[0] if isinstance(logits, tuple) else logits
+                    logits = main_logits(pl_module, item["image"][None].to(pl_module.device))
                 prediction = logits[0].argmax(0).byte().cpu().numpy()
                 target = item["mask"].cpu().numpy().astype(np.uint8)
                 image = denormalize(item["image"], mean, std)

@@ -16,6 +16,16 @@ IGNORE_COLOUR = (0, 0, 0)
 CORRECT_COLOUR, WRONG_COLOUR, IGNORED_COLOUR = (40, 40, 40), (230, 30, 30), (255, 255, 255)
 
 
+def palette_for(datamodule, num_classes: int) -> list[tuple[int, int, int]]:
+    """The DataModule's class colours, or distinct default ones when it has none."""
+    palette = getattr(datamodule, "palette", None)
+    if palette is None:
+        from bisenet_pl.data.folder import default_palette
+
+        palette = default_palette(num_classes)
+    return palette
+
+
 def palette_array(palette: Sequence[Sequence[int]]) -> np.ndarray:
     """A 256x3 uint8 lookup table: the palette's colours, then :data:`IGNORE_COLOUR`."""
     table = np.tile(np.array(IGNORE_COLOUR, dtype=np.uint8), (256, 1))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+from io import BytesIO
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import cv2
 import lightning as L
@@ -14,31 +15,21 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from bisenet_pl.data.io import atomic_write, write_image
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.inference import probabilities as class_probabilities
-from bisenet_pl.visualize import colorize, denormalize, overlay
+from bisenet_pl.visualize import colorize, denormalize, overlay, palette_for
 
 Output = Literal["labels", "colour", "overlay", "probabilities"]
 #: A Cityscapes image id in a file name: city_sequence_frame.
 CITYSCAPES_ID = re.compile(r"([a-z]+(?:_[a-z]+)*)_(\d{6})_(\d{6})")
 
 
-def write_image_file(path: Path, image: np.ndarray) -> None:
-    """Encode by the file's suffix and move into place: never a half-written file. ``image`` is RGB
-    (HxWx3) or single-channel."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(path.suffix, image)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    write_bytes_file(path, encoded.tobytes())
-
-
-def write_bytes_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+def write_array(path: Path, array: np.ndarray) -> None:
+    buffer = BytesIO()
+    np.save(buffer, array)
+    with atomic_write(path) as partial:
+        partial.write_bytes(buffer.getvalue())
 
 
 def cityscapes_label_ids() -> np.ndarray:
@@ -78,12 +69,13 @@ class SegmentationWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir) if output_dir else None
         self.outputs = list(outputs) if outputs is not None else ["labels", "colour", "overlay"]
-        unknown = set(self.outputs) - {"labels", "colour", "overlay", "probabilities"}
+        unknown = set(self.outputs) - set(get_args(Output))
         if unknown:
-            raise ConfigError(f"prediction_writer.outputs: unknown {sorted(unknown)}; choose from labels, colour, overlay, probabilities")
+            raise ConfigError(f"prediction_writer.outputs: unknown {sorted(unknown)}; choose from {', '.join(get_args(Output))}")
         self.overlay_alpha = overlay_alpha
         self.cityscapes_submission = cityscapes_submission
-        self._videos: dict[tuple[str, str], tuple[cv2.VideoWriter, Path]] = {}
+        # (video, kind) -> the open writer, the file it writes, the final name it gets when complete
+        self._videos: dict[tuple[str, str], tuple[cv2.VideoWriter, Path, Path]] = {}
         self.written = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -96,11 +88,7 @@ class SegmentationWriter(BasePredictionWriter):
                 f"prediction_writer.cityscapes_submission needs the 19 Cityscapes classes; the model has {pl_module.num_classes}"
             )
         datamodule = trainer.datamodule
-        self.palette = getattr(datamodule, "palette", None)
-        if self.palette is None:
-            from bisenet_pl.data.folder import default_palette
-
-            self.palette = default_palette(pl_module.num_classes)
+        self.palette = palette_for(datamodule, pl_module.num_classes)
         self.mean, self.std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
         source = getattr(datamodule, "predict_source", None) or getattr(datamodule, "root", None)
         self.source = Path(source) if source is not None else None
@@ -117,9 +105,11 @@ class SegmentationWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         labels = prediction["prediction"].to(torch.uint8).cpu().numpy()
-        probabilities = class_probabilities(prediction["scores"], pl_module.evaluation) if "probabilities" in self.outputs else None
+        probabilities = None
+        if "probabilities" in self.outputs:
+            probabilities = class_probabilities(prediction["scores"], pl_module.evaluation)
+        needs_image = "overlay" in self.outputs
         for index, path in enumerate(prediction["path"]):
-            needs_image = "overlay" in self.outputs
             image = denormalize(batch["image"][index], self.mean, self.std) if needs_image else None
             probs = probabilities[index].to(torch.float16).cpu().numpy() if probabilities is not None else None
             if "frame" in prediction:
@@ -132,26 +122,26 @@ class SegmentationWriter(BasePredictionWriter):
         name = self._name(path)
         out = self.output_dir
         if "labels" in self.outputs:
-            write_image_file(out / "labels" / f"{name}.png", label)
+            write_image(out / "labels" / f"{name}.png", label)
         if "colour" in self.outputs:
-            write_image_file(out / "colour" / f"{name}.png", colorize(label, self.palette))
+            write_image(out / "colour" / f"{name}.png", colorize(label, self.palette))
         if "overlay" in self.outputs:
-            write_image_file(out / "overlay" / f"{name}.jpg", overlay(image, colorize(label, self.palette), self.overlay_alpha))
+            write_image(out / "overlay" / f"{name}.jpg", overlay(image, colorize(label, self.palette), self.overlay_alpha))
         if probs is not None:
-            write_bytes_file(out / "probabilities" / f"{name}.npy", _npy_bytes(probs))
+            write_array(out / "probabilities" / f"{name}.npy", probs)
         if self._label_ids is not None:
             match = CITYSCAPES_ID.search(path.name)
             if match is None:
                 raise ConfigError(f"prediction_writer.cityscapes_submission: {path.name} is not named like a Cityscapes image (city_000000_000000_...)")
             city = match.group(1)
-            write_image_file(out / "cityscapes_submission" / city / f"{match.group(0)}.png", self._label_ids[label])
+            write_image(out / "cityscapes_submission" / city / f"{match.group(0)}.png", self._label_ids[label])
 
     def _write_frame(self, video: Path, frame: int, fps: float, label: np.ndarray, image: np.ndarray | None, probs: np.ndarray | None) -> None:
         out = self.output_dir
         if "labels" in self.outputs:
-            write_image_file(out / "labels" / video.stem / f"frame_{frame:06d}.png", label)
+            write_image(out / "labels" / video.stem / f"frame_{frame:06d}.png", label)
         if probs is not None:
-            write_bytes_file(out / "probabilities" / video.stem / f"frame_{frame:06d}.npy", _npy_bytes(probs))
+            write_array(out / "probabilities" / video.stem / f"frame_{frame:06d}.npy", probs)
         colours = colorize(label, self.palette)
         if "colour" in self.outputs:
             self._video_writer(video, "colour", fps, colours.shape).write(cv2.cvtColor(colours, cv2.COLOR_RGB2BGR))
@@ -163,32 +153,24 @@ class SegmentationWriter(BasePredictionWriter):
         key = (str(video), kind)
         if key not in self._videos:
             final = self.output_dir / f"{video.stem}_{kind}.mp4"
-            partial = final.with_name(final.stem + ".part.mp4")  # moved into place when complete
+            partial = final.with_name(final.stem + ".part.mp4")  # OpenCV picks the container by suffix
             partial.parent.mkdir(parents=True, exist_ok=True)
             writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (shape[1], shape[0]))
             if not writer.isOpened():
                 raise OSError(f"cannot write video {partial}")
-            self._videos[key] = (writer, final)
+            self._videos[key] = (writer, partial, final)
         return self._videos[key][0]
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for writer, final in self._videos.values():
+        for writer, partial, final in self._videos.values():
             writer.release()
-            os.replace(final.with_name(final.stem + ".part.mp4"), final)
+            os.replace(partial, final)
         self._videos.clear()
         if trainer.is_global_zero:
             print(f"Wrote predictions for {self.written} images or frames to {self.output_dir}", flush=True)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        for writer, final in self._videos.values():  # no half-written videos left behind
+        for writer, partial, _ in self._videos.values():  # no half-written videos left behind
             writer.release()
-            final.with_name(final.stem + ".part.mp4").unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
         self._videos.clear()
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()

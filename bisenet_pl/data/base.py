@@ -259,7 +259,7 @@ class SegmentationDataModule(L.LightningDataModule):
         """Fail early, before anything is written: folders and pairing of the stage's splits, and
         with ``validate`` every image and label."""
         if stage == "predict" and self.predict_source is not None:
-            self._predict_parts = predict_loader_parts(self.predict_source, eval_transform(self.mean, self.std), self.val_batch_size)
+            self.predict_parts()  # a missing or unreadable source fails here, before any folder is made
         if self.validate:
             self.check_splits(self.stage_splits(stage))
             self._checked = True
@@ -275,11 +275,16 @@ class SegmentationDataModule(L.LightningDataModule):
         if stage in ("fit", "validate", None):
             self.datasets["val"] = self.dataset("val")
         if stage == "predict" and self.predict_source is not None:
-            if self._predict_parts is None:
-                self._predict_parts = predict_loader_parts(self.predict_source, eval_transform(self.mean, self.std), self.val_batch_size)
-            self.datasets["predict"] = self._predict_parts[0]
+            self.datasets["predict"] = self.predict_parts()[0]
         elif stage in ("test", "predict"):
             self.datasets[stage] = self.dataset(self.test_split)
+
+    def predict_parts(self) -> tuple:
+        """The predict source's dataset and DataLoader batching arguments, built once."""
+        if self._predict_parts is None:
+            transform = eval_transform(self.mean, self.std)
+            self._predict_parts = predict_loader_parts(self.predict_source, transform, self.val_batch_size)
+        return self._predict_parts
 
     def check_splits(self, splits: Sequence[str]) -> None:
         """Read every sample of ``splits``; raise one :class:`DataError` listing every problem."""
@@ -342,7 +347,7 @@ class SegmentationDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.predict_source is None:
             return self._loader("predict", self.val_batch_size)
-        dataset, batching = self._predict_parts
+        dataset, batching = self.predict_parts()
         options = self._loader_options()
         if isinstance(dataset, VideoFrames):  # frames stay in order with at most one decoding worker
             options.update(num_workers=min(1, self.num_workers), persistent_workers=False)

@@ -1,7 +1,10 @@
-"""Reading images and labels from disk."""
+"""Reading images and labels from disk, and writing files so that none is ever half-written."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -34,3 +37,27 @@ def read_label(path: Path) -> np.ndarray:
     if label.ndim == 3:
         return cv2.cvtColor(label[..., :3], cv2.COLOR_BGR2RGB)
     return label
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only when the block
+    succeeds and is removed when it fails, so a crash never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write RGB (HxWx3) or single-channel uint8 ``image``, encoded by ``path``'s suffix."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    with atomic_write(path) as partial:
+        partial.write_bytes(encoded.tobytes())
