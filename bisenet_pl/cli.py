@@ -62,6 +62,15 @@ class BiSeNetCLI(LightningCLI):
         # What predict writes (--prediction_writer.*): labels, colour masks, overlays, probabilities.
         parser.add_lightning_class_args(SegmentationWriter, "prediction_writer")
 
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        # What the user set (config files and command line), before Lightning reads --ckpt_path.
+        self._model_as_parsed = (subcommand, self.config[subcommand].model.clone()) if subcommand else None
+
+    def before_instantiate_classes(self) -> None:
+        restore_user_model_options(self._model_as_parsed, self.config, self._subcommand_parsers)
+
     def _check_data(self) -> None:
         # Before the trainer creates log folders: bad data leaves nothing behind.
         self.datamodule.check_data(self.subcommand)
@@ -84,6 +93,30 @@ class BiSeNetCLI(LightningCLI):
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, ValidationImages))]
         return super()._instantiate_trainer(config, callbacks)
+
+
+#: Model options a checkpoint always decides: the network's shape and what the data links.
+CHECKPOINT_DECIDES = ("net", "num_classes", "ignore_index", "class_names")
+
+
+def restore_user_model_options(parsed, config, parsers: dict) -> None:
+    """Undo Lightning's overwrite of user-set model options by a ``--ckpt_path``'s hyperparameters.
+
+    Since Lightning 2.5.5, ``LightningCLI`` lays the checkpoint's saved hyperparameters over
+    the parsed config, command line included, so ``--model.eval_mode=msf`` with a checkpoint
+    evaluated ``ss``. Options the user set (differing from the parser's default) win again;
+    options left at their default, and the network itself, come from the checkpoint.
+    """
+    if parsed is None:
+        return
+    subcommand, typed = parsed
+    model = config[subcommand].model
+    defaults = parsers[subcommand].get_defaults()["model"]
+    for key, value in typed.items():
+        if key.split(".", 1)[0] in CHECKPOINT_DECIDES:
+            continue
+        if value != defaults.get(key) and model.get(key) != value:
+            model[key] = value
 
 
 def find_last_checkpoint(roots: list[Path]) -> Path:

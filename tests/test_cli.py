@@ -155,3 +155,27 @@ def test_two_process_ddp_validation_equals_one_process(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         scores[name] = {key: _logged(result.stdout, key) for key in ("val/mIoU", "val/pixel_accuracy", "val/IoU/Sky")}
     assert scores["one"] == pytest.approx(scores["two"], abs=1e-6)
+
+
+def test_options_given_with_ckpt_path_win_over_the_checkpoint(tmp_path, monkeypatch):
+    """Lightning lays a checkpoint's hyperparameters over the parsed command line; what the
+    user typed must win, and the network's shape must still come from the checkpoint."""
+    root = make_camvid_segnet(tmp_path / "camvid")
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "configs" / "camvid.yaml")
+    trained = build_cli(
+        ["fit", "--config", config, f"--data.root={root}", *CPU, "--trainer.fast_dev_run=true",
+         "--model.net.init_args.aggregation=sum", "--model.eval_mode=ssc", "--model.ohem_threshold=0.6"]
+    )  # fmt: skip
+    checkpoint = tmp_path / "trained.ckpt"
+    trained.trainer.save_checkpoint(checkpoint)
+    common = ["--config", config, f"--data.root={root}", *CPU, f"--ckpt_path={checkpoint}"]
+    common += ["--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
+    typed = build_cli(["validate", *common, "--model.eval_mode=msf", "--model.eval_scales=[0.5,1.0]"])
+    assert typed.model.evaluation.mode == "msf" and typed.model.evaluation.scales == (0.5, 1.0)
+    assert type(typed.model.net.aggregation).__name__ == type(trained.model.net.aggregation).__name__ != "BilateralGuidedAggregation"  # the network as trained, though camvid.yaml names the default
+    assert typed.model.hparams.ohem_threshold == 0.6  # not typed: the checkpoint's value
+    untyped = build_cli(["test", *common])
+    assert untyped.model.evaluation.mode == "ssc"
+    with pytest.raises(SystemExit, match="model.eval_"):
+        main(["validate", *common, "--model.eval_scales=[0,-1]"])
