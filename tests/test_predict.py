@@ -13,8 +13,10 @@ from synthetic import make_camvid_segnet, make_cityscapes, write_gray, write_rgb
 
 from bisenet_pl.cli import main
 from bisenet_pl.data.io import read_image
+from bisenet_pl.data.predict import VideoFrames, find_images
 from bisenet_pl.data.transforms import eval_transform, to_tensors
 from bisenet_pl.models import BiSeNetV2
+from bisenet_pl.errors import DataError
 from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,3 +138,28 @@ def test_predict_source_errors_are_one_line(tmp_path):
             source.write_text("not media")
         with pytest.raises(SystemExit, match=message):
             main([*base, f"--data.predict_source={source}"])
+
+
+def test_images_whose_outputs_would_collide_are_refused_naming_both(tmp_path):
+    folder = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "a.jpg", "b.png"):
+        write_rgb(folder / name, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=rf"{folder / 'a.jpg'} and {folder / 'a.png'} have the same name apart from the suffix"):
+        find_images(folder)
+    (folder / "a.jpg").unlink()
+    assert [p.name for p in find_images(folder)] == ["a.png", "b.png"]
+
+
+def test_a_truncated_video_says_how_many_frames_were_read(tmp_path):
+    video = tmp_path / "drive.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    frames = VideoFrames(video, eval_transform())
+    with pytest.warns(UserWarning, match=rf"video {video}: decoded (\d+) of the 12 frames its header announces") as caught:
+        decoded = len(list(frames))
+    assert 0 < decoded < 12 and f"decoded {decoded} of the 12" in str(caught[0].message)

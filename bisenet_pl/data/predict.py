@@ -3,6 +3,7 @@ image, or a video file, without labels."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -34,6 +35,16 @@ def find_images(source: Path) -> list[Path]:
     images = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise DataError(f"data.predict_source {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    # Outputs are named after the image without its suffix: a.png and a.jpg would overwrite each other.
+    by_name: dict[Path, list[Path]] = {}
+    for image in images:
+        by_name.setdefault(image.with_suffix(""), []).append(image)
+    clashes = [paths for paths in by_name.values() if len(paths) > 1]
+    if clashes:
+        raise DataError(
+            f"data.predict_source {source}: {' and '.join(map(str, clashes[0]))} have the same name apart from the "
+            f"suffix, so their outputs would overwrite each other ({len(clashes)} such group(s)); rename or move one"
+        )
     return images
 
 
@@ -105,6 +116,12 @@ class VideoFrames(IterableDataset):
                 index += 1
         finally:
             capture.release()
+        if index < self.frame_count:
+            warnings.warn(
+                f"video {self.path}: decoded {index} of the {self.frame_count} frames its header announces "
+                "(truncated or damaged?); the outputs hold those frames",
+                stacklevel=1,
+            )
 
 
 def predict_loader_parts(source: Path, transform: A.Compose, batch_size: int) -> tuple[Dataset, dict]:
