@@ -12,8 +12,10 @@ our variants in one run, on the same machine and the same weights.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
-import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -21,12 +23,16 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+import yaml
 
-from bisenet_pl.benchmark import count_flops, count_parameters, measure_interleaved
+from bisenet_pl.data.io import atomic_write
+from bisenet_pl.benchmark import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
 from bisenet_pl.deploy import export_onnx, inference_network, onnx_session
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.module import SegmentationModule
 
+REPO = Path(__file__).resolve().parents[1]
 NETWORKS = {"v2": BiSeNetV2, "v1": BiSeNetV1}
 #: The papers' resolutions (H x W): Cityscapes at half and full size, CamVid at 720x960.
 PAPER_SIZES = ["512x1024", "720x960", "1024x2048"]
@@ -42,7 +48,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__}, CPU)"
+    return f"{cpu_description()}, {torch.get_num_threads()} threads (torch {torch.__version__}, CPU)"
 
 
 def inference_runner(variant: str, net: torch.nn.Module, images: torch.Tensor, onnx_path: Path):
@@ -94,67 +100,102 @@ def inference_table(args, device: torch.device) -> list[dict]:
             for variant, latency in latencies.items():
                 rows.append(
                     {
+                        "kind": "inference",
                         "network": type(net).__name__,
                         "size": size,
-                        "params (M)": count_parameters(deployed) / 1e6,
-                        "GFLOPs": flops / 1e9,
+                        "batch": args.batch_size,
                         "variant": variant,
-                        "mean ms": latency.mean_ms,
-                        "p50 ms": latency.p50_ms,
-                        "p90 ms": latency.p90_ms,
-                        "p99 ms": latency.p99_ms,
-                        "FPS": latency.fps,
-                        "x reference": latency.fps / reference_fps,
-                        "setup s": setup[variant],
+                        "params_M": count_parameters(deployed) / 1e6,
+                        "GFLOPs": flops / 1e9,
+                        "ms_per_batch": latency.mean_ms,
+                        "p50_ms": latency.p50_ms,
+                        "p90_ms": latency.p90_ms,
+                        "p99_ms": latency.p99_ms,
+                        "images_per_s": latency.fps,
+                        "x_reference": latency.fps / reference_fps,
+                        "setup_s": setup[variant],
                     }
                 )
                 print(format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
+def recipe_options(config: Path) -> tuple[dict, str]:
+    """The model options (network aside) and trainer precision of a training config."""
+    recipe = yaml.safe_load(config.read_text())
+    model = {k: v for k, v in recipe.get("model", {}).items() if k not in ("net", "pretrained", "backbone_weights")}
+    return model, str(recipe.get("trainer", {}).get("precision", "32-true"))
+
+
+def reference_ohem(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7, ignore_index: int = 255) -> torch.Tensor:
+    """OHEM cross-entropy as the reference computes it: boolean indexing, then top-k if too few."""
+    min_kept = int((target != ignore_index).sum()) // 16
+    losses = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none").flatten()
+    hard = losses[losses > -math.log(threshold)]
+    if hard.numel() < min_kept:
+        hard = losses.topk(min_kept).values
+    return hard.mean()
+
+
 def training_table(args, device: torch.device) -> list[dict]:
-    """Images/s of a training step: the LightningModule under a Trainer vs a plain loop, same
-    network, loss (OHEM + 4 aux heads), optimiser and data."""
+    """Time per training step (BiSeNetV2, main + 4 aux losses, SGD with the poly schedule) of
+    the reference's way (a plain loop: fp32, NCHW, its OHEM) against our LightningModule under a
+    Trainer with a recipe's settings (``--train-config``: precision, channels-last, loss, aux
+    weights), and a plain loop with the recipe's settings (what the Trainer costs), in
+    alternating blocks. Each step is timed from the end of the previous one, data included."""
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
+    from bisenet_pl.trainer import Trainer, auto_precision
+
     height, width = parse_size(args.train_size)
-    steps, warmup = args.train_steps, args.train_warmup
+    model_options, precision = recipe_options(args.train_config)
+    if precision == "auto":
+        precision = auto_precision(device.type)[0]
+    rounds = max(1, min(args.train_rounds, args.train_steps))
+    per_block = [args.train_steps // rounds + (1 if r < args.train_steps % rounds else 0) for r in range(rounds)]
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.train_batch * (steps + warmup), 3, height, width, generator=generator)
-    masks = torch.randint(0, args.num_classes, (len(images), height, width), generator=generator)
+    count = args.train_batch * (max(per_block) + 1)
+    images = torch.randn(count, 3, height, width, generator=generator)
+    masks = torch.randint(0, args.num_classes, (count, height, width), generator=generator)
 
     class Batches(TensorDataset):
         def __getitem__(self, index):
             image, mask = super().__getitem__(index)
             return {"image": image, "mask": mask}
 
-    def loader():
-        return DataLoader(Batches(images, masks), batch_size=args.train_batch, shuffle=False, num_workers=0)
+    def loader(steps: int) -> DataLoader:
+        subset = Batches(images[: steps * args.train_batch], masks[: steps * args.train_batch])
+        return DataLoader(subset, batch_size=args.train_batch, shuffle=False, num_workers=0)
 
-    def module():
+    def module(**options) -> SegmentationModule:
         torch.manual_seed(0)
-        return SegmentationModule(net=BiSeNetV2, num_classes=args.num_classes, warmup_steps=10)
+        return SegmentationModule(net=BiSeNetV2, num_classes=args.num_classes, **options)
 
-    precision = "16-mixed" if device.type == "cuda" else "32-true"
-    rows: list[dict] = []
+    def trainer(steps: int, precision: str, callbacks=()) -> L.Trainer:
+        return Trainer(
+            max_steps=steps, accelerator=device.type, devices=1, precision=precision, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=list(callbacks), limit_val_batches=0, num_sanity_val_steps=0,
+        )  # fmt: skip
 
-    def plain_loop() -> float:
-        """Plain PyTorch: the same network, loss, optimiser and schedule, written out by hand."""
-        plain = module().to(device)
-        plain.trainer = L.Trainer(max_steps=steps + warmup, logger=False, enable_checkpointing=False)
-        optimisers = plain.configure_optimizers()  # reads the schedule length from the trainer
+    def plain_block(model: SegmentationModule, steps: int, reference: bool) -> list[float]:
+        """A plain loop; the reference's way: fp32, NCHW, its OHEM; else the recipe's settings."""
+        model.trainer = trainer(steps + 1, "32-true" if reference else precision)  # for the schedule's length
+        model.configure_model()  # channels-last, as the Trainer would
+        amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(model.trainer.precision)
+        optimisers = model.configure_optimizers()
         optimiser, scheduler = optimisers["optimizer"], optimisers["lr_scheduler"]["scheduler"]
-        scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
-        plain.train()
-        times = []
-        for step, batch in enumerate(loader()):
-            start = time.perf_counter()
+        scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
+        criterion = reference_ohem if reference else model.criterion
+        model.train()
+        times, last = [], time.perf_counter()
+        for batch in loader(steps + 1):
             x, y = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                outputs = plain.net(x)
-                aux = zip(plain.aux_weights, outputs[1:])
-                loss = plain.criterion(outputs[0], y) + sum(w * plain.criterion(o, y) for w, o in aux)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                outputs = model(x)
+                aux = zip(model.aux_weights, outputs[1:])
+                loss = criterion(outputs[0], y) + sum(w * criterion(o, y) for w, o in aux)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
@@ -162,39 +203,57 @@ def training_table(args, device: torch.device) -> list[dict]:
             scheduler.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if step >= warmup:
-                times.append(time.perf_counter() - start)
-        return args.train_batch * len(times) / sum(times)
-
-    # Plain before and after the Trainer: their spread shows how much the machine drifted.
-    rows.append({"training": "plain PyTorch loop (before)", "images/s": plain_loop()})
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+        return times[1:]  # the first step of a block is untimed
 
     class StepTimer(L.Callback):
-        def __init__(self):
-            self.times, self.start = [], 0.0
+        """Time from one step's end to the next's: fetching, step, logging, everything."""
 
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.start = time.perf_counter()
+        def __init__(self) -> None:
+            self.ends: list[float] = []
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if batch_idx >= warmup:
-                self.times.append(time.perf_counter() - self.start)
+            self.ends.append(time.perf_counter())
 
-    timer = StepTimer()
-    trainer = L.Trainer(
-        max_steps=steps + warmup, accelerator=device.type, devices=1, precision=precision, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-        limit_val_batches=0, num_sanity_val_steps=0,
-    )  # fmt: skip
-    trainer.fit(module(), train_dataloaders=loader())
-    rows.append({"training": "LightningModule (Trainer)", "images/s": args.train_batch * len(timer.times) / sum(timer.times)})
-    rows.append({"training": "plain PyTorch loop (after)", "images/s": plain_loop()})
-    plain_mean = (rows[0]["images/s"] + rows[2]["images/s"]) / 2
-    for row in rows:
-        row["x plain"] = row["images/s"] / plain_mean
-        row["setting"] = f"BiSeNetV2 train, batch {args.train_batch} x {args.train_size}, {precision}"
+    def lightning_block(model: SegmentationModule, steps: int) -> list[float]:
+        timer = StepTimer()
+        trainer(steps + 1, precision, [timer]).fit(model, train_dataloaders=loader(steps + 1))
+        return [b - a for a, b in zip(timer.ends, timer.ends[1:])]
+
+    recipe = f"{args.train_config.name}: {precision}{', channels-last' if model_options.get('channels_last') else ''}"
+    variants = {
+        "reference (plain loop, fp32, NCHW)": (module(), lambda m, n: plain_block(m, n, reference=True)),
+        f"plain loop ({recipe})": (module(**model_options), lambda m, n: plain_block(m, n, reference=False)),
+        f"LightningModule ({recipe})": (module(**model_options), lightning_block),
+    }
+    for model, block in variants.values():  # untimed: first-call set-up of each way
+        block(model.to(device), 1)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for steps in per_block:
+        for name, (model, block) in variants.items():
+            times[name] += block(model, steps)
+    reference_ms = 1000 * statistics.fmean(times[next(iter(variants))])
+    rows = []
+    for name, step_times in times.items():
+        ms = 1000 * statistics.fmean(step_times)
+        rows.append(
+            {
+                "kind": "train",
+                "network": "BiSeNetV2",
+                "size": args.train_size,
+                "batch": args.train_batch,
+                "variant": name,
+                "ms_per_batch": ms,
+                "p90_ms": 1000 * percentile(step_times, 90),
+                "images_per_s": 1000 * args.train_batch / ms,
+                "x_reference": reference_ms / ms,
+            }
+        )
+        print(format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -221,12 +280,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--train-size", default="512x1024", help="training crop H x W")
+    parser.add_argument("--train-size", default="192x256", help="training crop H x W")
     parser.add_argument("--train-batch", type=int, default=8)
-    parser.add_argument("--train-steps", type=int, default=20)
-    parser.add_argument("--train-warmup", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=12, help="timed steps per way, over --train-rounds blocks")
+    parser.add_argument("--train-rounds", type=int, default=3, help="alternating blocks of each way")
+    parser.add_argument(
+        "--train-config", type=Path, default=REPO / "configs" / "camvid_cpu.yaml",
+        help="the recipe whose model options and precision the LightningModule runs with",
+    )  # fmt: skip
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as a JSON list of objects")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     args.variants = args.variants or (GPU_VARIANTS if device.type == "cuda" else CPU_VARIANTS)
@@ -235,12 +299,19 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("WANDB_MODE", "disabled")
     print(f"Machine: {machine()}\n")
+    rows = []
     if not args.skip_inference:
         print(f"Inference, batch {args.batch_size}, {args.iterations} timed runs after {args.warmup} warm-up runs:\n")
-        print(markdown(inference_table(args, device)) + "\n", flush=True)
+        rows += inference_table(args, device)
+        print(markdown([r for r in rows if r["kind"] == "inference"]) + "\n", flush=True)
     if not args.skip_training:
-        print(f"Training step, {args.train_steps} timed steps after {args.train_warmup} warm-up steps:\n")
-        print(markdown(training_table(args, device)), flush=True)
+        print(f"Training step, {args.train_steps} timed steps per way in {args.train_rounds} alternating blocks:\n")
+        rows += training_table(args, device)
+        print(markdown([r for r in rows if r["kind"] == "train"]), flush=True)
+    if args.json:
+        with atomic_write(args.json) as partial:
+            partial.write_text(json.dumps([{"machine": machine()} | row for row in rows], indent=1))
+        print(f"\nwrote {len(rows)} rows to {args.json}")
 
 
 if __name__ == "__main__":

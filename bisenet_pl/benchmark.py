@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from bisenet_pl.trainer import native_bf16_feature
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,19 @@ def measure_interleaved(
         name: Latency(batch_size, statistics.fmean(t), percentile(t, 50), percentile(t, 90), percentile(t, 99))
         for name, t in times.items()
     }
+
+
+def cpu_description() -> str:
+    """The CPU's model name, the widest vector instructions torch uses on it, and its native bf16
+    feature if any, e.g. ``AMD EPYC (AVX512, native bf16: AVX512_BF16)``."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    feature = native_bf16_feature()
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()}, native bf16: {feature or 'none'})"
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -7,16 +7,17 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
 from bisenet_pl.data.io import atomic_write
 from bisenet_pl.errors import ConfigError, UserError
-from bisenet_pl.loggers import SaveConfigToLoggers, ValidationImages
+from bisenet_pl.loggers import ProgressBar, SaveConfigToLoggers, TrainingTime, ValidationImages
 from bisenet_pl.models import convert_coincheung_state_dict
-from bisenet_pl.models.weights import read_state_dict
+from bisenet_pl.models.weights import check_lightning_checkpoint, read_state_dict
 from bisenet_pl.module import SegmentationModule
+from bisenet_pl.trainer import Trainer
 from bisenet_pl.writer import SegmentationWriter
 
 TOOLS_HELP = """\
@@ -56,20 +57,27 @@ class BiSeNetCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
-        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(ProgressBar, "progress_bar")
         # Sample predictions and the confusion matrix for whichever logger is on (--val_images.*).
         parser.add_lightning_class_args(ValidationImages, "val_images")
+        # Minutes of training at each validation, for curves against time (time/minutes).
+        parser.add_lightning_class_args(TrainingTime, "training_time")
         # What predict writes (--prediction_writer.*): labels, colour masks, overlays, probabilities.
         parser.add_lightning_class_args(SegmentationWriter, "prediction_writer")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        checkpoint = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if checkpoint and Path(checkpoint).is_file():  # before Lightning unpickles it with a traceback
+            check_lightning_checkpoint(checkpoint)
         # What the user set (config files and command line), before Lightning reads --ckpt_path.
         self._model_as_parsed = (subcommand, self.config[subcommand].model.clone()) if subcommand else None
 
     def before_instantiate_classes(self) -> None:
-        restore_user_model_options(self._model_as_parsed, self.config, self._subcommand_parsers)
+        if self._model_as_parsed is not None:  # a subcommand (run=False parses no subcommand)
+            subcommand, typed = self._model_as_parsed
+            restore_user_model_options(typed, self.config[subcommand].model, self._subcommand_parsers[subcommand])
 
     def _check_data(self) -> None:
         # Before the trainer creates log folders: bad data leaves nothing behind.
@@ -90,8 +98,10 @@ class BiSeNetCLI(LightningCLI):
         # Switching checkpointing or logging off also switches off the callbacks added above for them.
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if config.get("enable_progress_bar") is False:  # e.g. logs written to a file
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         if config.get("logger") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, ValidationImages))]
+            callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, ValidationImages, TrainingTime))]
         return super()._instantiate_trainer(config, callbacks)
 
 
@@ -99,19 +109,16 @@ class BiSeNetCLI(LightningCLI):
 CHECKPOINT_DECIDES = ("net", "num_classes", "ignore_index", "class_names")
 
 
-def restore_user_model_options(parsed, config, parsers: dict) -> None:
+def restore_user_model_options(typed, model, parser) -> None:
     """Undo Lightning's overwrite of user-set model options by a ``--ckpt_path``'s hyperparameters.
 
-    Since Lightning 2.5.5, ``LightningCLI`` lays the checkpoint's saved hyperparameters over
-    the parsed config, command line included, so ``--model.eval_mode=msf`` with a checkpoint
-    evaluated ``ss``. Options the user set (differing from the parser's default) win again;
-    options left at their default, and the network itself, come from the checkpoint.
+    Since Lightning 2.5.5, ``LightningCLI`` lays the checkpoint's saved hyperparameters over the
+    parsed config, command line included, so ``--model.eval_mode=msf`` with a checkpoint
+    evaluated ``ss``. ``typed`` is the model config as parsed; options in it that differ from
+    the ``parser``'s defaults win again in ``model``; options left at their default, and the
+    network itself, come from the checkpoint.
     """
-    if parsed is None:
-        return
-    subcommand, typed = parsed
-    model = config[subcommand].model
-    defaults = parsers[subcommand].get_defaults()["model"]
+    defaults = parser.get_defaults()["model"]
     for key, value in typed.items():
         if key.split(".", 1)[0] in CHECKPOINT_DECIDES:
             continue
@@ -136,6 +143,8 @@ def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
     return BiSeNetCLI(
         SegmentationModule,
         SegmentationDataModule,
+        # Lightning's Trainer plus --trainer.precision=auto (bf16 where the CPU computes it natively).
+        trainer_class=Trainer,
         subclass_mode_data=True,
         # The optimiser and schedule are the model's (the reference recipe), set as model options.
         auto_configure_optimizers=False,
@@ -199,6 +208,7 @@ def export_command(args: list[str]) -> None:
     checkpoint = Path(options.ckpt_path)
     if not checkpoint.is_file():
         raise ConfigError(f"--ckpt_path {checkpoint}: no such checkpoint")
+    check_lightning_checkpoint(checkpoint)
     module = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu")
     suffix = ".onnx" if options.format == "onnx" else ".torchscript.pt"
     output = options.output or checkpoint.with_suffix(suffix)

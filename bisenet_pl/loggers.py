@@ -3,6 +3,7 @@ validation pictures (sample predictions, confusion matrix) for whichever logger 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
@@ -200,3 +201,47 @@ class ValidationImages(Callback):
         others = [logger for logger in trainer.loggers if logger not in wandb]
         log_images(wandb, "val/samples", images, step, masks=masks, caption=captions)
         log_images(others, "val/samples", panels, step)
+
+
+class TrainingTime(Callback):
+    """Logs ``time/minutes``, the wall-clock minutes of training so far (validation included), at
+    every validation, so that learning curves can be drawn against time as well as steps. The
+    count is saved in checkpoints and continues when a run resumes."""
+
+    def __init__(self) -> None:
+        self.minutes_before = 0.0  # of earlier runs this one resumes
+        self._start: float | None = None
+
+    def minutes(self) -> float:
+        return self.minutes_before + (time.monotonic() - self._start) / 60 if self._start is not None else self.minutes_before
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._start is not None:
+            pl_module.log("time/minutes", self.minutes(), sync_dist=False, rank_zero_only=True)
+
+    def state_dict(self) -> dict:
+        return {"minutes": self.minutes()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.minutes_before = float(state_dict.get("minutes", 0.0))
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, counting what bounds the run: a run bounded by
+    ``max_steps`` reads ``Epoch 3 · step 138/400`` instead of ``Epoch 3/-2``."""
+
+    def _step_bounded(self) -> bool:
+        return self.trainer.max_epochs in (None, -1) and self.trainer.max_steps > 0
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self._step_bounded():
+            return f"Epoch {current_epoch} · step {self.trainer.global_step}/{self.trainer.max_steps}"
+        return super()._get_train_description(current_epoch)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._step_bounded() and self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))

@@ -6,10 +6,11 @@ import functools
 import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
@@ -22,6 +23,15 @@ from bisenet_pl.models.resnet import IMAGENET_URLS
 from bisenet_pl.models.weights import compare_state_dicts, read_state_dict
 
 
+#: The longest warm-up a run gets, as a share of its steps: a warm-up as long as the run would
+#: never reach the learning rate nor decay it (1000 warm-up steps in a 400-step run).
+MAX_WARMUP_FRACTION = 0.1
+
+
+def max_warmup_steps(total_steps: int) -> int:
+    return int(total_steps * MAX_WARMUP_FRACTION)
+
+
 class WarmupPolyLR:
     """LR factor per step: exponential warm-up from ``warmup_ratio`` to 1 over ``warmup_steps``,
     then poly(``power``) decay to 0 at ``total_steps`` (the reference's WarmupPolyLrScheduler).
@@ -31,7 +41,7 @@ class WarmupPolyLR:
 
     def __init__(self, total_steps: int, warmup_steps: int = 1000, warmup_ratio: float = 0.1, power: float = 0.9) -> None:
         self.total_steps = max(1, total_steps)
-        self.warmup_steps = min(warmup_steps, self.total_steps - 1) if self.total_steps > 1 else 0
+        self.warmup_steps = min(warmup_steps, max_warmup_steps(self.total_steps))
         self.warmup_ratio = warmup_ratio
         self.power = power
 
@@ -59,7 +69,9 @@ class SegmentationModule(L.LightningModule):
             ``bisenet-pl stats``).
         aux_weights: weight of each auxiliary head's loss, one number for all or one per head
             (in the network's head order). A head with weight 0 is removed and never computed.
-        lr: base learning rate (SGD).
+        optimizer: ``sgd`` (the reference's, with ``momentum``) or ``adamw`` (betas 0.9, 0.999),
+            both with the warm-up and poly schedule below.
+        lr: base learning rate.
         momentum: SGD momentum.
         weight_decay: weight decay, not applied to BatchNorm parameters and biases.
         head_lr_multiplier: learning-rate factor of the heads (the network's ``head_modules``).
@@ -93,6 +105,7 @@ class SegmentationModule(L.LightningModule):
         ohem_min_kept_fraction: float = 1 / 16,
         class_weights: list[float] | None = None,
         aux_weights: float | list[float] = 1.0,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -111,6 +124,20 @@ class SegmentationModule(L.LightningModule):
         eval_crop_stride: float = 2 / 3,
     ) -> None:
         super().__init__()
+        check_ranges(
+            lr=(lr, "> 0", lr > 0),
+            momentum=(momentum, "in [0, 1)", 0 <= momentum < 1),
+            weight_decay=(weight_decay, ">= 0", weight_decay >= 0),
+            head_lr_multiplier=(head_lr_multiplier, "> 0", head_lr_multiplier > 0),
+            warmup_steps=(warmup_steps, ">= 0", warmup_steps >= 0),
+            warmup_ratio=(warmup_ratio, "in (0, 1]", 0 < warmup_ratio <= 1),
+            poly_power=(poly_power, ">= 0", poly_power >= 0),
+            ohem_threshold=(ohem_threshold, "in (0, 1)", 0 < ohem_threshold < 1),
+            ohem_min_kept_fraction=(ohem_min_kept_fraction, "in [0, 1]", 0 <= ohem_min_kept_fraction <= 1),
+            aux_weights=(aux_weights, "numbers >= 0", all(w >= 0 for w in _as_list(aux_weights))),
+            class_weights=(class_weights, "numbers >= 0", all(w >= 0 for w in _as_list(class_weights or []))),
+            eval_crop_size=(list(eval_crop_size), "[height, width], each >= 1", len(eval_crop_size) == 2 and min(eval_crop_size) >= 1),
+        )
         self.save_hyperparameters()
         if isinstance(net, dict):  # the spec saved in a checkpoint's hyperparameters
             net = network_from_spec(net)
@@ -171,6 +198,9 @@ class SegmentationModule(L.LightningModule):
                 read_state_dict(source)
 
     def setup(self, stage: str) -> None:
+        crop_size = getattr(self.trainer.datamodule, "crop_size", None) if self._trainer else None
+        if stage == "fit" and crop_size:  # the model summary's FLOPs and sizes: one training crop
+            self.example_input_array = torch.zeros(1, 3, *crop_size)
         if self._weights_loaded:
             return
         self._weights_loaded = True
@@ -340,10 +370,32 @@ class SegmentationModule(L.LightningModule):
             for (is_head, decays), params in groups.items()
             if params
         ]
-        optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        schedule = WarmupPolyLR(self.trainer.estimated_stepping_batches, hp.warmup_steps, hp.warmup_ratio, hp.poly_power)
+        if hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(param_groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        schedule = WarmupPolyLR(total_steps, hp.warmup_steps, hp.warmup_ratio, hp.poly_power)
+        if schedule.warmup_steps < hp.warmup_steps:
+            rank_zero_warn(
+                f"model.warmup_steps={hp.warmup_steps} is more than {MAX_WARMUP_FRACTION:.0%} of this run's {total_steps} "
+                f"steps: warming up over {schedule.warmup_steps} steps instead (give model.warmup_steps <= "
+                f"{max_warmup_steps(total_steps)} to choose)"
+            )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _as_list(value: float | Sequence[float]) -> list[float]:
+    return [value] if isinstance(value, (int, float)) else list(value)
+
+
+def check_ranges(**options: tuple[object, str, bool]) -> None:
+    """Raise a :class:`ConfigError` naming the first ``model.<name>`` whose check failed;
+    ``options`` maps a name to (value, what is expected, whether it holds)."""
+    for name, (value, expected, holds) in options.items():
+        if not holds:
+            raise ConfigError(f"model.{name} must be {expected}; got {value}")
 
 
 def network_spec(net: Callable[[int], nn.Module]) -> dict | None:

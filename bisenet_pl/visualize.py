@@ -6,6 +6,7 @@ Shared by the logging callback, ``bisenet-pl predict`` and the notebooks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,3 +108,30 @@ def figure_to_array(figure) -> np.ndarray:
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def learning_curves_figure(runs: dict[str, str | Path], metric: str = "val/mIoU", title: str = ""):
+    """Validation ``metric`` (in %) of CSV-logger runs against steps and against wall-clock
+    minutes of training (``time/minutes``, logged by the CLI's TrainingTime callback)."""
+    from matplotlib.figure import Figure
+
+    from bisenet_pl.results import metric_history
+
+    figure = Figure(figsize=(11, 4), dpi=100, layout="constrained")
+    by_step, by_time = figure.subplots(1, 2, sharey=True)
+    for label, run_dir in runs.items():
+        steps, values = metric_history(run_dir, metric)
+        by_step.plot(steps, [100 * v for v in values], marker="o", markersize=3, label=label)
+        minutes = dict(zip(*metric_history(run_dir, "time/minutes")))
+        timed = [(minutes[step], 100 * value) for step, value in zip(steps, values) if step in minutes]
+        if timed:
+            by_time.plot(*zip(*timed), marker="o", markersize=3, label=label)
+    by_step.set_xlabel("training step")
+    by_time.set_xlabel("minutes of training (validation included)")
+    by_step.set_ylabel(f"{metric} (%)")
+    for axes in (by_step, by_time):
+        axes.grid(alpha=0.3)
+    by_step.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return figure

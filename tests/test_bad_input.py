@@ -5,9 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from synthetic import SIZE, make_camvid_segnet, make_folder, write_gray
 
 from bisenet_pl.cli import main
+from bisenet_pl.models import BiSeNetV2
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = [
@@ -89,6 +91,32 @@ def test_options_that_do_not_fit(tmp_path):
     assert "data.crop_size must be [height, width]" in fit("camvid.yaml", root, "--data.crop_size=[8,8]")
 
 
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("--model.lr=-1", "model.lr must be > 0; got -1.0"),
+        ("--model.momentum=1.5", "model.momentum must be in [0, 1); got 1.5"),
+        ("--model.warmup_steps=-5", "model.warmup_steps must be >= 0; got -5"),
+        ("--model.aux_weights=[1,1,-1,1]", "model.aux_weights must be numbers >= 0"),
+        ("--model.ohem_threshold=1.5", "model.ohem_threshold must be in (0, 1); got 1.5"),
+        ("--data.val_batch_size=0", "data.val_batch_size must be >= 1; got 0"),
+        ("--data.num_workers=-1", "data.num_workers must be >= 0; got -1"),
+        ("--data.std=[0.2,0,0.2]", "data.std must be 3 numbers (RGB), each > 0"),
+        ("--data.hflip=2", "data.hflip must be a probability in [0, 1]; got 2.0"),
+    ],
+)
+def test_numeric_options_out_of_range_are_named(tmp_path, option, expected):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    assert expected in fit("camvid.yaml", root, option)
+
+
+def test_progress_bar_can_be_switched_off(tmp_path, monkeypatch):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", *CPU,
+          "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])  # fmt: skip
+
+
 def test_checkpoint_with_another_class_count(tmp_path):
     camvid = make_camvid_segnet(tmp_path / "camvid")
     out = tmp_path / "out"
@@ -105,3 +133,46 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
     root = make_camvid_segnet(tmp_path / "camvid")
     message = fit("camvid.yaml", root, "--model.lr=1e30", "--model.warmup_steps=0", "--trainer.max_steps=20")
     assert "non-finite training loss" in message and "at step" in message and "lower model.lr" in message
+
+
+@pytest.fixture(scope="module")
+def bad_weight_files(tmp_path_factory):
+    """A truncated checkpoint, a text file, and a network state dict that is no Lightning checkpoint."""
+    folder = tmp_path_factory.mktemp("weights")
+    state = BiSeNetV2(11).state_dict()
+    torch.save(state, folder / "state.pth")
+    data = (folder / "state.pth").read_bytes()
+    (folder / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (folder / "notes.ckpt").write_text("not a checkpoint\n")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["truncated.ckpt", "notes.ckpt"])
+def test_unreadable_weight_files_are_one_line_everywhere(tmp_path, bad_weight_files, name):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    bad = bad_weight_files / name
+    expected = f"{bad} is not a PyTorch checkpoint (truncated, or another kind of file)"
+    validate = ["validate", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", *CPU]
+    assert expected in error_of(*validate, f"--ckpt_path={bad}")
+    assert expected in error_of(*validate, f"--model.pretrained={bad}")
+    assert expected in error_of("export", f"--ckpt_path={bad}", f"--output={tmp_path / 'x.onnx'}")
+    assert expected in error_of("convert", str(bad), str(tmp_path / "converted.pth"))
+    assert not list(tmp_path.glob("x.onnx*")) and not list(tmp_path.glob("converted*"))
+
+
+def test_a_state_dict_given_as_ckpt_path_points_to_pretrained(tmp_path, bad_weight_files):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    state = bad_weight_files / "state.pth"
+    message = error_of("validate", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", *CPU, f"--ckpt_path={state}")
+    assert "is not a checkpoint written by bisenet-pl fit" in message and f"--model.pretrained={state}" in message
+
+
+def test_weights_that_cannot_be_fetched_say_how_to_give_a_local_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty cache: nothing to fall back on
+    root = make_camvid_segnet(tmp_path / "camvid")
+    url = "http://127.0.0.1:9/bisenetv2.pth"  # the discard port: nothing listens
+    message = fit("camvid.yaml", root, f"--model.pretrained={url}", "--trainer.fast_dev_run=true")
+    assert f"could not fetch {url}" in message and "give the local file's path instead" in message
+    message = fit("camvid_bisenetv1.yaml", root, "--model.backbone_weights=imagenet", "--trainer.fast_dev_run=true")
+    assert "could not fetch https://download.pytorch.org/models/resnet18" in message
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in message

@@ -1,6 +1,7 @@
 """benchmarks/speed.py runs and prints its tables (tiny sizes: no timing is asserted here)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from bisenet_pl.benchmark import count_flops, measure_interleaved, percentile
 from bisenet_pl.models import BiSeNetV2
+from bisenet_pl.trainer import auto_precision
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 
@@ -19,18 +21,24 @@ def load_script():
     return module
 
 
-def test_speed_script_prints_both_tables(capsys):
+def test_speed_script_prints_both_tables_and_json(capsys, tmp_path):
     load_script().main([
         "--networks", "v2", "--sizes", "64x96", "--variants", "reference", "folded+channels_last",
         "--iterations", "2", "--warmup", "0", "--train-size", "64x96", "--train-batch", "2", "--train-steps", "2",
-        "--train-warmup", "1",
+        "--train-rounds", "2", "--json", str(tmp_path / "speed.json"),
     ])  # fmt: skip
     output = capsys.readouterr().out
     assert output.startswith("Machine: ")
-    assert "| network | size | params (M) | GFLOPs | variant | mean ms | p50 ms | p90 ms | p99 ms | FPS | x reference | setup s |" in output
-    assert "| BiSeNetV2 | 64x96 | 3.35 |" in output and "| folded+channels_last |" in output
-    assert "| plain PyTorch loop (before) |" in output and "| LightningModule (Trainer) |" in output
-    assert "| plain PyTorch loop (after) |" in output
+    assert "| kind | network | size | batch | variant | params_M | GFLOPs | ms_per_batch |" in output
+    assert "| inference | BiSeNetV2 | 64x96 | 1 | reference | 3.35 |" in output and "| folded+channels_last |" in output
+    assert "| train | BiSeNetV2 | 64x96 | 2 | reference (plain loop, fp32, NCHW) |" in output
+    assert f"| LightningModule (camvid_cpu.yaml: {auto_precision('cpu')[0]}, channels-last) |" in output
+    rows = json.loads((tmp_path / "speed.json").read_text())
+    assert [row["kind"] for row in rows] == ["inference"] * 2 + ["train"] * 3
+    for row in rows:
+        assert {"kind", "network", "size", "batch", "variant", "ms_per_batch", "images_per_s", "x_reference"} <= set(row)
+        assert row["ms_per_batch"] > 0 and row["images_per_s"] == pytest.approx(1000 * row["batch"] / row["ms_per_batch"])
+    assert rows[0]["x_reference"] == 1.0 and rows[2]["x_reference"] == 1.0  # each table's reference row
 
 
 def test_flops_and_percentiles():

@@ -28,6 +28,7 @@ DATASETS = {
     "camvid_bisenetv1.yaml": make_camvid_segnet,
     "cityscapes.yaml": make_cityscapes,
     "cityscapes_bisenetv1.yaml": make_cityscapes,
+    "camvid_cpu.yaml": make_camvid_segnet,
     "folder.yaml": lambda root: make_folder(root, num_classes=2, ignore_value=255),
 }
 

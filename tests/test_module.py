@@ -55,6 +55,18 @@ def test_warmup_poly_schedule():
     assert all(a <= b for a, b in zip(values[:100], values[1:101])) and all(a >= b for a, b in zip(values[100:], values[101:]))
 
 
+def test_a_warmup_longer_than_the_run_is_capped_and_said(tmp_path):
+    """1000 warm-up steps in a 400-step run used to stretch the warm-up over the whole run, so the
+    learning rate never reached its value nor decayed."""
+    schedule = WarmupPolyLR(total_steps=400, warmup_steps=1000)
+    assert schedule.warmup_steps == 40 and schedule(40) == 1.0 and schedule(220) == pytest.approx(0.5**0.9)
+    assert WarmupPolyLR(total_steps=20000, warmup_steps=1000).warmup_steps == 1000  # the reference's recipe is kept
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, warmup_steps=1000)
+    with pytest.warns(UserWarning, match=r"model.warmup_steps=1000 is more than 10% of this run's 20 steps: warming up over 2 steps"):
+        trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=20)
+    assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].warmup_steps == 2
+
+
 def tiny_datamodule(tmp_path, **kwargs):
     root = make_folder(tmp_path / "folder", num_classes=3, counts={"train": 4, "val": 2})
     options = dict(batch_size=2, num_workers=0, crop_size=(32, 48), val_batch_size=2) | kwargs

@@ -58,7 +58,7 @@ def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] =
 def to_tensors(image: np.ndarray, mask: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """HWC float image -> CHW tensor; HW mask -> int64 tensor."""
     image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    mask_tensor = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
+    mask_tensor = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
     return image_tensor, mask_tensor
 
 

@@ -85,7 +85,9 @@ class SegmentHead(nn.Module):
         x = self.dropout(self.conv(x))
         if self.refine is not None:
             x = self.refine(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return resize_to(self.classifier(x), output_size, mode="bilinear")
+        # Scores are resized in float32 (a no-op without autocast): under bf16 autocast on a CPU,
+        # resizing the few-channel logits in bf16 is slower, and the losses take float32 anyway.
+        return resize_to(self.classifier(x).float(), output_size, mode="bilinear")
 
 
 def check_batch_size(x: torch.Tensor, norm: nn.BatchNorm2d, network: str) -> None:

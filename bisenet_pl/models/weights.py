@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
@@ -20,18 +22,52 @@ def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     """
     source = str(source)
     if urlparse(source).scheme in ("http", "https", "file"):
-        state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True, progress=False)
+        try:
+            state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True, progress=False)
+        except (URLError, OSError) as error:  # HTTPError is both
+            reason = getattr(error, "reason", None) or error
+            raise ConfigError(
+                f"could not fetch {source} ({reason}): download it where there is a network and give the local "
+                f"file's path instead, or place it in {Path(torch.hub.get_dir()) / 'checkpoints'}"
+            ) from None
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+            raise ConfigError(f"{source}: {unreadable_reason(error)}") from None
     else:
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} does not exist (expected a local .pth file or an http(s):// or file:// URL)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_file(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict):
         raise ConfigError(f"{source} does not hold a state dict (got {type(state).__name__})")
     return state
+
+
+def unreadable_reason(error: BaseException) -> str:
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+        return "holds Python objects besides tensors and plain data, which are never loaded (weights_only)"
+    return "is not a PyTorch checkpoint (truncated, or another kind of file)"
+
+
+def load_file(path: str | Path) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that is not a readable checkpoint
+    is a one-line :class:`ConfigError` naming it, never the unpickler's traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, IndexError, ValueError, KeyError) as error:
+        raise ConfigError(f"{path} {unreadable_reason(error)}") from None
+
+
+def check_lightning_checkpoint(path: str | Path, option: str = "--ckpt_path") -> None:
+    """Fail in words unless ``path`` is a readable checkpoint written by a Lightning trainer."""
+    checkpoint = load_file(path)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(
+            f"{option} {path} is not a checkpoint written by bisenet-pl fit (no state_dict); to start from a "
+            f"network's weights, give it as --model.pretrained={path}"
+        )
 
 
 @dataclass
