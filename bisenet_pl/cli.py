@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -232,12 +234,40 @@ def main(args: list[str] | None = None) -> None:
             build_cli(args)  # None: LightningCLI reads sys.argv itself
     except argparse.ArgumentError as error:
         cause = user_error(error)
-        raise SystemExit(f"bisenet-pl: error: {one_line(cause or error)} (see bisenet-pl --help)") from None
+        message = one_line(cause) if cause else parse_error_line(str(error), config_files(argv))
+        raise SystemExit(f"bisenet-pl: error: {message} (see bisenet-pl --help)") from None
     except Exception as error:
         cause = user_error(error)
         if cause is None:
             raise  # a bug, not bad input: keep the traceback
         raise SystemExit(f"bisenet-pl: error: {one_line(cause)}") from None
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The files given with ``--config`` (``--config F`` or ``--config=F``)."""
+    files = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    return files + [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+
+
+def parse_error_line(message: str, configs: list[str]) -> str:
+    """jsonargparse's nested report in one line: the option as typed and what was wrong; a YAML
+    syntax error with the config file it is in (jsonargparse names it ``<unicode string>``)."""
+    if "<unicode string>" in message:
+        for config in configs:
+            try:
+                yaml.safe_load(Path(config).read_text())
+            except yaml.YAMLError as error:
+                mark = getattr(error, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                return f"--config {config}: not valid YAML{where}: {getattr(error, 'problem', None) or error}"
+            except OSError:
+                continue
+    keys = re.findall(r"Parser key \"([^\"]+)\"", message)
+    details = [line.strip() for line in message.splitlines() if re.match(r"\s*(- )?(Expected|Got|Value|Unrecognized|Does not)", line)]
+    expected = next((d.removeprefix("- ") for d in details if d.removeprefix("- ").startswith("Expected a") and "NoneType" not in d), None)
+    if keys and expected:
+        return f"--{'.'.join(keys)}: {expected}"
+    return message.strip().splitlines()[0]
 
 
 def user_error(error: BaseException | None) -> BaseException | None:

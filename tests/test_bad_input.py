@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic import SIZE, make_camvid_segnet, make_folder, write_gray
+from synthetic import SIZE, block_label, image_for, make_camvid_segnet, make_folder, write_gray, write_rgb
 
-from bisenet_pl.cli import main
+from bisenet_pl.cli import build_cli, main
 from bisenet_pl.models import BiSeNetV2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,3 +176,42 @@ def test_weights_that_cannot_be_fetched_say_how_to_give_a_local_file(tmp_path, m
     message = fit("camvid_bisenetv1.yaml", root, "--model.backbone_weights=imagenet", "--trainer.fast_dev_run=true")
     assert "could not fetch https://download.pytorch.org/models/resnet18" in message
     assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in message
+
+
+def test_validation_images_of_different_sizes_are_batched_by_size(tmp_path, monkeypatch):
+    """The default val_batch_size used to fail with 'stack expects each tensor to be equal size'."""
+    root = make_folder(tmp_path / "folder", num_classes=2, counts={"train": 2, "val": 3})
+    rng = np.random.default_rng(1)
+    for index in range(3):  # three more of another size, interleaved in file order
+        label = block_label(rng, [0, 1, 255], size=(40, 56))
+        write_rgb(root / "images" / "val" / f"img{index}b.jpg", image_for(label, rng))
+        write_gray(root / "masks" / "val" / f"img{index}b.png", label)
+    monkeypatch.chdir(tmp_path)
+    scores = {}
+    for batch in (4, 1):
+        cli = build_cli([
+            "validate", "--config", str(REPO / "configs" / "folder.yaml"), f"--data.root={root}", *CPU,
+            "--data.init_args.num_classes=2", f"--data.val_batch_size={batch}", "--seed_everything=0",
+        ])  # fmt: skip
+        scores[batch] = float(cli.trainer.callback_metrics["val/mIoU"])
+    assert scores[4] == scores[1]
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("--data.batch_size=abc", "--data.batch_size: Expected a <class 'int'>. Got value: abc"),
+        ("--data.crop_size=[1,2,3]", "--data.crop_size: Expected a tuple with 2 elements. Got value: [1, 2, 3]"),
+        ("--model.eval_mode=foo", "--model.eval_mode: Expected a typing.Literal['ss', 'ssc', 'msf', 'mscf']. Got value: foo"),
+    ],
+)
+def test_wrong_types_are_one_line_naming_the_option(tmp_path, option, expected):
+    message = fit("camvid.yaml", tmp_path, option)
+    assert "\n" not in message and expected in message
+
+
+def test_a_yaml_syntax_error_names_the_config_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  lr: [0.1\n")
+    message = fit("camvid.yaml", tmp_path, "--config", str(broken))
+    assert "\n" not in message and f"--config {broken}: not valid YAML at line 3, column 1" in message

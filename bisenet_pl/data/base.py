@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from bisenet_pl.data.io import IMAGE_SUFFIXES, read_image, read_label
-from bisenet_pl.data.predict import VideoFrames, collate_predict, predict_loader_parts
+from bisenet_pl.data.predict import SameSizeBatches, VideoFrames, collate_predict, predict_loader_parts
 from bisenet_pl.data.resume import ResumableDataLoader, SeededShuffleSampler, SkippingBatchSampler
 from bisenet_pl.data.transforms import (
     IMAGENET_MEAN,
@@ -375,12 +375,15 @@ class SegmentationDataModule(L.LightningDataModule):
         }
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
-        sampler = None
+        dataset = self.datasets[split]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Lightning's default DistributedSampler pads the last shard with repeated images,
             # which would count them twice in the mIoU; this one splits the set exactly.
-            sampler = UnrepeatedDistributedSampler(self.datasets[split], shuffle=False)
-        return DataLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, **self._loader_options())
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **self._loader_options())
+        # Images of different sizes go to different batches (full resolution, no padding).
+        batches = SameSizeBatches([image for image, _ in dataset.samples], batch_size)
+        return DataLoader(dataset, batch_sampler=batches, **self._loader_options())
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]
