@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
-from bisenet_pl.data.io import atomic_write
+from bisenet_pl.data.io import atomic_write, check_writable
 from bisenet_pl.errors import ConfigError, UserError
 from bisenet_pl.loggers import ProgressBar, SaveConfigToLoggers, TrainingTime, ValidationImages
 from bisenet_pl.models import convert_coincheung_state_dict
@@ -81,11 +81,20 @@ class BiSeNetCLI(LightningCLI):
             subcommand, typed = self._model_as_parsed
             restore_user_model_options(typed, self.config[subcommand].model, self._subcommand_parsers[subcommand])
 
-    def _check_data(self) -> None:
-        # Before the trainer creates log folders: bad data leaves nothing behind.
+    def _check_before_work(self) -> None:
+        # Before the trainer creates log folders: bad data or an unwritable output leaves nothing behind.
         self.datamodule.check_data(self.subcommand)
+        check_writable(self.trainer.default_root_dir, "trainer.default_root_dir")
+        for logger in self.trainer.loggers:
+            if logger.save_dir:
+                check_writable(logger.save_dir, f"the {type(logger).__name__}'s save_dir")
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath and self.subcommand == "fit":
+                check_writable(callback.dirpath, "the checkpoint dirpath")
+            if isinstance(callback, SegmentationWriter) and callback.output_dir and self.subcommand == "predict":
+                check_writable(callback.output_dir, "prediction_writer.output_dir")
 
-    before_fit = before_validate = before_test = before_predict = _check_data
+    before_fit = before_validate = before_test = before_predict = _check_before_work
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -210,10 +219,11 @@ def export_command(args: list[str]) -> None:
     checkpoint = Path(options.ckpt_path)
     if not checkpoint.is_file():
         raise ConfigError(f"--ckpt_path {checkpoint}: no such checkpoint")
-    check_lightning_checkpoint(checkpoint)
-    module = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu")
     suffix = ".onnx" if options.format == "onnx" else ".torchscript.pt"
     output = options.output or checkpoint.with_suffix(suffix)
+    check_writable(output.parent, "--output")
+    check_lightning_checkpoint(checkpoint)
+    module = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu")
     export(module.net, output, options.format, tuple(options.size), options.labels)
     print(f"wrote {output} ({options.format}, {'labels ' + options.labels if options.labels else 'logits'}, "
           f"{type(module.net).__name__}, {module.num_classes} classes)")

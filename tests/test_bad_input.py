@@ -215,3 +215,26 @@ def test_a_yaml_syntax_error_names_the_config_file(tmp_path):
     broken.write_text("model:\n  lr: [0.1\n")
     message = fit("camvid.yaml", tmp_path, "--config", str(broken))
     assert "\n" not in message and f"--config {broken}: not valid YAML at line 3, column 1" in message
+
+
+def test_unwritable_outputs_are_found_before_any_work(tmp_path, monkeypatch, bad_weight_files):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    message = fit("camvid.yaml", root, f"--trainer.default_root_dir={blocker / 'out'}")
+    assert f"trainer.default_root_dir {blocker / 'out'}: {blocker} is a file, not a folder" in message
+    message = error_of(
+        "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", *CPU,
+        f"--prediction_writer.output_dir={blocker / 'predictions'}", "--data.test_split=val",
+    )  # fmt: skip
+    assert f"prediction_writer.output_dir {blocker / 'predictions'}: {blocker} is a file" in message
+    message = error_of("export", f"--ckpt_path={bad_weight_files / 'state.pth'}", f"--output={blocker / 'net.onnx'}")
+    assert f"--output {blocker}: {blocker} is a file, not a folder" in message
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(30, "Read-only file system")
+
+    monkeypatch.setattr("bisenet_pl.data.io.tempfile.TemporaryFile", read_only)
+    message = fit("camvid.yaml", root, f"--trainer.default_root_dir={tmp_path / 'out'}")
+    assert f"trainer.default_root_dir {tmp_path / 'out'}: cannot write in {tmp_path} (Read-only file system)" in message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "lightning_logs").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bisenet_pl.errors import DataError
+from bisenet_pl.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -50,6 +51,22 @@ def atomic_write(path: Path) -> Iterator[Path]:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def check_writable(folder: str | Path, option: str) -> None:
+    """Fail before any work unless ``folder`` can be created and written: its nearest existing
+    ancestor must be a folder in which a file can be made (tried, then removed at once)."""
+    folder = Path(folder).expanduser().absolute()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{option} {folder}: cannot write in {existing} ({error.strerror or error})") from None
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
