@@ -14,9 +14,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_warn
 
 from bisenet_pl.data.io import atomic_write, write_image
-from bisenet_pl.errors import ConfigError
+from bisenet_pl.errors import ConfigError, DataError
 from bisenet_pl.inference import probabilities as class_probabilities
 from bisenet_pl.visualize import colorize, denormalize, overlay, palette_for
 
@@ -77,6 +78,7 @@ class SegmentationWriter(BasePredictionWriter):
         # (video, kind) -> the open writer, the file it writes, the final name it gets when complete
         self._videos: dict[tuple[str, str], tuple[cv2.VideoWriter, Path, Path]] = {}
         self.written = 0
+        self.skipped: list[str] = []  # why each unreadable image was skipped
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "predict":
@@ -110,6 +112,11 @@ class SegmentationWriter(BasePredictionWriter):
             probabilities = class_probabilities(prediction["scores"], pl_module.evaluation)
         needs_image = "overlay" in self.outputs
         for index, path in enumerate(prediction["path"]):
+            error = prediction.get("error", [""] * len(prediction["path"]))[index]
+            if error:
+                rank_zero_warn(f"skipped {error}")
+                self.skipped.append(error)
+                continue
             image = denormalize(batch["image"][index], self.mean, self.std) if needs_image else None
             probs = probabilities[index].to(torch.float16).cpu().numpy() if probabilities is not None else None
             if "frame" in prediction:
@@ -168,6 +175,12 @@ class SegmentationWriter(BasePredictionWriter):
         self._videos.clear()
         if trainer.is_global_zero:
             print(f"Wrote predictions for {self.written} images or frames to {self.output_dir}", flush=True)
+        if self.skipped:  # the run goes on past unreadable images, and then fails, naming them
+            skipped, self.skipped = self.skipped, []
+            raise DataError(
+                f"{len(skipped)} image(s) could not be read and were skipped (the {self.written} others were "
+                f"written): {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}"
+            )
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         for writer, partial, _ in self._videos.values():  # no half-written videos left behind

@@ -163,3 +163,31 @@ def test_a_truncated_video_says_how_many_frames_were_read(tmp_path):
     with pytest.warns(UserWarning, match=rf"video {video}: decoded (\d+) of the 12 frames its header announces") as caught:
         decoded = len(list(frames))
     assert 0 < decoded < 12 and f"decoded {decoded} of the 12" in str(caught[0].message)
+
+
+def test_a_corrupt_image_is_skipped_named_and_fails_the_run_at_its_end(tmp_path):
+    camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
+    save_checkpoint(tmp_path / "model.ckpt", num_classes=11)
+    folder = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "c.png", "d.png"):
+        write_rgb(folder / name, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    valid_png = (folder / "a.png").read_bytes()
+    (folder / "b.png").write_bytes(valid_png[: len(valid_png) // 2])  # a readable header, truncated data
+    (folder / "e.png").write_bytes(b"not an image")
+    out = tmp_path / "predictions"
+    args = [
+        "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
+        f"--data.predict_source={folder}", "--data.val_batch_size=2", f"--ckpt_path={tmp_path / 'model.ckpt'}",
+        f"--prediction_writer.output_dir={out}",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as failed:
+        main(args)
+    message = str(failed.value.code)
+    assert message.startswith("bisenet-pl: error: 2 image(s) could not be read and were skipped (the 3 others were written)")
+    assert str(folder / "b.png") in message and str(folder / "e.png") in message
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.png", "c.png", "d.png"]  # the ones after b too
+    # With data.validate the run stops before any work, listing both.
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--data.validate=true", f"--prediction_writer.output_dir={tmp_path / 'none'}"])
+    assert "2 of the 5 images to predict cannot be read" in str(refused.value.code) and not (tmp_path / "none").exists()

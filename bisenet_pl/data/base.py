@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from bisenet_pl.data.io import IMAGE_SUFFIXES, read_image, read_label
-from bisenet_pl.data.predict import SameSizeBatches, VideoFrames, collate_predict, predict_loader_parts
+from bisenet_pl.data.predict import ImageFiles, SameSizeBatches, VideoFrames, collate_predict, predict_loader_parts
 from bisenet_pl.data.resume import ResumableDataLoader, SeededShuffleSampler, SkippingBatchSampler
 from bisenet_pl.data.transforms import (
     IMAGENET_MEAN,
@@ -308,7 +308,9 @@ class SegmentationDataModule(L.LightningDataModule):
         """Fail early, before anything is written: folders and pairing of the stage's splits, and
         with ``validate`` every image and label."""
         if stage == "predict" and self.predict_source is not None:
-            self.predict_parts()  # a missing or unreadable source fails here, before any folder is made
+            dataset = self.predict_parts()[0]  # a missing or unreadable source fails here, before any folder is made
+            if self.validate and isinstance(dataset, ImageFiles):
+                dataset.check_all()  # else unreadable images are skipped, named, and fail the run at its end
         if self.validate:
             self.check_splits(self.stage_splits(stage))
             self._checked = True

@@ -59,9 +59,41 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        image = self.transform(image=read_image(self.paths[index]))["image"]
+        """The image, or, for a file that cannot be decoded, a blank of its batch's size with the
+        reason in ``error``: one bad file does not stop the images after it (the writer skips it)."""
+        path = self.paths[index]
+        try:
+            image = self.transform(image=read_image(path))["image"]
+        except DataError as error:
+            width, height = header_size(path) or UNREADABLE_SIZE
+            return {"image": torch.zeros(3, height, width), "path": str(path), "error": str(error)}
         tensor, _ = to_tensors(image, None)
-        return {"image": tensor, "path": str(self.paths[index])}
+        return {"image": tensor, "path": str(path), "error": ""}
+
+    def check_all(self) -> None:
+        """Decode every image; raise one :class:`DataError` listing every one that fails."""
+        problems = []
+        for path in self.paths:
+            try:
+                read_image(path)
+            except DataError as error:
+                problems.append(str(error))
+        if problems:
+            listing = "\n".join(f"  - {p}" for p in problems)
+            raise DataError(f"{len(problems)} of the {len(self.paths)} images to predict cannot be read:\n{listing}")
+
+
+#: (width, height) given to files whose header cannot be read: they are batched together.
+UNREADABLE_SIZE = (32, 32)
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image file's header, or None if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError:
+        return None
 
 
 class SameSizeBatches(Sampler[list[int]]):
@@ -71,12 +103,8 @@ class SameSizeBatches(Sampler[list[int]]):
     def __init__(self, paths: Sequence[Path], batch_size: int) -> None:
         groups: dict[tuple[int, int], list[int]] = {}
         for index, path in enumerate(paths):
-            try:
-                with Image.open(path) as image:
-                    size = image.size
-            except OSError:
-                raise DataError(f"cannot read image {path}: missing, unreadable or not an image") from None
-            groups.setdefault(size, []).append(index)
+            # An unreadable header: batched with the others like it, reported when it is written.
+            groups.setdefault(header_size(path) or UNREADABLE_SIZE, []).append(index)
         self.batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
