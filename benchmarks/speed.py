@@ -30,6 +30,7 @@ from bisenet_pl.data.io import atomic_write
 from bisenet_pl.benchmark import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
 from bisenet_pl.deploy import export_onnx, inference_network, onnx_session
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
+from bisenet_pl.models.layers import Dropout
 from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,9 +138,18 @@ def reference_ohem(logits: torch.Tensor, target: torch.Tensor, threshold: float 
     return hard.mean()
 
 
+def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """The reference draws dropout masks with torch's Bernoulli sampler (``nn.Dropout``), not ours."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    return model
+
+
 def training_table(args, device: torch.device) -> list[dict]:
     """Time per training step (BiSeNetV2, main + 4 aux losses, SGD with the poly schedule) of
-    the reference's way (a plain loop: fp32, NCHW, its OHEM) against our LightningModule under a
+    the reference's way (a plain loop: fp32, NCHW, its OHEM, torch's dropout) against our LightningModule under a
     Trainer with a recipe's settings (``--train-config``: precision, channels-last, loss, aux
     weights), and a plain loop with the recipe's settings (what the Trainer costs), in
     alternating blocks. Each step is timed from the end of the previous one, data included."""
@@ -152,12 +162,14 @@ def training_table(args, device: torch.device) -> list[dict]:
     model_options, precision = recipe_options(args.train_config)
     if precision == "auto":
         precision = auto_precision(device.type)[0]
+    # The recipe's dataset decides the class count where its class weights give it away.
+    num_classes = len(model_options["class_weights"]) if model_options.get("class_weights") else args.num_classes
     rounds = max(1, min(args.train_rounds, args.train_steps))
     per_block = [args.train_steps // rounds + (1 if r < args.train_steps % rounds else 0) for r in range(rounds)]
     generator = torch.Generator().manual_seed(0)
     count = args.train_batch * (max(per_block) + 1)
     images = torch.randn(count, 3, height, width, generator=generator)
-    masks = torch.randint(0, args.num_classes, (count, height, width), generator=generator)
+    masks = torch.randint(0, num_classes, (count, height, width), generator=generator)
 
     class Batches(TensorDataset):
         def __getitem__(self, index):
@@ -170,7 +182,7 @@ def training_table(args, device: torch.device) -> list[dict]:
 
     def module(**options) -> SegmentationModule:
         torch.manual_seed(0)
-        return SegmentationModule(net=BiSeNetV2, num_classes=args.num_classes, **options)
+        return SegmentationModule(net=BiSeNetV2, num_classes=num_classes, **options)
 
     def trainer(steps: int, precision: str, callbacks=()) -> L.Trainer:
         return Trainer(
@@ -226,7 +238,7 @@ def training_table(args, device: torch.device) -> list[dict]:
 
     recipe = f"{args.train_config.name}: {precision}{', channels-last' if model_options.get('channels_last') else ''}"
     variants = {
-        "reference (plain loop, fp32, NCHW)": (module(), lambda m, n: plain_block(m, n, reference=True)),
+        "reference (plain loop, fp32, NCHW)": (with_torch_dropout(module()), lambda m, n: plain_block(m, n, reference=True)),
         f"plain loop ({recipe})": (module(**model_options), lambda m, n: plain_block(m, n, reference=False)),
         f"LightningModule ({recipe})": (module(**model_options), lightning_block),
     }
