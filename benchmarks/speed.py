@@ -160,6 +160,7 @@ def training_table(args, device: torch.device) -> list[dict]:
 
     height, width = parse_size(args.train_size)
     model_options, precision = recipe_options(args.train_config)
+    precision = args.train_precision or precision
     if precision == "auto":
         precision = auto_precision(device.type)[0]
     # The recipe's dataset decides the class count where its class weights give it away.
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         "--train-config", type=Path, default=REPO / "configs" / "camvid_cpu.yaml",
         help="the recipe whose model options and precision the LightningModule runs with",
     )  # fmt: skip
+    parser.add_argument("--train-precision", help="instead of the recipe's, e.g. 32-true to see a CPU without native bf16")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as a JSON list of objects")

@@ -121,11 +121,11 @@ def learning_curves_figure(runs: dict[str, str | Path], metric: str = "val/mIoU"
     by_step, by_time = figure.subplots(1, 2, sharey=True)
     for label, run_dir in runs.items():
         steps, values = metric_history(run_dir, metric)
-        by_step.plot(steps, [100 * v for v in values], marker="o", markersize=3, label=label)
+        (line,) = by_step.plot(steps, [100 * v for v in values], marker="o", markersize=3, label=label)
         minutes = dict(zip(*metric_history(run_dir, "time/minutes")))
         timed = [(minutes[step], 100 * value) for step, value in zip(steps, values) if step in minutes]
         if timed:
-            by_time.plot(*zip(*timed), marker="o", markersize=3, label=label)
+            by_time.plot(*zip(*timed), marker="o", markersize=3, label=label, color=line.get_color())
     by_step.set_xlabel("training step")
     by_time.set_xlabel("minutes of training (validation included)")
     by_step.set_ylabel(f"{metric} (%)")

@@ -37,6 +37,16 @@ def save_checkpoint(path: Path, num_classes: int) -> SegmentationModule:
     return module.eval()
 
 
+def write_video(path: Path, frames: int, codec: str) -> Path:
+    """Random 64x48 frames at 10 fps."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), 10.0, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
 def expected_labels(module: SegmentationModule, path: Path, mean, std) -> np.ndarray:
     image, _ = to_tensors(eval_transform(mean, std)(image=read_image(path))["image"], None)
     with torch.no_grad():
@@ -77,12 +87,7 @@ def test_predict_a_folder_of_mixed_images(tmp_path):
 def test_predict_a_video(tmp_path):
     camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
     save_checkpoint(tmp_path / "model.ckpt", num_classes=11)
-    video = tmp_path / "drive.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    writer.release()
+    video = write_video(tmp_path / "drive.mp4", frames=5, codec="mp4v")
     out = tmp_path / "predictions"
     main([
         "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
@@ -152,12 +157,7 @@ def test_images_whose_outputs_would_collide_are_refused_naming_both(tmp_path):
 
 
 def test_a_truncated_video_says_how_many_frames_were_read(tmp_path):
-    video = tmp_path / "drive.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
-    rng = np.random.default_rng(0)
-    for _ in range(12):
-        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    writer.release()
+    video = write_video(tmp_path / "drive.avi", frames=12, codec="MJPG")
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
     frames = VideoFrames(video, eval_transform())
     with pytest.warns(UserWarning, match=rf"video {video}: decoded (\d+) of the 12 frames its header announces") as caught:
