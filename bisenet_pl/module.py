@@ -143,7 +143,10 @@ class SegmentationModule(L.LightningModule):
             net = network_from_spec(net)
         if not isinstance(self.hparams.net, dict):  # plain data in checkpoints, not a pickled callable
             self.hparams.net = network_spec(net)
-        self.net = net(num_classes)
+        try:
+            self.net = net(num_classes)
+        except ValueError as error:  # the networks check their own options (widths, branches, dropout, ...)
+            raise ConfigError(f"model.net: {error}") from None
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]

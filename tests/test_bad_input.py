@@ -103,6 +103,7 @@ def test_options_that_do_not_fit(tmp_path):
         ("--data.num_workers=-1", "data.num_workers must be >= 0; got -1"),
         ("--data.std=[0.2,0,0.2]", "data.std must be 3 numbers (RGB), each > 0"),
         ("--data.hflip=2", "data.hflip must be a probability in [0, 1]; got 2.0"),
+        ("--model.net.init_args.dropout=1.5", "model.net: dropout probability has to be between 0 and 1, but got 1.5"),
     ],
 )
 def test_numeric_options_out_of_range_are_named(tmp_path, option, expected):
