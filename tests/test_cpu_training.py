@@ -1,6 +1,7 @@
 """The CPU recipe's parts: precision chosen from what the CPU computes natively, decoded images
 held in memory, and configs/camvid_cpu.yaml using both."""
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import build_cli
 from bisenet_pl.data import CamVidDataModule
+from bisenet_pl.data.io import read_image
+from bisenet_pl.results import metric_history
 from bisenet_pl.trainer import Trainer, auto_precision, native_bf16_feature
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,3 +72,17 @@ def test_cpu_recipe_trains_with_cached_images_and_channels_last(tmp_path, monkey
     assert cli.datamodule.datasets["train"].decoded is not None
     weight = cli.model.net.detail_branch.stage1[0].conv.weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
+    # Minutes of training are logged with each validation, and the curves script plots them.
+    run_dir = Path(cli.trainer.logger.log_dir)
+    steps, minutes = metric_history(run_dir, "time/minutes")
+    assert steps == [1] and 0 < minutes[0] < 10
+    learning_curves = load_script("learning_curves")
+    learning_curves.main(["--output", str(tmp_path / "curves.png"), f"recipe={run_dir}"])
+    assert read_image(tmp_path / "curves.png").shape[2] == 3
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
