@@ -205,9 +205,10 @@ class SegmentationDataModule(L.LightningDataModule):
             every problem found at once.
         predict_source: what ``predict`` reads instead of ``test_split``: a folder of images
             (searched recursively; any size, RGB, RGBA or grayscale), one image, or a video file.
-        cache_images: hold the decoded training and validation images in memory when they fit
-            in half of the free memory (CamVid's 367 train and 101 val images: about 310 MB), instead of decoding every
-            image every epoch. Worth it where decoding competes with training for few CPU cores.
+        cache_images: hold the decoded training and validation images in memory when they fit in
+            half of the free memory (CamVid's 367 train and 101 val images: about 310 MB) instead of
+            decoding every image every epoch. Worth it where decoding competes with training for few
+            CPU cores.
 
     Subclasses set ``num_classes``, ``class_names``, ``palette`` and implement ``samples``.
     """
