@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from bisenet_pl.data.io import atomic_write
 from bisenet_pl.benchmark import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
+from bisenet_pl.data.io import atomic_write
 from bisenet_pl.deploy import export_onnx, inference_network, onnx_session
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.models.layers import Dropout
@@ -148,11 +148,12 @@ def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def training_table(args, device: torch.device) -> list[dict]:
-    """Time per training step (BiSeNetV2, main + 4 aux losses, SGD with the poly schedule) of
-    the reference's way (a plain loop: fp32, NCHW, its OHEM, torch's dropout) against our LightningModule under a
-    Trainer with a recipe's settings (``--train-config``: precision, channels-last, loss, aux
-    weights), and a plain loop with the recipe's settings (what the Trainer costs), in
-    alternating blocks. Each step is timed from the end of the previous one, data included."""
+    """Time per training step (BiSeNetV2, main + 4 aux losses, the warm-up and poly schedule) of
+    the reference's way (a plain loop: fp32, NCHW, SGD, its OHEM, torch's dropout) against our
+    LightningModule under a Trainer with a recipe's settings (``--train-config``: precision,
+    channels-last, loss, optimiser, class and aux weights), and a plain loop with the recipe's
+    settings (what the Trainer costs), in alternating blocks. Each step is timed from the end of
+    the previous one, data included."""
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 

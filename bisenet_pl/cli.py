@@ -133,7 +133,7 @@ def restore_user_model_options(typed, model, parser) -> None:
     for key, value in typed.items():
         if key.split(".", 1)[0] in CHECKPOINT_DECIDES:
             continue
-        if value != defaults.get(key) and model.get(key) != value:
+        if value != defaults.get(key):
             model[key] = value
 
 
@@ -272,9 +272,11 @@ def parse_error_line(message: str, configs: list[str]) -> str:
                 return f"--config {config}: not valid YAML{where}: {getattr(error, 'problem', None) or error}"
             except OSError:
                 continue
-    keys = re.findall(r"Parser key \"([^\"]+)\"", message)
-    details = [line.strip() for line in message.splitlines() if re.match(r"\s*(- )?(Expected|Got|Value|Unrecognized|Does not)", line)]
-    expected = next((d.removeprefix("- ") for d in details if d.removeprefix("- ").startswith("Expected a") and "NoneType" not in d), None)
+    # Nested 'Parser key "data": ... Parser key "batch_size": ... Expected a <int>. Got value: abc'
+    # lines; the Optional's "Expected a <class 'NoneType'>" alternative is noise.
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    reasons = (line.strip().removeprefix("- ") for line in message.splitlines())
+    expected = next((r for r in reasons if r.startswith("Expected a") and "NoneType" not in r), None)
     if keys and expected:
         return f"--{'.'.join(keys)}: {expected}"
     return message.strip().splitlines()[0]

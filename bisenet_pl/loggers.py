@@ -213,7 +213,9 @@ class TrainingTime(Callback):
         self._start: float | None = None
 
     def minutes(self) -> float:
-        return self.minutes_before + (time.monotonic() - self._start) / 60 if self._start is not None else self.minutes_before
+        if self._start is None:  # not started in this process (yet)
+            return self.minutes_before
+        return self.minutes_before + (time.monotonic() - self._start) / 60
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.monotonic()

@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from bisenet_pl.errors import ConfigError, NonFiniteLossError
+from bisenet_pl.errors import ConfigError, NonFiniteLossError, check_options
 from bisenet_pl.inference import EvalMode, EvaluationProtocol, class_scores
 from bisenet_pl.losses import LossName, build_loss
 from bisenet_pl.models import convert_coincheung_state_dict, detect_coincheung_architecture
@@ -124,7 +124,8 @@ class SegmentationModule(L.LightningModule):
         eval_crop_stride: float = 2 / 3,
     ) -> None:
         super().__init__()
-        check_ranges(
+        check_options(
+            "model",
             lr=(lr, "> 0", lr > 0),
             momentum=(momentum, "in [0, 1)", 0 <= momentum < 1),
             weight_decay=(weight_decay, ">= 0", weight_decay >= 0),
@@ -391,14 +392,6 @@ class SegmentationModule(L.LightningModule):
 
 def _as_list(value: float | Sequence[float]) -> list[float]:
     return [value] if isinstance(value, (int, float)) else list(value)
-
-
-def check_ranges(**options: tuple[object, str, bool]) -> None:
-    """Raise a :class:`ConfigError` naming the first ``model.<name>`` whose check failed;
-    ``options`` maps a name to (value, what is expected, whether it holds)."""
-    for name, (value, expected, holds) in options.items():
-        if not holds:
-            raise ConfigError(f"model.{name} must be {expected}; got {value}")
 
 
 def network_spec(net: Callable[[int], nn.Module]) -> dict | None:

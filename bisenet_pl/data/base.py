@@ -25,7 +25,7 @@ from bisenet_pl.data.transforms import (
     to_tensors,
     train_transform,
 )
-from bisenet_pl.errors import ConfigError, DataError
+from bisenet_pl.errors import DataError, check_options, data_problems
 
 Sample = tuple[Path, Path | None]
 LabelMap = Callable[[np.ndarray], np.ndarray]
@@ -237,27 +237,25 @@ class SegmentationDataModule(L.LightningDataModule):
         cache_images: bool = False,
     ) -> None:
         super().__init__()
-        if len(crop_size) != 2 or min(crop_size) < 32:
-            raise ConfigError(f"data.crop_size must be [height, width], each >= 32; got {list(crop_size)}")
-        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-            raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high; got {list(scale_range)}")
-        if not 0 <= ignore_index <= 255:
-            raise ConfigError(f"data.ignore_index must be in 0..255 (masks are 8-bit); got {ignore_index}")
-        if batch_size < 2:
-            raise ConfigError(
-                f"data.batch_size must be >= 2 for training: BiSeNet's BatchNorm on pooled 1x1 context maps "
-                f"needs at least 2 images per step; got {batch_size}"
-            )
-        for name, value, expected, holds in (
-            ("num_workers", num_workers, ">= 0", num_workers >= 0),
-            ("val_batch_size", val_batch_size, ">= 1", val_batch_size >= 1),
-            ("mean", list(mean), "3 numbers (RGB)", len(mean) == 3),
-            ("std", list(std), "3 numbers (RGB), each > 0", len(std) == 3 and min(std) > 0),
-            ("hflip", hflip, "a probability in [0, 1]", 0 <= hflip <= 1),
-            ("color_jitter", color_jitter, "in [0, 1]", 0 <= color_jitter <= 1),
-        ):
-            if not holds:
-                raise ConfigError(f"data.{name} must be {expected}; got {value}")
+        check_options(
+            "data",
+            crop_size=(list(crop_size), "[height, width], each >= 32", len(crop_size) == 2 and min(crop_size) >= 32),
+            scale_range=(
+                list(scale_range), "[low, high] with 0 < low <= high", len(scale_range) == 2 and 0 < scale_range[0] <= scale_range[1]
+            ),
+            ignore_index=(ignore_index, "in 0..255 (masks are 8-bit)", 0 <= ignore_index <= 255),
+            batch_size=(
+                batch_size,
+                ">= 2 for training: BiSeNet's BatchNorm on pooled 1x1 context maps needs at least 2 images per step",
+                batch_size >= 2,
+            ),
+            num_workers=(num_workers, ">= 0", num_workers >= 0),
+            val_batch_size=(val_batch_size, ">= 1", val_batch_size >= 1),
+            mean=(list(mean), "3 numbers (RGB)", len(mean) == 3),
+            std=(list(std), "3 numbers (RGB), each > 0", len(std) == 3 and min(std) > 0),
+            hflip=(hflip, "a probability in [0, 1]", 0 <= hflip <= 1),
+            color_jitter=(color_jitter, "in [0, 1]", 0 <= color_jitter <= 1),
+        )
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -364,8 +362,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 except DataError as error:
                     problems.append(f"{split}: {error}")
         if problems:
-            listing = "\n".join(f"  - {p}" for p in problems)
-            raise DataError(f"{len(problems)} problem(s) in the data at {self.root}:\n{listing}")
+            raise data_problems(f"{len(problems)} problem(s) in the data at {self.root}", problems)
 
     def _loader_options(self) -> dict:
         return {

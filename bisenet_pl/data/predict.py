@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from bisenet_pl.data.io import IMAGE_SUFFIXES, read_image
 from bisenet_pl.data.transforms import to_tensors
-from bisenet_pl.errors import DataError
+from bisenet_pl.errors import DataError, data_problems
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -79,8 +79,7 @@ class ImageFiles(Dataset):
             except DataError as error:
                 problems.append(str(error))
         if problems:
-            listing = "\n".join(f"  - {p}" for p in problems)
-            raise DataError(f"{len(problems)} of the {len(self.paths)} images to predict cannot be read:\n{listing}")
+            raise data_problems(f"{len(problems)} of the {len(self.paths)} images to predict cannot be read", problems)
 
 
 #: (width, height) given to files whose header cannot be read: they are batched together.
