@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import yaml
 
 from bisenet_pl.benchmark import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
-from bisenet_pl.data.io import atomic_write
+from bisenet_pl.files import atomic_write
 from bisenet_pl.deploy import export_onnx, inference_network, onnx_session
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.models.layers import Dropout

@@ -5,19 +5,28 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
-from bisenet_pl.data.io import atomic_write, check_writable
+from bisenet_pl.data.config import datamodule_from_config
 from bisenet_pl.errors import ConfigError, UserError
+from bisenet_pl.files import atomic_write, check_writable
 from bisenet_pl.loggers import ProgressBar, SaveConfigToLoggers, TrainingTime, ValidationImages
 from bisenet_pl.models import convert_coincheung_state_dict
-from bisenet_pl.models.weights import check_lightning_checkpoint, read_state_dict
+from bisenet_pl.models.weights import (
+    RELEASED_WEIGHTS,
+    check_lightning_checkpoint,
+    read_state_dict,
+    read_weights_info,
+    save_inference_weights,
+)
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.trainer import Trainer
 from bisenet_pl.writer import SegmentationWriter
@@ -26,8 +35,9 @@ TOOLS_HELP = """\
 Other commands:
   bisenet-pl stats --config CONFIG [--split train]   dataset statistics (sizes, class shares, mean/std, weights)
   bisenet-pl convert REFERENCE.pth OUTPUT.pth         convert a CoinCheung/BiSeNet checkpoint to this layout
-  bisenet-pl export --ckpt_path CKPT [--format onnx|torchscript] [--labels int32|int64]
-                                                      a deployable network (BN folded, aux heads dropped)
+  bisenet-pl export --ckpt_path CKPT | --model.pretrained WEIGHTS [--format onnx|torchscript|weights]
+                    [--labels int32|int64]             a deployable network (BN folded, aux heads dropped),
+                                                      or float16 weights for --model.pretrained
 """
 
 
@@ -205,31 +215,86 @@ def convert_command(args: list[str]) -> None:
 
 
 def export_command(args: list[str]) -> None:
-    """``bisenet-pl export``: the checkpoint's network for deployment (eval mode, aux heads
-    dropped, BatchNorm folded), as ONNX (dynamic batch and size) or TorchScript."""
-    from bisenet_pl.deploy import export, onnx_matches_pytorch
+    """``bisenet-pl export``: a trained network for deployment (eval mode, aux heads dropped), as
+    ONNX (dynamic batch and size) or TorchScript with BatchNorm folded, or as a float16 weights file
+    that ``--model.pretrained`` and ``SegmentationModule.from_pretrained`` load."""
+    from bisenet_pl.deploy import export, inference_network, onnx_matches_pytorch, recalibrate_batchnorm
 
     parser = argparse.ArgumentParser(prog="bisenet-pl export", description=export_command.__doc__)
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by bisenet-pl fit")
-    parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    parser.add_argument("--output", type=Path, help="default: the checkpoint's path with .onnx or .torchscript.pt")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt_path", help="a checkpoint written by bisenet-pl fit")
+    source.add_argument("--model.pretrained", dest="pretrained", help=f"released weights ({', '.join(RELEASED_WEIGHTS)}) or a weights file")
+    parser.add_argument("--format", choices=["onnx", "torchscript", "weights"], default="onnx")
+    parser.add_argument("--output", type=Path, help="default: the checkpoint's path (the weights' name here) with .onnx, .torchscript.pt or .pt")
     parser.add_argument("--labels", choices=["int32", "int64"], help="put the argmax in the graph: class ids of this type instead of logits")
     parser.add_argument("--size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"), help="example input size for tracing (any size works after)")
+    parser.add_argument(
+        "--config", type=Path, help="the training config, for the data's normalisation and colours (default: the config.yaml fit saved beside the checkpoint)"
+    )
+    parser.add_argument("--data.root", dest="data_root", help="the data's root instead of the config's")
+    parser.add_argument(
+        "--bn_images", type=int, default=0, metavar="N",
+        help="recompute BatchNorm statistics on N training images of the config's data at their full size first (0: keep the checkpoint's)",
+    )  # fmt: skip
     options = parser.parse_args(args)
-    checkpoint = Path(options.ckpt_path)
-    if not checkpoint.is_file():
-        raise ConfigError(f"--ckpt_path {checkpoint}: no such checkpoint")
-    suffix = ".onnx" if options.format == "onnx" else ".torchscript.pt"
-    output = options.output or checkpoint.with_suffix(suffix)
-    check_writable(output.parent, "--output")
-    check_lightning_checkpoint(checkpoint)
-    module = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    if options.bn_images < 0:
+        raise ConfigError(f"--bn_images must be >= 0; got {options.bn_images}")
+    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".pt"}[options.format]
+    if options.ckpt_path:
+        checkpoint = Path(options.ckpt_path)
+        if not checkpoint.is_file():
+            raise ConfigError(f"--ckpt_path {checkpoint}: no such checkpoint")
+        output = options.output or checkpoint.with_suffix(suffix)
+        check_writable(output.parent, "--output")
+        check_lightning_checkpoint(checkpoint)
+        source = str(checkpoint)
+    else:
+        source = options.pretrained
+        output = options.output or Path(Path(source).stem + suffix)
+        check_writable(output.parent, "--output")
+    module = SegmentationModule.from_pretrained(source)
+    what = f"{type(module.net).__name__}, {module.num_classes} classes"
+    config = options.config
+    if config is None and options.ckpt_path and (saved := Path(options.ckpt_path).parent.parent / "config.yaml").is_file():
+        config = saved  # fit saves it in the run folder, checkpoints in run/checkpoints
+    datamodule = datamodule_from_config(config, options.data_root) if config is not None else None
+    if options.bn_images:
+        if datamodule is None:
+            raise ConfigError(f"--bn_images: no config.yaml beside {source}; give the training config as --config")
+        recalibrate_batchnorm(module.net, batchnorm_batches(datamodule, options.bn_images))
+        print(f"recomputed BatchNorm statistics on {options.bn_images} training images of {datamodule.root} at full size")
+    if options.format == "weights":
+        info = read_weights_info(source)
+        if datamodule is not None:
+            info.mean, info.std, info.palette = list(datamodule.mean), list(datamodule.std), [list(c) for c in datamodule.palette]
+        if info.mean is None:
+            raise ConfigError(f"--format weights: no config.yaml beside {source}; give the training config as --config")
+        info.training |= {"source": Path(source).name}
+        if options.bn_images:
+            info.training["batchnorm_images"] = options.bn_images
+        save_inference_weights(inference_network(module.net, fold=False).state_dict(), info, output)
+        print(f"wrote {output} (float16 weights, {output.stat().st_size / 2**20:.1f} MiB, {what})")
+        return
     export(module.net, output, options.format, tuple(options.size), options.labels)
-    print(f"wrote {output} ({options.format}, {'labels ' + options.labels if options.labels else 'logits'}, "
-          f"{type(module.net).__name__}, {module.num_classes} classes)")
+    print(f"wrote {output} ({options.format}, {'labels ' + options.labels if options.labels else 'logits'}, {what})")
     if options.format == "onnx":
         difference = onnx_matches_pytorch(module.net, output, tuple(options.size), options.labels)
         print(f"onnxruntime agrees with PyTorch at {options.size[0]}x{options.size[1]}: {difference}")
+
+
+def batchnorm_batches(datamodule: SegmentationDataModule, count: int) -> Iterator[torch.Tensor]:
+    """``count`` training images in a fixed random order, at full size (no crops), in training batches."""
+    datamodule.prepare_data()
+    train = datamodule.dataset("train")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count].tolist()
+    batch = max(2, datamodule.batch_size)
+    for start in range(0, len(order), batch):
+        images = [train[i]["image"] for i in order[start : start + batch]]
+        if len(images) < 2:  # BatchNorm on the pooled context needs two
+            continue
+        if len({tuple(image.shape) for image in images}) > 1:
+            raise ConfigError("--bn_images: the training images differ in size; they are used whole, in batches of one size")
+        yield torch.stack(images)
 
 
 TOOLS = {"stats": stats_command, "convert": convert_command, "export": export_command}
@@ -274,18 +339,24 @@ def parse_error_line(message: str, configs: list[str]) -> str:
                 continue
     # Nested 'Parser key "data": ... Parser key "batch_size": ... Expected a <int>. Got value: abc'
     # lines; the Optional's "Expected a <class 'NoneType'>" alternative is noise.
+    # A Union lists one "Expected a ..." per alternative, then "Given value: ...".
     keys = re.findall(r'Parser key "([^"]+)"', message)
-    reasons = (line.strip().removeprefix("- ") for line in message.splitlines())
-    expected = next((r for r in reasons if r.startswith("Expected a") and "NoneType" not in r), None)
+    reasons = [line.strip().removeprefix("- ") for line in message.splitlines()]
+    expected = [r for r in reasons if r.startswith("Expected a") and "NoneType" not in r]
+    given = next((r.removeprefix("Given value: ") for r in reasons if r.startswith("Given value: ")), None)
+    if keys and len(expected) == 1:
+        return f"--{'.'.join(keys)}: {expected[0]}"
     if keys and expected:
-        return f"--{'.'.join(keys)}: {expected}"
+        alternatives = " or ".join(r.removeprefix("Expected a ") for r in expected)
+        return f"--{'.'.join(keys)}: Expected {alternatives}. Got value: {given}"
     return message.strip().splitlines()[0]
 
 
 def user_error(error: BaseException | None) -> BaseException | None:
-    """The bad-input error behind ``error`` (jsonargparse and Lightning wrap the original)."""
+    """The bad-input error behind ``error`` (jsonargparse and Lightning wrap the original);
+    Lightning's own MisconfigurationException about a trainer option counts as one."""
     while error is not None:
-        if isinstance(error, (UserError, FileNotFoundError)):
+        if isinstance(error, (UserError, FileNotFoundError, MisconfigurationException)):
             return error
         error = error.__cause__ or error.__context__
     return None

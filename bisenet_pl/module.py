@@ -20,7 +20,7 @@ from bisenet_pl.inference import EvalMode, EvaluationProtocol, class_scores
 from bisenet_pl.losses import LossName, build_loss
 from bisenet_pl.models import convert_coincheung_state_dict, detect_coincheung_architecture
 from bisenet_pl.models.resnet import IMAGENET_URLS
-from bisenet_pl.models.weights import compare_state_dicts, read_state_dict
+from bisenet_pl.models.weights import compare_state_dicts, read_state_dict, read_weights_info
 
 
 #: The longest warm-up a run gets, as a share of its steps: a warm-up as long as the run would
@@ -178,6 +178,26 @@ class SegmentationModule(L.LightningModule):
         self.confusion_matrices: dict[str, torch.Tensor] = {}
         self._weights_loaded = False  # setup() runs once per trainer call; load once
         self._compiled = False
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **options) -> SegmentationModule:
+        """A module in eval mode, in one call, from released weights (``"bisenetv2_camvid"``), a file
+        of ``bisenet-pl export --format weights`` or a checkpoint of ``bisenet-pl fit``: the network,
+        the class count and names and the ignored label come from the file; ``options`` are the other
+        arguments (``eval_mode="msf"``, ...). Aux heads are not built unless ``aux_weights`` is given.
+        """
+        info = read_weights_info(source)
+        if info.network is None or info.num_classes is None:
+            raise ConfigError(
+                f"{source} does not say which network it fits (a plain state dict): build "
+                "SegmentationModule(net=..., num_classes=..., pretrained=...) instead"
+            )
+        known = {"ignore_index": info.ignore_index, "class_names": info.class_names}
+        options = {"aux_weights": 0.0} | {k: v for k, v in known.items() if v is not None} | options
+        module = cls(net=info.network, num_classes=info.num_classes, pretrained=str(source), **options)
+        module.load_pretrained(source)
+        module._weights_loaded = True
+        return module.eval()
 
     def _prune_aux_heads(self, aux_weights: float | Sequence[float]) -> tuple[list[str], list[float]]:
         """Match weights to the network's aux heads; drop zero-weight heads entirely."""

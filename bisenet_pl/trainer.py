@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import lightning as L
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.utilities import rank_zero_info
+
+from bisenet_pl.errors import check_options
 
 
 def native_bf16_feature() -> str | None:
@@ -35,11 +38,50 @@ def auto_precision(accelerator: str = "auto") -> tuple[str, str]:
     return "32-true", "this CPU has neither AMX nor AVX512_BF16, so bf16 would be emulated and slower than float32"
 
 
+def _steps_or_fraction(value: float, zero: bool) -> bool:
+    """An int count (>= 0 or >= 1) or a float fraction (in [0, 1] or (0, 1]), as Lightning reads them."""
+    if isinstance(value, float):
+        return (0 <= value if zero else 0 < value) and value <= 1
+    return value >= (0 if zero else 1)
+
+
+#: Trainer options Lightning accepts out of range (or fails on later, with a ZeroDivisionError or
+#: a traceback from deep inside the loop): what each must be.
+TRAINER_OPTION_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "max_steps": ("-1 (no limit) or >= 0", lambda v: v >= -1),
+    "min_steps": (">= 0", lambda v: v >= 0),
+    "max_epochs": ("-1 (no limit) or >= 0", lambda v: v >= -1),
+    "min_epochs": (">= 0", lambda v: v >= 0),
+    "val_check_interval": ("a share of an epoch in (0, 1] or a number of steps >= 1", lambda v: _steps_or_fraction(v, zero=False)),
+    "check_val_every_n_epoch": (">= 1, or null to validate every val_check_interval steps", lambda v: v >= 1),
+    "accumulate_grad_batches": (">= 1", lambda v: v >= 1),
+    "gradient_clip_val": (">= 0", lambda v: v >= 0),
+    "num_sanity_val_steps": ("-1 (all) or >= 0", lambda v: v >= -1),
+    "log_every_n_steps": (">= 0", lambda v: v >= 0),
+    **{
+        f"limit_{stage}_batches": ("a share in [0, 1] or a number of batches >= 0", lambda v: _steps_or_fraction(v, zero=True))
+        for stage in ("train", "val", "test", "predict")
+    },
+}
+
+
+def check_trainer_options(options: dict) -> None:
+    """A one-line :class:`ConfigError` naming the first trainer option out of its range."""
+    checks = {}
+    for name, (expected, holds) in TRAINER_OPTION_RANGES.items():
+        value = options.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # a time string etc.: Lightning's to read
+            checks[name] = (value, expected, holds(value))
+    check_options("trainer", **checks)
+
+
 class Trainer(L.Trainer):
     """``lightning.Trainer``; ``precision="auto"`` chooses bf16-mixed on a CPU with AMX or
-    AVX512_BF16 and float32 on other CPUs (bf16-mixed or 16-mixed on a GPU), and says which."""
+    AVX512_BF16 and float32 on other CPUs (bf16-mixed or 16-mixed on a GPU), and says which.
+    Numeric options are checked against their meaning before anything runs."""
 
     def __init__(self, *args, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs) -> None:
+        check_trainer_options(kwargs)
         if precision == "auto":
             accelerator = kwargs.get("accelerator", "auto")
             precision, reason = auto_precision(accelerator if isinstance(accelerator, str) else "auto")

@@ -16,7 +16,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
-from bisenet_pl.data.io import atomic_write, write_image
+from bisenet_pl.data.io import write_image
+from bisenet_pl.files import atomic_write
 from bisenet_pl.errors import ConfigError, DataError
 from bisenet_pl.inference import probabilities as class_probabilities
 from bisenet_pl.visualize import colorize, denormalize, overlay, palette_for

@@ -1,3 +1,4 @@
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -11,6 +12,15 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 SHARED = Path(os.environ.get("BISENET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
 REFERENCE_DIR = SHARED / "reference" / "coincheung"
 CAMVID_DIR = SHARED / "camvid"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def reference_state_dict(keys_tsv: Path) -> dict[str, torch.Tensor]:

@@ -104,6 +104,17 @@ def test_options_that_do_not_fit(tmp_path):
         ("--data.std=[0.2,0,0.2]", "data.std must be 3 numbers (RGB), each > 0"),
         ("--data.hflip=2", "data.hflip must be a probability in [0, 1]; got 2.0"),
         ("--model.net.init_args.dropout=1.5", "model.net: dropout probability has to be between 0 and 1, but got 1.5"),
+        # Trainer options: Lightning's ZeroDivisionError, a negative count it would accept, its own check.
+        ("--trainer.val_check_interval=0", "trainer.val_check_interval must be a share of an epoch in (0, 1] or a number of steps >= 1; got 0"),
+        ("--trainer.val_check_interval=1.5", "trainer.val_check_interval must be a share of an epoch in (0, 1]"),
+        ("--trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1; got 0"),
+        ("--trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch must be >= 1"),
+        ("--trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be >= 0; got -1"),
+        ("--trainer.min_steps=-3", "trainer.min_steps must be >= 0; got -3"),
+        ("--trainer.max_steps=-2", "trainer.max_steps must be -1 (no limit) or >= 0; got -2"),
+        ("--trainer.limit_train_batches=-1", "trainer.limit_train_batches must be a share in [0, 1] or a number of batches >= 0"),
+        ("--trainer.devices=0", "`Trainer(devices='0')` value is not a valid input using cpu accelerator"),
+        ("--trainer.max_time=abc", "`Timer(duration='abc')` is not a valid duration"),
     ],
 )
 def test_numeric_options_out_of_range_are_named(tmp_path, option, expected):
@@ -204,6 +215,7 @@ def test_validation_images_of_different_sizes_are_batched_by_size(tmp_path, monk
         ("--data.batch_size=abc", "--data.batch_size: Expected a <class 'int'>. Got value: abc"),
         ("--data.crop_size=[1,2,3]", "--data.crop_size: Expected a tuple with 2 elements. Got value: [1, 2, 3]"),
         ("--model.eval_mode=foo", "--model.eval_mode: Expected a typing.Literal['ss', 'ssc', 'msf', 'mscf']. Got value: foo"),
+        ("--trainer.precision=fp8", "--trainer.precision: Expected <class 'int'> or typing.Literal["),
     ],
 )
 def test_wrong_types_are_one_line_naming_the_option(tmp_path, option, expected):
@@ -235,7 +247,7 @@ def test_unwritable_outputs_are_found_before_any_work(tmp_path, monkeypatch, bad
     def read_only(*args, **kwargs):
         raise PermissionError(30, "Read-only file system")
 
-    monkeypatch.setattr("bisenet_pl.data.io.tempfile.TemporaryFile", read_only)
+    monkeypatch.setattr("bisenet_pl.files.tempfile.TemporaryFile", read_only)
     message = fit("camvid.yaml", root, f"--trainer.default_root_dir={tmp_path / 'out'}")
     assert f"trainer.default_root_dir {tmp_path / 'out'}: cannot write in {tmp_path} (Read-only file system)" in message
     assert not (tmp_path / "out").exists() and not (tmp_path / "lightning_logs").exists()

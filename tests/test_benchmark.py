@@ -1,24 +1,18 @@
 """benchmarks/speed.py runs and prints its tables (tiny sizes: no timing is asserted here)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from bisenet_pl.benchmark import count_flops, measure_interleaved, percentile
 from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.trainer import auto_precision
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 def test_speed_script_prints_both_tables_and_json(capsys, tmp_path):

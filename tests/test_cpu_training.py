@@ -1,13 +1,13 @@
 """The CPU recipe's parts: precision chosen from what the CPU computes natively, decoded images
 held in memory, and configs/camvid_cpu.yaml using both."""
 
-import importlib.util
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import build_cli
@@ -76,13 +76,8 @@ def test_cpu_recipe_trains_with_cached_images_and_channels_last(tmp_path, monkey
     run_dir = Path(cli.trainer.logger.log_dir)
     steps, minutes = metric_history(run_dir, "time/minutes")
     assert steps == [1] and 0 < minutes[0] < 10
-    learning_curves = load_script("learning_curves")
+    learning_curves = load_benchmark("learning_curves")
     learning_curves.main(["--output", str(tmp_path / "curves.png"), f"recipe={run_dir}"])
     assert read_image(tmp_path / "curves.png").shape[2] == 3
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -191,3 +191,20 @@ def test_a_corrupt_image_is_skipped_named_and_fails_the_run_at_its_end(tmp_path)
     with pytest.raises(SystemExit) as refused:
         main([*args, "--data.validate=true", f"--prediction_writer.output_dir={tmp_path / 'none'}"])
     assert "2 of the 5 images to predict cannot be read" in str(refused.value.code) and not (tmp_path / "none").exists()
+
+
+def test_decoders_print_nothing_of_their_own(tmp_path, capfd):
+    """libpng, libjpeg, ffmpeg and OpenCV's log write to stderr themselves; our one line says it."""
+    write_rgb(tmp_path / "ok.png", np.zeros((40, 40, 3), dtype=np.uint8))
+    png = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "chunk.png").write_bytes(png[:30] + b"x" * 20 + png[50:])  # OpenCV: "chunk data is too large"
+    (tmp_path / "short.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"0" * 100)  # libjpeg: "Premature end of JPEG file"
+    capfd.readouterr()
+    for name in ("chunk.png", "short.jpg"):
+        with pytest.raises(DataError, match=f"cannot read image {tmp_path / name}"):
+            read_image(tmp_path / name)
+    video = write_video(tmp_path / "drive.avi", frames=6, codec="MJPG")
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="decoded"):
+        list(VideoFrames(video, eval_transform()))
+    assert capfd.readouterr().err == ""

@@ -1,9 +1,9 @@
-"""Reading images and labels from disk, and writing files so that none is ever half-written."""
+"""Reading images and labels from disk, and writing images."""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,14 +11,41 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bisenet_pl.errors import ConfigError, DataError
+from bisenet_pl.errors import DataError
+from bisenet_pl.files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+@contextmanager
+def native_output_hidden() -> Iterator[None]:
+    """Hide what C libraries print on the process's stderr meanwhile (libpng, libjpeg, ffmpeg and
+    OpenCV's own log, about a file they cannot decode): our error naming the file says it once."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2 to borrow
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def decode(path: Path) -> np.ndarray | None:
+    """``cv2.imread(path, IMREAD_UNCHANGED)`` without the decoders' own messages."""
+    with native_output_hidden():
+        return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an image as RGB uint8 HxWx3 (grayscale and RGBA are converted)."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = decode(path)
     if image is None:
         raise DataError(f"cannot read image {path}: missing, unreadable or not an image")
     if image.dtype != np.uint8:
@@ -32,41 +59,12 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_label(path: Path) -> np.ndarray:
     """Read a label image as stored: HxW class ids, or HxWx3 RGB for colour-coded labels."""
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    label = decode(path)
     if label is None:
         raise DataError(f"cannot read label {path}: missing, unreadable or not an image")
     if label.ndim == 3:
         return cv2.cvtColor(label[..., :3], cv2.COLOR_BGR2RGB)
     return label
-
-
-@contextmanager
-def atomic_write(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only when the block
-    succeeds and is removed when it fails, so a crash never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def check_writable(folder: str | Path, option: str) -> None:
-    """Fail before any work unless ``folder`` can be created and written: its nearest existing
-    ancestor must be a folder in which a file can be made (tried, then removed at once)."""
-    folder = Path(folder).expanduser().absolute()
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{option} {folder}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise ConfigError(f"{option} {folder}: cannot write in {existing} ({error.strerror or error})") from None
 
 
 def write_image(path: Path, image: np.ndarray) -> None:

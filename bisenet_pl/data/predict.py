@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from bisenet_pl.data.io import IMAGE_SUFFIXES, read_image
+from bisenet_pl.data.io import IMAGE_SUFFIXES, native_output_hidden, read_image
 from bisenet_pl.data.transforms import to_tensors
 from bisenet_pl.errors import DataError, data_problems
 
@@ -119,7 +119,8 @@ class VideoFrames(IterableDataset):
     def __init__(self, path: Path, transform: A.Compose) -> None:
         self.path = Path(path)
         self.transform = transform
-        capture = cv2.VideoCapture(str(self.path))
+        with native_output_hidden():
+            capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
             raise DataError(f"cannot open video {self.path}: missing, unreadable or in a format OpenCV cannot decode")
         self.fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
@@ -130,11 +131,13 @@ class VideoFrames(IterableDataset):
         return max(self.frame_count, 0)
 
     def __iter__(self) -> Iterator[dict]:
-        capture = cv2.VideoCapture(str(self.path))
+        with native_output_hidden():
+            capture = cv2.VideoCapture(str(self.path))
         index = 0
         try:
             while True:
-                ok, frame = capture.read()
+                with native_output_hidden():  # ffmpeg's lines about damaged frames; ours follows
+                    ok, frame = capture.read()
                 if not ok:
                     break
                 image = self.transform(image=cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))["image"]

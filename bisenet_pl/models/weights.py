@@ -1,10 +1,12 @@
-"""Reading state dicts from files or URLs, and comparing them with a network's."""
+"""Reading state dicts from files, URLs or the weights released with the package, writing weights
+files for inference, and comparing state dicts with a network's."""
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -12,15 +14,34 @@ from urllib.parse import urlparse
 import torch
 
 from bisenet_pl.errors import ConfigError
+from bisenet_pl.files import atomic_write
 
 
-def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a local file or a URL (cached in torch.hub's directory).
+#: Weights released with the package, by name (``--model.pretrained=bisenetv2_camvid``): the
+#: repository's ``weights/`` folder, installed as the package data ``bisenet_pl.weights``.
+RELEASED_WEIGHTS = ("bisenetv2_camvid",)
+#: What a weights file written by :func:`save_inference_weights` says it is.
+WEIGHTS_FORMAT = "bisenet-pl inference weights"
 
-    Loading uses ``weights_only=True``: a checkpoint that needs arbitrary code is refused.
-    A Lightning checkpoint's ``state_dict`` (or a ``model`` entry) is unwrapped.
-    """
+
+def released_weights_path(name: str) -> Path:
+    """The packaged file of released weights ``name`` (one of :data:`RELEASED_WEIGHTS`)."""
+    return Path(str(resources.files("bisenet_pl.weights").joinpath(f"{name}.pt")))
+
+
+def weights_location(source: str | Path) -> str:
+    """``source`` itself, or the packaged file when it names released weights and no such path exists."""
     source = str(source)
+    if source in RELEASED_WEIGHTS and not Path(source).exists():
+        return str(released_weights_path(source))
+    return source
+
+
+def read_checkpoint(source: str | Path) -> object:
+    """A weights file or checkpoint as stored, from a local path, a released name or a URL (cached
+    in torch.hub's directory). Loading uses ``weights_only=True``: a file that needs arbitrary code
+    is refused."""
+    source = weights_location(source)
     if urlparse(source).scheme in ("http", "https", "file"):
         try:
             state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True, progress=False)
@@ -35,8 +56,17 @@ def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist (expected a local .pth file or an http(s):// or file:// URL)")
+            raise FileNotFoundError(f"weights file {path} does not exist (expected a local .pt/.pth file, an http(s):// or file:// URL, or released weights: {', '.join(RELEASED_WEIGHTS)})")
         state = load_file(path)
+    return state
+
+
+def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a local file, a released name or a URL (see :func:`read_checkpoint`).
+
+    A Lightning checkpoint's or weights file's ``state_dict`` (or a ``model`` entry) is unwrapped.
+    """
+    state = read_checkpoint(source)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -68,6 +98,57 @@ def check_lightning_checkpoint(path: str | Path, option: str = "--ckpt_path") ->
             f"{option} {path} is not a checkpoint written by bisenet-pl fit (no state_dict); to start from a "
             f"network's weights, give it as --model.pretrained={path}"
         )
+
+
+@dataclass
+class WeightsInfo:
+    """What a weights file or a checkpoint of ``bisenet-pl fit`` says about itself.
+
+    ``network`` is the ``{"class_path", "init_args"}`` spec of the network the weights fit;
+    ``mean``, ``std`` and ``palette`` describe the training data (RGB normalisation of 0..1 pixel
+    values, a colour per class); ``training`` is free-form provenance. Fields a file does not hold
+    are ``None`` (a plain state dict holds none).
+    """
+
+    network: dict | None = None
+    num_classes: int | None = None
+    ignore_index: int | None = None
+    class_names: list[str] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    palette: list[list[int]] | None = None
+    training: dict = field(default_factory=dict)
+
+
+def read_weights_info(source: str | Path) -> WeightsInfo:
+    """The :class:`WeightsInfo` of a weights file, a released name or a Lightning checkpoint."""
+    stored = read_checkpoint(source)
+    if not isinstance(stored, dict):
+        return WeightsInfo()
+    if stored.get("format") == WEIGHTS_FORMAT:
+        return WeightsInfo(**{key: stored[key] for key in WeightsInfo.__dataclass_fields__ if key in stored})
+    hyperparameters = stored.get("hyper_parameters")
+    if isinstance(hyperparameters, dict) and isinstance(hyperparameters.get("net"), dict):  # bisenet-pl fit
+        return WeightsInfo(
+            network=hyperparameters["net"],
+            num_classes=hyperparameters.get("num_classes"),
+            ignore_index=hyperparameters.get("ignore_index"),
+            class_names=hyperparameters.get("class_names"),
+            training={"global_step": stored.get("global_step"), "epoch": stored.get("epoch")},
+        )
+    return WeightsInfo()
+
+
+def save_inference_weights(state_dict: Mapping[str, torch.Tensor], info: WeightsInfo, path: Path) -> None:
+    """Write ``state_dict`` (a network's, aux heads already dropped) for inference: floating-point
+    tensors in float16, with ``info`` beside them as plain data. The file loads wherever a state
+    dict does (``--model.pretrained``) and tells :func:`read_weights_info` what it fits."""
+    state = {key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu() for key, value in state_dict.items()}
+    payload = {"format": WEIGHTS_FORMAT, "state_dict": state} | {
+        key: getattr(info, key) for key in WeightsInfo.__dataclass_fields__
+    }
+    with atomic_write(path) as partial:
+        torch.save(payload, partial)
 
 
 @dataclass

@@ -1,0 +1,40 @@
+"""Writing files so that none is ever half-written, and checking output folders before any work."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bisenet_pl.errors import ConfigError
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only when the block
+    succeeds and is removed when it fails, so a crash never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def check_writable(folder: str | Path, option: str) -> None:
+    """Fail before any work unless ``folder`` can be created and written: its nearest existing
+    ancestor must be a folder in which a file can be made (tried, then removed at once)."""
+    folder = Path(folder).expanduser().absolute()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{option} {folder}: cannot write in {existing} ({error.strerror or error})") from None
