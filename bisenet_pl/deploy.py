@@ -73,8 +73,9 @@ def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> nn
 
 
 def inference_network(net: nn.Module, fold: bool = True) -> nn.Module:
-    """A copy of ``net`` for deployment: eval mode, no aux heads, BatchNorm folded (``fold``)."""
-    net = copy.deepcopy(net).eval()
+    """A copy of ``net`` for deployment: eval mode, no aux heads, BatchNorm folded (``fold``), weights
+    in the default memory format (torch.export fails on the shape guards of channels-last weights)."""
+    net = copy.deepcopy(net).eval().to(memory_format=torch.contiguous_format)
     if isinstance(getattr(net, "aux_heads", None), nn.ModuleDict):
         net.aux_heads = nn.ModuleDict()
     if fold:

@@ -112,3 +112,16 @@ def test_a_checkpoint_of_the_cpu_recipe_exports(tmp_path, capsys):
     checkpoint = next(out.rglob("last.ckpt"))
     main(["export", f"--ckpt_path={checkpoint}", "--size", "64", "96"])
     assert "onnxruntime agrees with PyTorch" in capsys.readouterr().out
+
+
+def test_a_channels_last_network_exports_to_onnx(tmp_path):
+    """The export's copy returns to the default memory format: channels-last weights made
+    torch.export's dynamic batch, height and width fail its shape guards."""
+    net = trained_like(BiSeNetV2(num_classes=5)).to(memory_format=torch.channels_last)
+    session = onnx_session(export_onnx(net, tmp_path / "cl.onnx", example_size=(64, 96)))
+    images = torch.randn(2, 3, 80, 112)
+    (logits,) = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, net(images).numpy(), rtol=1e-4, atol=1e-4)
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).weight  # 3x3: the formats differ
+    assert not first.is_contiguous() and first.is_contiguous(memory_format=torch.channels_last)  # the caller's net is untouched
