@@ -240,27 +240,24 @@ def export_command(args: list[str]) -> None:
     if options.bn_images < 0:
         raise ConfigError(f"--bn_images must be >= 0; got {options.bn_images}")
     suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".pt"}[options.format]
+    source = options.ckpt_path or options.pretrained
+    if options.ckpt_path and not Path(source).is_file():
+        raise ConfigError(f"--ckpt_path {source}: no such checkpoint")
+    # A released name has no folder of its own to write beside: its outputs go to the current one.
+    output = options.output or (Path(source).with_suffix(suffix) if options.ckpt_path else Path(Path(source).stem + suffix))
+    check_writable(output.parent, "--output")
     if options.ckpt_path:
-        checkpoint = Path(options.ckpt_path)
-        if not checkpoint.is_file():
-            raise ConfigError(f"--ckpt_path {checkpoint}: no such checkpoint")
-        output = options.output or checkpoint.with_suffix(suffix)
-        check_writable(output.parent, "--output")
-        check_lightning_checkpoint(checkpoint)
-        source = str(checkpoint)
-    else:
-        source = options.pretrained
-        output = options.output or Path(Path(source).stem + suffix)
-        check_writable(output.parent, "--output")
+        check_lightning_checkpoint(source)
     module = SegmentationModule.from_pretrained(source)
     what = f"{type(module.net).__name__}, {module.num_classes} classes"
     config = options.config
-    if config is None and options.ckpt_path and (saved := Path(options.ckpt_path).parent.parent / "config.yaml").is_file():
+    if config is None and options.ckpt_path and (saved := Path(source).parent.parent / "config.yaml").is_file():
         config = saved  # fit saves it in the run folder, checkpoints in run/checkpoints
     datamodule = datamodule_from_config(config, options.data_root) if config is not None else None
+    no_data = f"no config.yaml beside {source}; give the training config as --config"
     if options.bn_images:
         if datamodule is None:
-            raise ConfigError(f"--bn_images: no config.yaml beside {source}; give the training config as --config")
+            raise ConfigError(f"--bn_images: {no_data}")
         recalibrate_batchnorm(module.net, batchnorm_batches(datamodule, options.bn_images))
         print(f"recomputed BatchNorm statistics on {options.bn_images} training images of {datamodule.root} at full size")
     if options.format == "weights":
@@ -268,7 +265,7 @@ def export_command(args: list[str]) -> None:
         if datamodule is not None:
             info.mean, info.std, info.palette = list(datamodule.mean), list(datamodule.std), [list(c) for c in datamodule.palette]
         if info.mean is None:
-            raise ConfigError(f"--format weights: no config.yaml beside {source}; give the training config as --config")
+            raise ConfigError(f"--format weights: {no_data}")
         info.training |= {"source": Path(source).name}
         if options.bn_images:
             info.training["batchnorm_images"] = options.bn_images
@@ -338,8 +335,8 @@ def parse_error_line(message: str, configs: list[str]) -> str:
             except OSError:
                 continue
     # Nested 'Parser key "data": ... Parser key "batch_size": ... Expected a <int>. Got value: abc'
-    # lines; the Optional's "Expected a <class 'NoneType'>" alternative is noise.
-    # A Union lists one "Expected a ..." per alternative, then "Given value: ...".
+    # lines; a Union lists one "Expected a ..." per alternative, then "Given value: ...", and an
+    # Optional's "Expected a <class 'NoneType'>" alternative is noise.
     keys = re.findall(r'Parser key "([^"]+)"', message)
     reasons = [line.strip().removeprefix("- ") for line in message.splitlines()]
     expected = [r for r in reasons if r.startswith("Expected a") and "NoneType" not in r]
