@@ -1,12 +1,17 @@
-"""Speed of BiSeNetV1 and V2: parameters, FLOPs, latency and FPS per inference variant, and the
+"""Speed of BiSeNetV1 and V2: parameters, FLOPs, latency and FPS per inference variant (with how
+far each is from PyTorch's fp32 logits, and its val mIoU when given weights and data), and the
 training-step throughput of the LightningModule against a plain PyTorch loop.
 
-"reference" is the way CoinCheung/BiSeNet runs the network: eager fp32, NCHW, BatchNorm unfused.
-Since our default networks are numerically that network, it is measured here side by side with
-our variants in one run, on the same machine and the same weights.
+Every inference variant runs from an 8-bit RGB image as read (N, H, W, 3) to class ids, so that
+normalisation and argmax are counted wherever they happen. "reference" is the way CoinCheung/BiSeNet
+runs the network: eager PyTorch, fp32, NCHW, BatchNorm unfused. Since our default networks are
+numerically that network, it is measured here side by side with our variants in one run, on the
+same machine and the same weights. The exported variants are the files `bisenet-pl export` writes
+(ONNX with the normalisation inside; int8 calibrated with NNCF), run by ONNX Runtime or OpenVINO.
 
     python benchmarks/speed.py                                  # everything this machine can run
-    python benchmarks/speed.py --networks v2 --sizes 512x1024 --variants reference onnxruntime
+    python benchmarks/speed.py --networks v2 --sizes 512x1024 --variants reference openvino-int8
+    python benchmarks/speed.py --checkpoint bisenetv2_camvid --data-root ../shared/camvid  # + val mIoU
 """
 
 from __future__ import annotations
@@ -20,15 +25,22 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
 
 from bisenet_pl.benchmark import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
+from bisenet_pl.deploy import DeployedNetwork, deployable, export_onnx, load_predictor, quantize_onnx
+from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou
+from bisenet_pl.deploy.export import ExportOptions, append_argmax, save_onnx
 from bisenet_pl.files import atomic_write
-from bisenet_pl.deploy import export_onnx, inference_network, onnx_session
+from bisenet_pl.hardware import cpu_features
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.models.layers import Dropout
 from bisenet_pl.module import SegmentationModule
@@ -37,8 +49,12 @@ REPO = Path(__file__).resolve().parents[1]
 NETWORKS = {"v2": BiSeNetV2, "v1": BiSeNetV1}
 #: The papers' resolutions (H x W): Cityscapes at half and full size, CamVid at 720x960.
 PAPER_SIZES = ["512x1024", "720x960", "1024x2048"]
-CPU_VARIANTS = ["reference", "channels_last", "folded", "folded+channels_last", "compile", "onnxruntime"]
-GPU_VARIANTS = ["reference", "channels_last", "folded+channels_last", "amp", "compile+amp", "onnxruntime"]
+PYTORCH_VARIANTS = ["reference", "channels_last", "folded", "folded+channels_last", "compile", "pytorch-bf16"]
+EXPORTED_VARIANTS = ["onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8", "openvino-int8+bf16"]
+CPU_VARIANTS = ["reference", "folded+channels_last", "pytorch-bf16", *EXPORTED_VARIANTS]
+GPU_VARIANTS = ["reference", "channels_last", "folded+channels_last", "amp", "compile+amp"]
+#: Normalisation for networks without trained weights (ImageNet's); trained ones bring their own.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -52,73 +68,194 @@ def machine() -> str:
     return f"{cpu_description()}, {torch.get_num_threads()} threads (torch {torch.__version__}, CPU)"
 
 
-def inference_runner(variant: str, net: torch.nn.Module, images: torch.Tensor, onnx_path: Path):
-    """A zero-argument callable running one variant from images to class ids (what deployment
-    needs; the reference's demo also takes the argmax), built outside the timing."""
-    device = images.device
-    amp = "amp" in variant
-    if variant == "onnxruntime":  # exported once per network with dynamic sizes; argmax in the graph
-        session = onnx_session(onnx_path, threads=torch.get_num_threads() if device.type == "cpu" else None)
-        feed = {"images": images.cpu().numpy()}
-        return lambda: session.run(None, feed)
-    model = net.eval() if variant in ("reference", "channels_last") else inference_network(net).to(device)
-    if "channels_last" in variant or "compile" in variant or amp:
+def supported_variants(variants: list[str]) -> tuple[list[str], list[str]]:
+    """The variants this machine runs well, and the ones left out with why: bf16 where the CPU
+    emulates it (slower than fp32), OpenVINO where it is not installed."""
+    native_bf16 = cpu_features().native_bf16
+    try:
+        import openvino  # noqa: F401
+
+        has_openvino = True
+    except ImportError:
+        has_openvino = False
+    kept, skipped = [], []
+    for variant in variants:
+        if "bf16" in variant and not native_bf16:
+            skipped.append(f"{variant} (no native bf16 on this CPU)")
+        elif variant.startswith("openvino") and not has_openvino:
+            skipped.append(f"{variant} (openvino not installed)")
+        else:
+            kept.append(variant)
+    return kept, skipped
+
+
+@dataclass
+class Variant:
+    """One way of running a network: from 8-bit NHWC images to class ids (timed), and to logits
+    (compared with PyTorch fp32)."""
+
+    segment: Callable[[np.ndarray], np.ndarray]
+    logits: Callable[[np.ndarray], np.ndarray]
+
+
+def pytorch_variant(variant: str, net: torch.nn.Module, mean, std, device: torch.device) -> Variant:
+    """PyTorch from 8-bit images: ``reference`` is the network as trained (no copy, BatchNorm
+    unfused, NCHW); ``folded`` fuses BatchNorm into the convolutions; ``channels_last`` takes the
+    NHWC image as it is (PyTorch then computes channels-last); ``compile``, ``pytorch-bf16`` and the
+    GPU's ``amp`` add torch.compile, bf16 or fp16 autocast to folded channels-last."""
+    fold = variant not in ("reference", "channels_last")
+    nhwc = variant not in ("reference", "folded")
+    image_input = "uint8_nhwc" if nhwc else "uint8_nchw"
+    network = deployable(net, fold=True) if fold else net.eval()
+    model = DeployedNetwork(network, image_input=image_input, mean=mean, std=std).to(device)
+    if nhwc:
         model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
     if "compile" in variant:
         model = torch.compile(model)
+    dtype = torch.bfloat16 if "bf16" in variant else torch.float16 if "amp" in variant else None
 
-    def run():
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            return model(images).argmax(dim=1)
+    def logits(images: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(images if nhwc else np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return model(batch).float()
 
-    return run
+    return Variant(segment=lambda images: logits(images).argmax(dim=1), logits=lambda images: logits(images).cpu().numpy())
+
+
+def exported_files(net: torch.nn.Module, folder: Path, mean, std, calibration: list[np.ndarray] | None) -> dict[str, tuple[Path, Path]]:
+    """The network exported as `bisenet-pl export --input uint8_nhwc` writes it, in fp32 and (given
+    ``calibration``) int8: for each, a file of logits and one of class ids."""
+    options = ExportOptions(image_input="uint8_nhwc", mean=mean, std=std, example_size=(64, 64))
+    files = {"fp32": export_onnx(net, folder / "fp32.onnx", options=options)}
+    if calibration is not None:
+        files["int8"] = quantize_onnx(files["fp32"], folder / "int8.onnx", calibration, "uint8_nhwc", mean, std)
+    import onnx
+
+    return {
+        precision: (path, save_onnx(append_argmax(onnx.load(str(path)), "int64"), path.with_suffix(".labels.onnx")))
+        for precision, path in files.items()
+    }
+
+
+def exported_variant(variant: str, files: dict[str, tuple[Path, Path]], threads: int) -> Variant:
+    backend, _, precision = variant.partition("-")
+    file_precision = "int8" if "int8" in precision else "fp32"
+    compute = "bf16" if "bf16" in precision else "fp32"
+    logits_file, labels_file = files[file_precision]
+    options = {"backend": backend, "threads": threads} | ({"precision": compute} if backend == "openvino" else {})
+    labels, logits = load_predictor(labels_file, **options), load_predictor(logits_file, **options)
+    return Variant(segment=labels, logits=logits)
 
 
 def inference_table(args, device: torch.device) -> list[dict]:
     rows = []
-    onnx_dir = Path(tempfile.mkdtemp(prefix="bisenet-bench-"))
+    folder = Path(tempfile.mkdtemp(prefix="bisenet-bench-"))
+    trained = SegmentationModule.from_pretrained(args.checkpoint).net.float().eval() if args.checkpoint else None
+    val, train = scoring_data(args, trained)
     for name in args.networks:
         torch.manual_seed(0)
-        net = NETWORKS[name](num_classes=args.num_classes).eval()
-        onnx_path = None
-        if "onnxruntime" in args.variants:
-            onnx_path = export_onnx(net, onnx_dir / f"{name}.onnx", example_size=parse_size(args.sizes[0]), labels="int64")
-        net = net.to(device)
-        deployed = inference_network(net)
+        scored = trained is not None and type(trained) is NETWORKS[name] and val is not None
+        net = trained if trained is not None and type(trained) is NETWORKS[name] else NETWORKS[name](num_classes=args.num_classes).eval()
+        mean, std = (args.mean, args.std) if trained is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        files = {}
+        if any(v in EXPORTED_VARIANTS for v in args.variants):
+            calibration = calibration_images(args, train)
+            files = exported_files(net, folder / name, mean, std, calibration if any("int8" in v for v in args.variants) else None)
+        variants = {
+            v: exported_variant(v, files, torch.get_num_threads()) if v in EXPORTED_VARIANTS else pytorch_variant(v, net, mean, std, device)
+            for v in args.variants
+        }
+        scores = {}
+        if scored:
+            start = time.perf_counter()
+            scores = mean_iou({v: (lambda image, run=variant.segment: np.asarray(run(image[None]))[0]) for v, variant in variants.items()},
+                              val, args.num_classes_scored, args.ignore_index)  # fmt: skip
+            print(f"scored {len(args.variants)} variants of {type(net).__name__} on {args.data_root} val in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        deployed = deployable(net)
         for size in args.sizes:
             height, width = parse_size(size)
-            images = torch.randn(args.batch_size, 3, height, width, device=device)
-            flops = count_flops(deployed, images[:1])
+            images = benchmark_images(args.batch_size, height, width, val)
+            flops = count_flops(deployed, torch.randn(1, 3, height, width))
+            expected = variants["reference"].logits(images) if "reference" in variants else None
             runs, setup = {}, {}
-            for variant in args.variants:
+            for variant, runner in variants.items():
                 start = time.perf_counter()
-                runs[variant] = inference_runner(variant, net, images, onnx_path)
+                runs[variant] = lambda run=runner.segment: run(images)
                 runs[variant]()  # the first call compiles or plans
                 setup[variant] = time.perf_counter() - start
             latencies = measure_interleaved(runs, args.batch_size, args.warmup, args.iterations, device)
             reference_fps = latencies["reference"].fps if "reference" in latencies else float("nan")
             for variant, latency in latencies.items():
-                rows.append(
-                    {
-                        "kind": "inference",
-                        "network": type(net).__name__,
-                        "size": size,
-                        "batch": args.batch_size,
-                        "variant": variant,
-                        "params_M": count_parameters(deployed) / 1e6,
-                        "GFLOPs": flops / 1e9,
-                        "ms_per_batch": latency.mean_ms,
-                        "p50_ms": latency.p50_ms,
-                        "p90_ms": latency.p90_ms,
-                        "p99_ms": latency.p99_ms,
-                        "images_per_s": latency.fps,
-                        "x_reference": latency.fps / reference_fps,
-                        "setup_s": setup[variant],
-                    }
-                )
+                row = {
+                    "kind": "inference",
+                    "network": type(net).__name__,
+                    "size": size,
+                    "batch": args.batch_size,
+                    "variant": variant,
+                    "params_M": count_parameters(deployed) / 1e6,
+                    "GFLOPs": flops / 1e9,
+                    "ms_per_batch": latency.mean_ms,
+                    "p50_ms": latency.p50_ms,
+                    "p90_ms": latency.p90_ms,
+                    "p99_ms": latency.p99_ms,
+                    "images_per_s": latency.fps,
+                    "x_reference": latency.fps / reference_fps,
+                    "setup_s": setup[variant],
+                }
+                if expected is not None:
+                    difference = float(np.abs(np.asarray(variants[variant].logits(images)) - expected).max())
+                    row |= {"max_abs_diff": difference, "exact": bool(difference <= 1e-4 * float(np.abs(expected).max()))}
+                if scores:
+                    row |= {"miou": scores[variant]}
+                    if "reference" in scores:
+                        row["within_1_miou"] = bool(scores["reference"] - scores[variant] <= MIOU_TOLERANCE)
+                rows.append(row)
                 print(format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+def benchmark_images(batch: int, height: int, width: int, val: list | None) -> np.ndarray:
+    """The timed input: the first val image resized to the size (int8 ranges are calibrated on real
+    images, so noise would overstate its logit differences), or random images without data."""
+    if val is None:
+        return np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    import cv2
+
+    return np.repeat(cv2.resize(val[0][0], (width, height), interpolation=cv2.INTER_LINEAR)[None], batch, axis=0)
+
+
+def scoring_data(args, trained: torch.nn.Module | None):
+    """The val samples to score (a list of (image, mask)) and the train split for calibration, from
+    ``--data-root`` (a CamVid layout); the class count and normalisation come from the weights."""
+    if args.data_root is None:
+        return None, None
+    from bisenet_pl.data.camvid import CamVidDataModule
+
+    datamodule = CamVidDataModule(root=args.data_root)
+    datamodule.prepare_data()
+    args.mean, args.std = list(datamodule.mean), list(datamodule.std)
+    args.num_classes_scored, args.ignore_index = datamodule.num_classes, datamodule.ignore_index
+    if trained is not None:
+        from bisenet_pl.models.weights import read_weights_info
+
+        info = read_weights_info(args.checkpoint)
+        args.mean, args.std = info.mean or args.mean, info.std or args.std
+        if info.num_classes != datamodule.num_classes:
+            raise SystemExit(f"--checkpoint {args.checkpoint} has {info.num_classes} classes; {args.data_root} has {datamodule.num_classes}")
+    val = datamodule.dataset("val")
+    count = len(val) if args.val_images is None else min(args.val_images, len(val))
+    return [val.load(i) for i in range(count)], datamodule.dataset("train")
+
+
+def calibration_images(args, train) -> list[np.ndarray]:
+    """``--calibration-images`` training images in a fixed random order, or random images (for
+    speed alone: int8 accuracy is then not scored) without ``--data-root``."""
+    generator = np.random.default_rng(0)
+    if train is None:
+        height, width = parse_size(args.sizes[0])
+        return [generator.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)]
+    order = generator.permutation(len(train))[: args.calibration_images]
+    return [train.load(int(i))[0] for i in order]
 
 
 def recipe_options(config: Path) -> tuple[dict, str]:
@@ -272,7 +409,12 @@ def training_table(args, device: torch.device) -> list[dict]:
 
 
 def format_row(row: dict) -> str:
-    return " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values())
+    def cell(key: str, value) -> str:
+        if key == "max_abs_diff":
+            return f"{value:.1e}"
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    return " | ".join(cell(key, value) for key, value in row.items())
 
 
 def markdown(rows: list[dict]) -> str:
@@ -305,15 +447,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-precision", help="instead of the recipe's, e.g. 32-true to see a CPU without native bf16")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--checkpoint", help="trained weights (a checkpoint, a weights file or a released name) instead of random ones")
+    parser.add_argument("--data-root", help="a CamVid-layout root: its val split scores each variant (with --checkpoint), its train split calibrates int8")
+    parser.add_argument("--val-images", type=int, help="score on the first N val images only (default: all)")
+    parser.add_argument("--calibration-images", type=int, default=300, help="training images that calibrate int8")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as a JSON list of objects")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    args.variants = args.variants or (GPU_VARIANTS if device.type == "cuda" else CPU_VARIANTS)
+    if args.variants is None:
+        args.variants, skipped = supported_variants(GPU_VARIANTS if device.type == "cuda" else CPU_VARIANTS)
+    else:
+        skipped = []
+    unknown = sorted(set(args.variants) - set(PYTORCH_VARIANTS + EXPORTED_VARIANTS + GPU_VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {PYTORCH_VARIANTS + EXPORTED_VARIANTS + GPU_VARIANTS}")
     if device.type != "cuda" and any("amp" in v for v in args.variants):
         parser.error("amp variants need a GPU (CPU autocast is bfloat16 and slower than fp32 on most CPUs)")
+    if device.type == "cuda" and any(v in EXPORTED_VARIANTS for v in args.variants):
+        parser.error(f"{EXPORTED_VARIANTS} are CPU runtimes: run them with --device cpu")
     warnings.filterwarnings("ignore")
     os.environ.setdefault("WANDB_MODE", "disabled")
     print(f"Machine: {machine()}\n")
+    if skipped:
+        print(f"Left out on this machine: {', '.join(skipped)}\n")
     rows = []
     if not args.skip_inference:
         print(f"Inference, batch {args.batch_size}, {args.iterations} timed runs after {args.warmup} warm-up runs:\n")

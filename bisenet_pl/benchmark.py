@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bisenet_pl.trainer import native_bf16_feature
+from bisenet_pl.hardware import cpu_features
 
 
 @dataclass(frozen=True)
@@ -87,16 +86,9 @@ def measure_interleaved(
 
 
 def cpu_description() -> str:
-    """The CPU's model name, the widest vector instructions torch uses on it, and its native bf16
-    feature if any, e.g. ``AMD EPYC (AVX512, native bf16: AVX512_BF16)``."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    feature = native_bf16_feature()
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()}, native bf16: {feature or 'none'})"
+    """The CPU's model name, its widest vector instructions and its native bf16 and int8 features,
+    e.g. ``AMD EPYC (AVX512, bf16: AVX512_BF16, int8: AVX512_VNNI)``."""
+    return cpu_features().describe()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -35,8 +35,9 @@ TOOLS_HELP = """\
 Other commands:
   bisenet-pl stats --config CONFIG [--split train]   dataset statistics (sizes, class shares, mean/std, weights)
   bisenet-pl convert REFERENCE.pth OUTPUT.pth         convert a CoinCheung/BiSeNet checkpoint to this layout
-  bisenet-pl export --ckpt_path CKPT | --model.pretrained WEIGHTS [--format onnx|torchscript|weights]
-                    [--labels int32|int64]             a deployable network (BN folded, aux heads dropped),
+  bisenet-pl export --ckpt_path CKPT | --model.pretrained WEIGHTS [--format onnx|openvino|torchscript|weights]
+                    [--precision fp32|bf16|int8] [--input float|uint8_nhwc|uint8_nchw] [--labels int32|int64]
+                                                      a deployable network (BN folded, aux heads dropped),
                                                       or float16 weights for --model.pretrained
 """
 
@@ -215,17 +216,22 @@ def convert_command(args: list[str]) -> None:
 
 
 def export_command(args: list[str]) -> None:
-    """``bisenet-pl export``: a trained network for deployment (eval mode, aux heads dropped), as
-    ONNX (dynamic batch and size) or TorchScript with BatchNorm folded, or as a float16 weights file
-    that ``--model.pretrained`` and ``SegmentationModule.from_pretrained`` load."""
-    from bisenet_pl.deploy import export, inference_network, onnx_matches_pytorch, recalibrate_batchnorm
+    """``bisenet-pl export``: a trained network for deployment (eval mode, aux heads dropped,
+    BatchNorm folded) as ONNX (dynamic batch and size), OpenVINO IR or TorchScript, in fp32, bf16 or
+    calibrated int8, optionally from 8-bit images to class ids; or as a float16 weights file that
+    ``--model.pretrained`` and ``SegmentationModule.from_pretrained`` load."""
+    from bisenet_pl.deploy import EXPORT_SUFFIXES, IMAGE_INPUTS, ExportOptions, compare_with_pytorch, describe_comparison
+    from bisenet_pl.deploy import export, inference_network, recalibrate_batchnorm
 
     parser = argparse.ArgumentParser(prog="bisenet-pl export", description=export_command.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt_path", help="a checkpoint written by bisenet-pl fit")
     source.add_argument("--model.pretrained", dest="pretrained", help=f"released weights ({', '.join(RELEASED_WEIGHTS)}) or a weights file")
-    parser.add_argument("--format", choices=["onnx", "torchscript", "weights"], default="onnx")
-    parser.add_argument("--output", type=Path, help="default: the checkpoint's path (the weights' name here) with .onnx, .torchscript.pt or .pt")
+    parser.add_argument("--format", choices=[*EXPORT_SUFFIXES, "weights"], default="onnx")
+    parser.add_argument("--output", type=Path, help="default: the checkpoint's path (the weights' name here) with .onnx, .xml, .torchscript.pt or .pt")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32", help="bf16: OpenVINO only; int8: calibrated on --calibration")
+    parser.add_argument("--input", dest="image_input", choices=IMAGE_INPUTS, default="float",
+                        help="float: normalised images; uint8_nchw/uint8_nhwc: 8-bit RGB as read, normalised inside the model")  # fmt: skip
     parser.add_argument("--labels", choices=["int32", "int64"], help="put the argmax in the graph: class ids of this type instead of logits")
     parser.add_argument("--size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"), help="example input size for tracing (any size works after)")
     parser.add_argument(
@@ -236,10 +242,16 @@ def export_command(args: list[str]) -> None:
         "--bn_images", type=int, default=0, metavar="N",
         help="recompute BatchNorm statistics on N training images of the config's data at their full size first (0: keep the checkpoint's)",
     )  # fmt: skip
+    parser.add_argument("--calibration", type=Path, help="int8: a data config (its train split) or a folder of images; default: the training config")
+    parser.add_argument("--calibration_images", type=int, default=300, metavar="N", help="int8: how many images calibrate it")
+    parser.add_argument("--score", action="store_true", help="score the file and the PyTorch network (fp32) on the config's val split")
     options = parser.parse_args(args)
-    if options.bn_images < 0:
-        raise ConfigError(f"--bn_images must be >= 0; got {options.bn_images}")
-    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".pt"}[options.format]
+    for name in ("bn_images", "calibration_images"):
+        if getattr(options, name) < (0 if name == "bn_images" else 1):
+            raise ConfigError(f"--{name} must be >= {0 if name == 'bn_images' else 1}; got {getattr(options, name)}")
+    if options.format == "weights" and (options.precision, options.image_input, options.labels) != ("fp32", "float", None):
+        raise ConfigError("--format weights writes float16 weights: --precision, --input and --labels apply to onnx, openvino and torchscript")
+    suffix = EXPORT_SUFFIXES.get(options.format, ".pt")
     source = options.ckpt_path or options.pretrained
     if options.ckpt_path and not Path(source).is_file():
         raise ConfigError(f"--ckpt_path {source}: no such checkpoint")
@@ -249,21 +261,21 @@ def export_command(args: list[str]) -> None:
     if options.ckpt_path:
         check_lightning_checkpoint(source)
     module = SegmentationModule.from_pretrained(source)
+    info = read_weights_info(source)
     what = f"{type(module.net).__name__}, {module.num_classes} classes"
     config = options.config
     if config is None and options.ckpt_path and (saved := Path(source).parent.parent / "config.yaml").is_file():
         config = saved  # fit saves it in the run folder, checkpoints in run/checkpoints
     datamodule = datamodule_from_config(config, options.data_root) if config is not None else None
     no_data = f"no config.yaml beside {source}; give the training config as --config"
+    if datamodule is not None:
+        info.mean, info.std, info.palette = list(datamodule.mean), list(datamodule.std), [list(c) for c in datamodule.palette]
     if options.bn_images:
         if datamodule is None:
             raise ConfigError(f"--bn_images: {no_data}")
         recalibrate_batchnorm(module.net, batchnorm_batches(datamodule, options.bn_images))
         print(f"recomputed BatchNorm statistics on {options.bn_images} training images of {datamodule.root} at full size")
     if options.format == "weights":
-        info = read_weights_info(source)
-        if datamodule is not None:
-            info.mean, info.std, info.palette = list(datamodule.mean), list(datamodule.std), [list(c) for c in datamodule.palette]
         if info.mean is None:
             raise ConfigError(f"--format weights: {no_data}")
         info.training |= {"source": Path(source).name}
@@ -272,11 +284,63 @@ def export_command(args: list[str]) -> None:
         save_inference_weights(inference_network(module.net, fold=False).state_dict(), info, output)
         print(f"wrote {output} (float16 weights, {output.stat().st_size / 2**20:.1f} MiB, {what})")
         return
-    export(module.net, output, options.format, tuple(options.size), options.labels)
-    print(f"wrote {output} ({options.format}, {'labels ' + options.labels if options.labels else 'logits'}, {what})")
-    if options.format == "onnx":
-        difference = onnx_matches_pytorch(module.net, output, tuple(options.size), options.labels)
-        print(f"onnxruntime agrees with PyTorch at {options.size[0]}x{options.size[1]}: {difference}")
+    if options.image_input != "float" and info.mean is None:
+        raise ConfigError(f"--input {options.image_input} bakes in the training normalisation: {no_data}")
+    if options.score and datamodule is None:
+        raise ConfigError(f"--score: {no_data}")
+    export_options = ExportOptions(options.labels, options.image_input, info.mean, info.std, options.precision, tuple(options.size))
+    calibration = None
+    if options.precision == "int8":
+        calibration = calibration_images(options.calibration, datamodule, options.calibration_images, no_data)
+    export(module.net, output, options.format, options=export_options, calibration=calibration)
+    print(f"wrote {output} ({options.format} {options.precision}, {options.image_input} images in, {'labels ' + options.labels if options.labels else 'logits'} out, {what})")
+    if options.format == "torchscript":
+        return
+    comparison = compare_with_pytorch(module.net, output, export_options, tuple(options.size))
+    print(f"the file against PyTorch fp32 at {options.size[0]}x{options.size[1]}: {describe_comparison(comparison)}")
+    if options.score:
+        print(score_export(module.net, output, export_options, datamodule))
+
+
+def calibration_images(source: Path | None, datamodule: SegmentationDataModule | None, count: int, no_data: str) -> list:
+    """``count`` training images (RGB uint8) in a fixed random order: of the data config ``source``,
+    of the folder ``source``, or of the training config's data."""
+    from bisenet_pl.data.base import list_images
+    from bisenet_pl.data.io import read_image
+
+    if source is not None and source.is_dir():
+        paths = list_images(source)
+        if not paths:
+            raise ConfigError(f"--calibration {source}: the folder holds no images")
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))[:count].tolist()
+        return [read_image(paths[i]) for i in order]
+    if source is not None:
+        if not source.is_file():
+            raise ConfigError(f"--calibration {source}: no such data config or folder of images")
+        datamodule = datamodule_from_config(source)
+    if datamodule is None:
+        raise ConfigError(f"--precision int8 needs calibration images: give --calibration (a data config or a folder), or {no_data.split('; ')[1]}")
+    datamodule.prepare_data()
+    train = datamodule.dataset("train")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count].tolist()
+    return [train.load(i)[0] for i in order]
+
+
+def score_export(net: torch.nn.Module, path: Path, options, datamodule: SegmentationDataModule) -> str:
+    """One line: val mIoU of the exported file and of the PyTorch network in fp32, and the loss."""
+    from bisenet_pl.deploy import load_predictor
+    from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou, predictor_segmenter, pytorch_segmenter
+
+    datamodule.prepare_data()
+    val = datamodule.dataset("val")
+    segmenters = {
+        "file": predictor_segmenter(load_predictor(path), options.image_input, bool(options.labels), options.mean, options.std),
+        "pytorch": pytorch_segmenter(net, options.mean, options.std),
+    }
+    scores = mean_iou(segmenters, (val.load(i) for i in range(len(val))), datamodule.num_classes, datamodule.ignore_index)
+    loss = scores["pytorch"] - scores["file"]
+    flag = f" (more than {MIOU_TOLERANCE} lost: check the calibration)" if loss > MIOU_TOLERANCE else ""
+    return f"val mIoU on {len(val)} images: the file {scores['file']:.2f}, PyTorch fp32 {scores['pytorch']:.2f}, {loss:+.2f} lost{flag}"
 
 
 def batchnorm_batches(datamodule: SegmentationDataModule, count: int) -> Iterator[torch.Tensor]:

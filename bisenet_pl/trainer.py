@@ -11,18 +11,7 @@ from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.errors import check_options
-
-
-def native_bf16_feature() -> str | None:
-    """The CPU feature that computes bfloat16 natively (``AMX`` or ``AVX512_BF16``), or ``None``.
-
-    Without one, oneDNN emulates bf16 convolutions and bf16 autocast is slower than float32.
-    """
-    checks = {"AMX": "_is_amx_tile_supported", "AVX512_BF16": "_is_avx512_bf16_supported"}
-    for feature, check in checks.items():
-        if getattr(torch.cpu, check, lambda: False)():
-            return feature
-    return None
+from bisenet_pl.hardware import native_bf16_feature
 
 
 def auto_precision(accelerator: str = "auto") -> tuple[str, str]:

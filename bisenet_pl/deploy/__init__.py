@@ -1,0 +1,34 @@
+"""Deployment: a trained network made deployable (:mod:`.network`), written to ONNX, OpenVINO or
+TorchScript in fp32, bf16 or int8 (:mod:`.export`, :mod:`.quantize`) and run on a CPU (:mod:`.runtime`)."""
+
+from bisenet_pl.deploy.export import (
+    EXPORT_SUFFIXES,
+    ExportFormat,
+    ExportOptions,
+    compare_with_pytorch,
+    describe_comparison,
+    export,
+    export_onnx,
+    export_torchscript,
+)
+from bisenet_pl.deploy.network import (
+    IMAGE_INPUTS,
+    DeployedNetwork,
+    ImageInput,
+    LabelDtype,
+    deployable,
+    example_images,
+    fold_batchnorm,
+    inference_network,
+    recalibrate_batchnorm,
+)
+from bisenet_pl.deploy.quantize import model_input, quantize_onnx
+from bisenet_pl.deploy.runtime import BACKENDS, Backend, CpuFeatures, Precision, Predictor, cpu_features, load_predictor, onnx_session
+
+__all__ = [
+    "BACKENDS", "EXPORT_SUFFIXES", "IMAGE_INPUTS", "Backend", "CpuFeatures", "DeployedNetwork", "ExportFormat",
+    "ExportOptions", "ImageInput", "LabelDtype", "Precision", "Predictor", "compare_with_pytorch", "cpu_features",
+    "deployable", "describe_comparison", "example_images", "export", "export_onnx", "export_torchscript",
+    "fold_batchnorm", "inference_network", "load_predictor", "model_input", "onnx_session", "quantize_onnx",
+    "recalibrate_batchnorm",
+]  # fmt: skip

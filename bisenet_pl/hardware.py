@@ -1,0 +1,70 @@
+"""What this CPU offers: the instructions that decide which precision and runtime are fastest on it."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU's name and the instructions that decide which deployment is fastest on it."""
+
+    name: str
+    flags: frozenset[str]
+
+    @property
+    def amx(self) -> bool:
+        return {"amx_tile", "amx_bf16"} <= self.flags
+
+    @property
+    def native_bf16(self) -> str | None:
+        """The feature that computes bfloat16 natively, if any (without one it is emulated, slower than fp32)."""
+        return "AMX" if self.amx else "AVX512_BF16" if "avx512_bf16" in self.flags else None
+
+    @property
+    def int8_dot_product(self) -> str | None:
+        """The feature that multiplies 8-bit integers with 32-bit sums in one step (VNNI or AMX), if any."""
+        if {"amx_tile", "amx_int8"} <= self.flags:
+            return "AMX"
+        return "AVX512_VNNI" if "avx512_vnni" in self.flags else "AVX_VNNI" if "avx_vnni" in self.flags else None
+
+    @property
+    def vector(self) -> str:
+        return "AVX512" if "avx512f" in self.flags else "AVX2" if "avx2" in self.flags else "SSE/other"
+
+    def describe(self) -> str:
+        """E.g. ``AMD EPYC (AVX512, bf16: AVX512_BF16, int8: AVX512_VNNI)``."""
+        return f"{self.name} ({self.vector}, bf16: {self.native_bf16 or 'emulated'}, int8: {self.int8_dot_product or 'no VNNI'})"
+
+
+@cache
+def cpu_features() -> CpuFeatures:
+    """This CPU's features, from ``/proc/cpuinfo`` (elsewhere: the name only, no features)."""
+    name, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == (platform.processor() or platform.machine()):
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = frozenset(value.split())
+                    break
+    except OSError:
+        pass
+    if not flags:  # no /proc/cpuinfo: ask torch (oneDNN's view of the same instructions)
+        checks = {"amx_tile": "_is_amx_tile_supported", "amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+        flags = frozenset(flag for flag, check in checks.items() if getattr(torch.cpu, check, lambda: False)())
+    return CpuFeatures(name, flags)
+
+
+def native_bf16_feature() -> str | None:
+    """The CPU feature that computes bfloat16 natively (``AMX`` or ``AVX512_BF16``), or ``None``.
+
+    Without one, oneDNN emulates bf16 convolutions and bf16 autocast is slower than float32.
+    """
+    return cpu_features().native_bf16
