@@ -17,6 +17,7 @@ same machine and the same weights. The exported variants are the files `bisenet-
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -26,9 +27,8 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from bisenet_pl.benchmark import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
-from bisenet_pl.deploy import DeployedNetwork, deployable, export_onnx, load_predictor, quantize_onnx
+from bisenet_pl.deploy import DeployedNetwork, export_onnx, inference_network, load_predictor, quantize_onnx
 from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou
 from bisenet_pl.deploy.export import ExportOptions, append_argmax, save_onnx
 from bisenet_pl.files import atomic_write
@@ -72,12 +72,7 @@ def supported_variants(variants: list[str]) -> tuple[list[str], list[str]]:
     """The variants this machine runs well, and the ones left out with why: bf16 where the CPU
     emulates it (slower than fp32), OpenVINO where it is not installed."""
     native_bf16 = cpu_features().native_bf16
-    try:
-        import openvino  # noqa: F401
-
-        has_openvino = True
-    except ImportError:
-        has_openvino = False
+    has_openvino = importlib.util.find_spec("openvino") is not None
     kept, skipped = [], []
     for variant in variants:
         if "bf16" in variant and not native_bf16:
@@ -89,8 +84,7 @@ def supported_variants(variants: list[str]) -> tuple[list[str], list[str]]:
     return kept, skipped
 
 
-@dataclass
-class Variant:
+class Variant(NamedTuple):
     """One way of running a network: from 8-bit NHWC images to class ids (timed), and to logits
     (compared with PyTorch fp32)."""
 
@@ -106,7 +100,7 @@ def pytorch_variant(variant: str, net: torch.nn.Module, mean, std, device: torch
     fold = variant not in ("reference", "channels_last")
     nhwc = variant not in ("reference", "folded")
     image_input = "uint8_nhwc" if nhwc else "uint8_nchw"
-    network = deployable(net, fold=True) if fold else net.eval()
+    network = inference_network(net) if fold else net.eval()
     model = DeployedNetwork(network, image_input=image_input, mean=mean, std=std).to(device)
     if nhwc:
         model = model.to(memory_format=torch.channels_last)
@@ -128,7 +122,7 @@ def exported_files(net: torch.nn.Module, folder: Path, mean, std, calibration: l
     options = ExportOptions(image_input="uint8_nhwc", mean=mean, std=std, example_size=(64, 64))
     files = {"fp32": export_onnx(net, folder / "fp32.onnx", options=options)}
     if calibration is not None:
-        files["int8"] = quantize_onnx(files["fp32"], folder / "int8.onnx", calibration, "uint8_nhwc", mean, std)
+        files["int8"] = save_onnx(quantize_onnx(files["fp32"], calibration, "uint8_nhwc", mean, std), folder / "int8.onnx")
     import onnx
 
     return {
@@ -171,7 +165,7 @@ def inference_table(args, device: torch.device) -> list[dict]:
             scores = mean_iou({v: (lambda image, run=variant.segment: np.asarray(run(image[None]))[0]) for v, variant in variants.items()},
                               val, args.num_classes_scored, args.ignore_index)  # fmt: skip
             print(f"scored {len(args.variants)} variants of {type(net).__name__} on {args.data_root} val in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        deployed = deployable(net)
+        deployed = inference_network(net)
         for size in args.sizes:
             height, width = parse_size(size)
             images = benchmark_images(args.batch_size, height, width, val)
@@ -204,7 +198,8 @@ def inference_table(args, device: torch.device) -> list[dict]:
                 }
                 if expected is not None:
                     difference = float(np.abs(np.asarray(variants[variant].logits(images)) - expected).max())
-                    row |= {"max_abs_diff": difference, "exact": bool(difference <= 1e-4 * float(np.abs(expected).max()))}
+                    scale = float(np.abs(expected).max())
+                    row |= {"max_abs_diff": difference, "logit_scale": scale, "exact": bool(difference <= 1e-4 * scale)}
                 if scores:
                     row |= {"miou": scores[variant]}
                     if "reference" in scores:
@@ -410,7 +405,7 @@ def training_table(args, device: torch.device) -> list[dict]:
 
 def format_row(row: dict) -> str:
     def cell(key: str, value) -> str:
-        if key == "max_abs_diff":
+        if key in ("max_abs_diff", "logit_scale"):
             return f"{value:.1e}"
         return f"{value:.2f}" if isinstance(value, float) else str(value)
 

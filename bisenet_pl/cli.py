@@ -18,7 +18,7 @@ from bisenet_pl.data import SegmentationDataModule, dataset_statistics
 from bisenet_pl.data.config import datamodule_from_config
 from bisenet_pl.errors import ConfigError, UserError
 from bisenet_pl.files import atomic_write, check_writable
-from bisenet_pl.loggers import ProgressBar, SaveConfigToLoggers, TrainingTime, ValidationImages
+from bisenet_pl.loggers import ConsoleReport, ProgressBar, SaveConfigToLoggers, TrainingTime, ValidationImages
 from bisenet_pl.models import convert_coincheung_state_dict
 from bisenet_pl.models.weights import (
     RELEASED_WEIGHTS,
@@ -75,6 +75,8 @@ class BiSeNetCLI(LightningCLI):
         parser.add_lightning_class_args(ValidationImages, "val_images")
         # Minutes of training at each validation, for curves against time (time/minutes).
         parser.add_lightning_class_args(TrainingTime, "training_time")
+        # A line per validation during fit, the per-class IoU table after test.
+        parser.add_lightning_class_args(ConsoleReport, "console_report")
         # What predict writes (--prediction_writer.*): labels, colour masks, overlays, probabilities.
         parser.add_lightning_class_args(SegmentationWriter, "prediction_writer")
 
@@ -92,7 +94,7 @@ class BiSeNetCLI(LightningCLI):
             subcommand, typed = self._model_as_parsed
             restore_user_model_options(typed, self.config[subcommand].model, self._subcommand_parsers[subcommand])
 
-    def _check_before_work(self) -> None:
+    def _before_subcommand(self) -> None:
         # Before the trainer creates log folders: bad data or an unwritable output leaves nothing behind.
         self.datamodule.check_data(self.subcommand)
         check_writable(self.trainer.default_root_dir, "trainer.default_root_dir")
@@ -105,17 +107,19 @@ class BiSeNetCLI(LightningCLI):
             if isinstance(callback, SegmentationWriter) and callback.output_dir and self.subcommand == "predict":
                 check_writable(callback.output_dir, "prediction_writer.output_dir")
 
-    before_fit = before_validate = before_test = before_predict = _check_before_work
-
-    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
-        kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if subcommand == "predict" and kwargs.get("return_predictions") is None:
-            kwargs["return_predictions"] = False  # the writer has written them; a video would fill memory
-        if kwargs.get("ckpt_path") == "last":
+        # The subcommand's arguments are read from config_init after this hook.
+        arguments = self.config_init[self.subcommand]
+        if self.subcommand == "predict" and arguments.get("return_predictions") is None:
+            arguments["return_predictions"] = False  # the writer has written them; a video would fill memory
+        if arguments.get("ckpt_path") == "last":
             roots = [self.trainer.default_root_dir] + [logger.save_dir for logger in self.trainer.loggers if logger.save_dir]
-            kwargs["ckpt_path"] = str(find_last_checkpoint([Path(root) for root in roots]))
-        return kwargs
+            arguments["ckpt_path"] = str(find_last_checkpoint([Path(root) for root in roots]))
 
+    before_fit = before_validate = before_test = before_predict = _before_subcommand
+
+    # The one private override: instantiate_trainer (public) gathers the callbacks and hands them
+    # here, the only place to drop some before Lightning's Trainer refuses them (a ModelCheckpoint
+    # with enable_checkpointing=False). Checked against Lightning 2.6.6.
     def _instantiate_trainer(self, config: dict, callbacks: list):
         # Switching checkpointing or logging off also switches off the callbacks added above for them.
         if config.get("enable_checkpointing") is False:
@@ -184,18 +188,15 @@ def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
 
 
 def stats_command(args: list[str]) -> None:
-    """``bisenet-pl stats``: statistics of one split of the configured dataset."""
-    split = "train"
-    if "--split" in args:
-        index = args.index("--split")
-        split = args[index + 1] if index + 1 < len(args) else ""
-        del args[index : index + 2]
-    if split not in ("train", "val", "test"):
-        raise SystemExit("bisenet-pl stats: --split must be train, val or test")
-    if not args or args[0] in ("-h", "--help"):
-        print("usage: bisenet-pl stats --config CONFIG [--data.root PATH] [--split train|val|test]")
-        return
-    datamodule = build_cli(args, run=False).datamodule
+    """``bisenet-pl stats``: statistics of one split of the configured dataset (sizes, class shares,
+    mean and std, median-frequency class weights)."""
+    parser = argparse.ArgumentParser(prog="bisenet-pl stats", description=stats_command.__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="a training config (its data: section)")
+    parser.add_argument("--data.root", dest="data_root", help="the data's root instead of the config's")
+    parser.add_argument("--split", choices=["train", "val", "test"], default="train")
+    options = parser.parse_args(args)
+    datamodule = datamodule_from_config(options.config, options.data_root)
+    split = options.split
     datamodule.prepare_data()
     stats = dataset_statistics(datamodule.dataset(split), datamodule.class_names)
     print(f"{type(datamodule).__name__} {split} split at {datamodule.root}")
@@ -222,6 +223,8 @@ def export_command(args: list[str]) -> None:
     ``--model.pretrained`` and ``SegmentationModule.from_pretrained`` load."""
     from bisenet_pl.deploy import EXPORT_SUFFIXES, IMAGE_INPUTS, ExportOptions, compare_with_pytorch, describe_comparison
     from bisenet_pl.deploy import export, inference_network, recalibrate_batchnorm
+    from bisenet_pl.deploy.export import check_format
+    from bisenet_pl.deploy.runtime import backend_for
 
     parser = argparse.ArgumentParser(prog="bisenet-pl export", description=export_command.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -251,6 +254,8 @@ def export_command(args: list[str]) -> None:
             raise ConfigError(f"--{name} must be >= {0 if name == 'bn_images' else 1}; got {getattr(options, name)}")
     if options.format == "weights" and (options.precision, options.image_input, options.labels) != ("fp32", "float", None):
         raise ConfigError("--format weights writes float16 weights: --precision, --input and --labels apply to onnx, openvino and torchscript")
+    if options.format != "weights":
+        check_format(options.format, options.precision)
     suffix = EXPORT_SUFFIXES.get(options.format, ".pt")
     source = options.ckpt_path or options.pretrained
     if options.ckpt_path and not Path(source).is_file():
@@ -297,7 +302,11 @@ def export_command(args: list[str]) -> None:
     if options.format == "torchscript":
         return
     comparison = compare_with_pytorch(module.net, output, export_options, tuple(options.size))
-    print(f"the file against PyTorch fp32 at {options.size[0]}x{options.size[1]}: {describe_comparison(comparison)}")
+    runtime, size = backend_for(output), f"{options.size[0]}x{options.size[1]}"
+    if options.precision == "fp32":
+        print(f"{runtime} agrees with PyTorch at {size} (a random image): {describe_comparison(comparison)}")
+    else:
+        print(f"{runtime} {options.precision} against PyTorch fp32 at {size} (a random image): {describe_comparison(comparison)}")
     if options.score:
         print(score_export(module.net, output, export_options, datamodule))
 

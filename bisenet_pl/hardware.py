@@ -1,4 +1,6 @@
-"""What this CPU offers: the instructions that decide which precision and runtime are fastest on it."""
+"""What this CPU offers: the instructions that decide which precision and runtime are fastest on it,
+read from /proc/cpuinfo (what OpenVINO and ONNX Runtime can use) and from torch (what its autocast
+runs on)."""
 
 from __future__ import annotations
 
@@ -56,15 +58,19 @@ def cpu_features() -> CpuFeatures:
                     break
     except OSError:
         pass
-    if not flags:  # no /proc/cpuinfo: ask torch (oneDNN's view of the same instructions)
-        checks = {"amx_tile": "_is_amx_tile_supported", "amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
-        flags = frozenset(flag for flag, check in checks.items() if getattr(torch.cpu, check, lambda: False)())
+    if not flags:  # no /proc/cpuinfo: what torch sees
+        flags = frozenset({"AMX": {"amx_tile", "amx_bf16"}, "AVX512_BF16": {"avx512_bf16"}}.get(native_bf16_feature(), set()))
     return CpuFeatures(name, flags)
 
 
 def native_bf16_feature() -> str | None:
-    """The CPU feature that computes bfloat16 natively (``AMX`` or ``AVX512_BF16``), or ``None``.
+    """The CPU feature that computes bfloat16 natively (``AMX`` or ``AVX512_BF16``) as torch sees
+    it, or ``None``: what bf16 autocast in training runs on.
 
     Without one, oneDNN emulates bf16 convolutions and bf16 autocast is slower than float32.
     """
-    return cpu_features().native_bf16
+    checks = {"AMX": "_is_amx_tile_supported", "AVX512_BF16": "_is_avx512_bf16_supported"}
+    for feature, check in checks.items():
+        if getattr(torch.cpu, check, lambda: False)():
+            return feature
+    return None

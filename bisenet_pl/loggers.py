@@ -1,5 +1,6 @@
-"""Experiment tracking: a W&B logger with typed options, the resolved config in every run, and
-validation pictures (sample predictions, confusion matrix) for whichever logger is on."""
+"""Experiment tracking and reporting: a W&B logger with typed options, the resolved config in every
+run, validation pictures (sample predictions, confusion matrix) for whichever logger is on, training
+time, and what a run prints."""
 
 from __future__ import annotations
 
@@ -229,6 +230,35 @@ class TrainingTime(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.minutes_before = float(state_dict.get("minutes", 0.0))
+
+
+class ConsoleReport(Callback):
+    """What a run prints besides the progress bar, on the first process: a line per validation
+    during fit, and the per-class IoU table after test."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.is_global_zero:
+            metrics = trainer.callback_metrics
+            print(
+                f"Validation at step {trainer.global_step}: mIoU {100 * float(metrics['val/mIoU']):.2f}, "
+                f"pixel accuracy {100 * float(metrics['val/pixel_accuracy']):.2f}",
+                flush=True,
+            )
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            results = {key: float(value) for key, value in trainer.callback_metrics.items()}
+            print(format_iou_table(pl_module.class_names, results, "test"))
+
+
+def format_iou_table(class_names: Sequence[str], results: dict[str, float], stage: str) -> str:
+    """A per-class IoU table with mIoU and pixel accuracy, for the console."""
+    width = max(len(name) for name in [*class_names, "pixel accuracy"]) + 2
+    lines = [f"{'class':<{width}}{'IoU':>8}", "-" * (width + 8)]
+    lines += [f"{name:<{width}}{100 * results[f'{stage}/IoU/{name}']:>8.2f}" for name in class_names]
+    lines += ["-" * (width + 8), f"{'mIoU':<{width}}{100 * results[f'{stage}/mIoU']:>8.2f}"]
+    lines.append(f"{'pixel accuracy':<{width}}{100 * results[f'{stage}/pixel_accuracy']:>8.2f}")
+    return "\n".join(lines)
 
 
 class ProgressBar(RichProgressBar):

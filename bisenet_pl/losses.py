@@ -26,13 +26,13 @@ class CrossEntropy(nn.Module):
         self.ignore_index = ignore_index
         self.register_buffer("weight", weight, persistent=False)
 
-    def pixel_losses(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index, reduction="none")
+    def pixel_losses(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index, reduction=reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not (target != self.ignore_index).any():
             return _zero_like_graph(logits)
-        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index)
+        return self.pixel_losses(logits, target, reduction="mean")
 
 
 class OhemCrossEntropy(CrossEntropy):

@@ -18,9 +18,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from bisenet_pl.errors import ConfigError, NonFiniteLossError, check_options
 from bisenet_pl.inference import EvalMode, EvaluationProtocol, class_scores
 from bisenet_pl.losses import LossName, build_loss
-from bisenet_pl.models import convert_coincheung_state_dict, detect_coincheung_architecture
-from bisenet_pl.models.resnet import IMAGENET_URLS
-from bisenet_pl.models.weights import compare_state_dicts, read_state_dict, read_weights_info
+from bisenet_pl.models.base import SegmentationNetwork
+from bisenet_pl.models.weights import check_checkpoint_fits, load_network_weights, read_state_dict, read_weights_info
 
 
 #: The longest warm-up a run gets, as a share of its steps: a warm-up as long as the run would
@@ -148,6 +147,11 @@ class SegmentationModule(L.LightningModule):
             self.net = net(num_classes)
         except ValueError as error:  # the networks check their own options (widths, branches, dropout, ...)
             raise ConfigError(f"model.net: {error}") from None
+        if not isinstance(self.net, SegmentationNetwork):
+            raise ConfigError(
+                f"model.net builds a {type(self.net).__name__}, not a bisenet_pl.models.SegmentationNetwork: "
+                "derive the network from it (its docstring says what the module relies on)"
+            )
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
@@ -201,23 +205,19 @@ class SegmentationModule(L.LightningModule):
 
     def _prune_aux_heads(self, aux_weights: float | Sequence[float]) -> tuple[list[str], list[float]]:
         """Match weights to the network's aux heads; drop zero-weight heads entirely."""
-        heads = getattr(self.net, "aux_heads", nn.ModuleDict())
-        names = list(heads)
+        names = list(self.net.aux_heads)
         weights = [float(aux_weights)] * len(names) if isinstance(aux_weights, (int, float)) else list(aux_weights)
         if len(weights) != len(names):
             raise ConfigError(f"model.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}")
-        for name, weight in zip(names, weights):
-            if weight == 0:
-                del heads[name]
+        self.net.remove_aux_heads(name for name, weight in zip(names, weights) if weight == 0)
         kept = [(name, weight) for name, weight in zip(names, weights) if weight != 0]
         return [name for name, _ in kept], [weight for _, weight in kept]
 
     # Weights.
     def prepare_data(self) -> None:
         # Download remote weights once per node (rank 0) into the torch.hub cache.
-        for source in (self.hparams.pretrained, self.hparams.backbone_weights):
-            if source == "imagenet" and hasattr(self.net, "load_backbone_weights"):
-                source = IMAGENET_URLS[self.net.context_path.backbone.name]
+        backbone = self.hparams.backbone_weights
+        for source in (self.hparams.pretrained, self.net.backbone_weights_url(backbone) if backbone else None):
             if source and "://" in source:
                 read_state_dict(source)
 
@@ -229,46 +229,16 @@ class SegmentationModule(L.LightningModule):
             return
         self._weights_loaded = True
         if self.hparams.backbone_weights and stage == "fit" and not self.hparams.pretrained:
-            if not hasattr(self.net, "load_backbone_weights"):
-                raise ConfigError(f"model.backbone_weights is for BiSeNetV1; {type(self.net).__name__} has no ImageNet backbone")
             self.net.load_backbone_weights(self.hparams.backbone_weights)
             rank_zero_info(f"Loaded backbone weights from {self.hparams.backbone_weights}")
         if self.hparams.pretrained:
             self.load_pretrained(self.hparams.pretrained)
 
     def load_pretrained(self, source: str | Path) -> None:
-        """Initialise the network from a checkpoint of ours, a state dict, or a CoinCheung .pth."""
-        state = read_state_dict(source)
-        if any(key.startswith("net.") for key in state):  # a LightningModule checkpoint
-            state = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
-        else:
-            try:
-                detect_coincheung_architecture(state)
-            except ConfigError:
-                pass
-            else:
-                state = convert_coincheung_state_dict(state)
-        state = {key.removeprefix("_orig_mod."): value for key, value in state.items()}
-        diff = compare_state_dicts(self.net.state_dict(), state)
-        # Classifiers of another class count are re-initialised; tensors of aux heads this run
-        # does not build are skipped; anything else must fit.
-        reinitialised, skipped, missing = diff.wrong_shape, diff.unexpected, diff.missing
-        if not all(".classifier." in k for k in reinitialised):
-            raise ConfigError(f"{source} does not fit this network: shapes differ for {reinitialised[:5]}")
-        if [k for k in missing if ".classifier." not in k and not k.startswith("aux_heads.")]:
-            raise ConfigError(f"{source} does not fit this network: missing {missing[:5]}")
-        keep = state.keys() - set(skipped) - set(reinitialised)
-        self.net.load_state_dict({k: state[k] for k in keep}, strict=False)
-        rank_zero_info(f"Loaded pretrained weights from {source}")
-        if reinitialised:
-            rank_zero_info(
-                f"Re-initialised classifier layers for {self.num_classes} classes (the checkpoint has "
-                f"{state[reinitialised[0]].shape[0]}): {', '.join(reinitialised)}"
-            )
-        if skipped:
-            rank_zero_info(f"Ignored {len(skipped)} checkpoint tensors this network does not have (e.g. {skipped[0]})")
-        if missing:
-            rank_zero_info(f"Kept fresh initialisation for {len(missing)} tensors not in the checkpoint (e.g. {missing[0]})")
+        """Initialise the network from a checkpoint of ours, a state dict, or a CoinCheung .pth
+        (see :func:`bisenet_pl.models.weights.load_network_weights`)."""
+        for line in load_network_weights(self.net, source):
+            rank_zero_info(line)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Dropout draws from the global RNG: a resumed run continues its stream exactly.
@@ -284,15 +254,7 @@ class SegmentationModule(L.LightningModule):
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
         theirs = checkpoint.get("state_dict", {})
-        wrong = compare_state_dicts(self.state_dict(), theirs).wrong_shape
-        if wrong:
-            classifier = "net.head.classifier.weight"
-            if classifier in wrong:
-                raise ConfigError(
-                    f"the checkpoint predicts {theirs[classifier].shape[0]} classes but this data has {self.num_classes}: "
-                    "use it as --model.pretrained=CHECKPOINT to fine-tune (classifiers re-initialised) instead of --ckpt_path"
-                )
-            raise ConfigError(f"the checkpoint does not fit this network: shapes differ for {wrong[:3]}")
+        check_checkpoint_fits(self.state_dict(), theirs, f"net.{self.net.classifier_weight}", self.num_classes)
 
     def configure_model(self) -> None:
         if self.hparams.channels_last:
@@ -360,28 +322,19 @@ class SegmentationModule(L.LightningModule):
         return {key: float(value) for key, value in scalars.items()}
 
     def on_validation_epoch_end(self) -> None:
-        results = self._log_epoch_metrics(self.val_metrics, "val")
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            print(
-                f"Validation at step {self.global_step}: mIoU {100 * results['val/mIoU']:.2f}, "
-                f"pixel accuracy {100 * results['val/pixel_accuracy']:.2f}",
-                flush=True,
-            )
+        self._log_epoch_metrics(self.val_metrics, "val")
 
     def on_test_epoch_end(self) -> None:
-        results = self._log_epoch_metrics(self.test_metrics, "test")
-        if self.trainer.is_global_zero:
-            print(format_iou_table(self.class_names, results, "test"))
+        self._log_epoch_metrics(self.test_metrics, "test")
 
     # Optimisation.
     def configure_optimizers(self):
         hp = self.hparams
-        head_names = tuple(getattr(self.net, "head_modules", ("head", "aux_heads")))
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(h, d): [] for h in (False, True) for d in (False, True)}
         for name, param in self.net.named_parameters():
             if not param.requires_grad:
                 continue
-            is_head = name.removeprefix("_orig_mod.").split(".", 1)[0] in head_names
+            is_head = self.net.is_head_parameter(name)
             decays = param.ndim > 1  # no decay on BatchNorm parameters and biases
             groups[(is_head, decays)].append(param)
         param_groups = [
@@ -429,13 +382,3 @@ def network_from_spec(spec: dict) -> Callable[[int], nn.Module]:
     module_name, _, class_name = spec["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     return functools.partial(cls, **spec.get("init_args", {}))
-
-
-def format_iou_table(class_names: Sequence[str], results: dict[str, float], stage: str) -> str:
-    """A per-class IoU table with mIoU and pixel accuracy, for the console."""
-    width = max(len(name) for name in [*class_names, "pixel accuracy"]) + 2
-    lines = [f"{'class':<{width}}{'IoU':>8}", "-" * (width + 8)]
-    lines += [f"{name:<{width}}{100 * results[f'{stage}/IoU/{name}']:>8.2f}" for name in class_names]
-    lines += ["-" * (width + 8), f"{'mIoU':<{width}}{100 * results[f'{stage}/mIoU']:>8.2f}"]
-    lines.append(f"{'pixel accuracy':<{width}}{100 * results[f'{stage}/pixel_accuracy']:>8.2f}")
-    return "\n".join(lines)

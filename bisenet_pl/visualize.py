@@ -20,10 +20,21 @@ CORRECT_COLOUR, WRONG_COLOUR, IGNORED_COLOUR = (40, 40, 40), (230, 30, 30), (255
 def palette_for(datamodule, num_classes: int) -> list[tuple[int, int, int]]:
     """The DataModule's class colours, or distinct default ones when it has none."""
     palette = getattr(datamodule, "palette", None)
-    if palette is None:
-        from bisenet_pl.data.folder import default_palette
+    return default_palette(num_classes) if palette is None else palette
 
-        palette = default_palette(num_classes)
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Distinct colours for any number of classes (the PASCAL VOC bit-interleaving scheme)."""
+    palette = []
+    for index in range(num_classes):
+        r = g = b = 0
+        value = index
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette.append((r, g, b))
     return palette
 
 

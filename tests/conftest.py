@@ -60,3 +60,15 @@ def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
         pytest.skip(f"reference outputs not found at {REFERENCE_DIR}")
     return REFERENCE_DIR
+
+
+def trained_like(net: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, as after training."""
+    generator = torch.Generator().manual_seed(0)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+            module.weight.data.copy_(1 + 0.1 * torch.randn(module.num_features, generator=generator))
+            module.bias.data.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+    return net.eval()

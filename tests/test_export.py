@@ -7,6 +7,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import trained_like
 from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import main
@@ -15,18 +16,6 @@ from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def trained_like(net: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, as after training."""
-    generator = torch.Generator().manual_seed(0)
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
-            module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
-            module.weight.data.copy_(1 + 0.1 * torch.randn(module.num_features, generator=generator))
-            module.bias.data.copy_(0.1 * torch.randn(module.num_features, generator=generator))
-    return net.eval()
 
 
 @pytest.mark.parametrize("cls", [BiSeNetV2, functools.partial(BiSeNetV1, backbone="resnet50")], ids=["v2", "v1-resnet50"])

@@ -11,7 +11,7 @@ from conftest import reference_state_dict
 from synthetic import make_folder
 
 from bisenet_pl.data import FolderDataModule
-from bisenet_pl.models import BiSeNetV1, BiSeNetV2
+from bisenet_pl.models import BiSeNetV1, BiSeNetV2, SegmentationNetwork
 from bisenet_pl.module import SegmentationModule, WarmupPolyLR
 
 
@@ -169,13 +169,14 @@ def test_checkpoints_rebuild_their_network(tmp_path):
         assert torch.equal(a, b), name
 
 
-class TinySegmenter(torch.nn.Module):
-    """Any network with the (num_classes) constructor contract works; this one compiles fast."""
+class TinySegmenter(SegmentationNetwork):
+    """Any network that keeps the contract (SegmentationNetwork) works; this one compiles fast."""
 
     def __init__(self, num_classes: int) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
         self.head = torch.nn.Conv2d(8, num_classes, 1)
+        self.aux_heads = torch.nn.ModuleDict()
 
     def forward(self, x):
         return self.head(self.body(x))

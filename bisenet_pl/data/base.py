@@ -15,8 +15,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from bisenet_pl.data.io import IMAGE_SUFFIXES, read_image, read_label
-from bisenet_pl.data.predict import ImageFiles, SameSizeBatches, VideoFrames, collate_predict, predict_loader_parts
-from bisenet_pl.data.resume import ResumableDataLoader, SeededShuffleSampler, SkippingBatchSampler
+from bisenet_pl.data.predict import PredictSource, SameSizeBatches
+from bisenet_pl.data.resume import resumable_train_loader
+from bisenet_pl.data.scan import scan_splits
 from bisenet_pl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -25,7 +26,7 @@ from bisenet_pl.data.transforms import (
     to_tensors,
     train_transform,
 )
-from bisenet_pl.errors import DataError, check_options, data_problems
+from bisenet_pl.errors import DataError, check_options
 
 Sample = tuple[Path, Path | None]
 LabelMap = Callable[[np.ndarray], np.ndarray]
@@ -272,8 +273,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.validate = validate
         self.predict_source = Path(predict_source).expanduser() if predict_source else None
         self.cache_images = cache_images
-        self._checked = False  # check_data already scanned every file
-        self._predict_parts: tuple | None = None  # the predict source's dataset and batching
+        self._scanned: set[str] = set()  # splits check_data already read through (validate)
+        self._predict_source: PredictSource | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
 
     # Dataset-specific parts.
@@ -307,19 +308,16 @@ class SegmentationDataModule(L.LightningDataModule):
         """Fail early, before anything is written: folders and pairing of the stage's splits, and
         with ``validate`` every image and label."""
         if stage == "predict" and self.predict_source is not None:
-            dataset = self.predict_parts()[0]  # a missing or unreadable source fails here, before any folder is made
-            if self.validate and isinstance(dataset, ImageFiles):
-                dataset.check_all()  # else unreadable images are skipped, named, and fail the run at its end
+            self.predict_reader().check(read_all=self.validate)  # before any folder is made
         if self.validate:
             self.check_splits(self.stage_splits(stage))
-            self._checked = True
         else:
             for split in self.stage_splits(stage):
                 self.samples(split)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.validate and not self._checked:
-            self.check_splits(self.stage_splits(stage))
+        if self.validate:
+            self.check_splits([split for split in self.stage_splits(stage) if split not in self._scanned])
         if stage in ("fit", None):
             self.datasets["train"] = self.dataset("train", train=True)
         if stage in ("fit", "validate", None):
@@ -329,7 +327,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 if split in self.datasets and self.datasets[split].decoded is None:
                     self._hold_in_memory(split)
         if stage == "predict" and self.predict_source is not None:
-            self.datasets["predict"] = self.predict_parts()[0]
+            self.datasets["predict"] = self.predict_reader().dataset
         elif stage in ("test", "predict"):
             self.datasets[stage] = self.dataset(self.test_split)
 
@@ -340,29 +338,16 @@ class SegmentationDataModule(L.LightningDataModule):
         else:
             rank_zero_warn(f"data.cache_images: the decoded {split} images do not fit in half the free memory; decoding each epoch")
 
-    def predict_parts(self) -> tuple:
-        """The predict source's dataset and DataLoader batching arguments, built once."""
-        if self._predict_parts is None:
-            transform = eval_transform(self.mean, self.std)
-            self._predict_parts = predict_loader_parts(self.predict_source, transform, self.val_batch_size)
-        return self._predict_parts
+    def predict_reader(self) -> PredictSource:
+        """The reader of ``predict_source`` (built once)."""
+        if self._predict_source is None:
+            self._predict_source = PredictSource(self.predict_source, eval_transform(self.mean, self.std), self.val_batch_size)
+        return self._predict_source
 
     def check_splits(self, splits: Sequence[str]) -> None:
-        """Read every sample of ``splits``; raise one :class:`DataError` listing every problem."""
-        problems: list[str] = []
-        for split in splits:
-            try:
-                dataset = self.dataset(split)
-            except DataError as error:
-                problems.append(f"{split}: {error}")
-                continue
-            for index in range(len(dataset)):
-                try:
-                    dataset.load(index)
-                except DataError as error:
-                    problems.append(f"{split}: {error}")
-        if problems:
-            raise data_problems(f"{len(problems)} problem(s) in the data at {self.root}", problems)
+        """Read every sample of ``splits`` now (see :func:`~bisenet_pl.data.scan.scan_splits`)."""
+        scan_splits(splits, self.dataset, self.root)
+        self._scanned.update(splits)
 
     def _loader_options(self) -> dict:
         return {
@@ -391,15 +376,8 @@ class SegmentationDataModule(L.LightningDataModule):
             raise DataError(
                 f"the training split of {self.root} has {len(dataset)} images, fewer than data.batch_size={self.batch_size}"
             )
-        # Shuffled and augmented from (seed, epoch, position) only, so training resumes mid-epoch
-        # exactly; drop_last because a last batch of 1 would break BatchNorm on pooled maps.
-        sampler = SeededShuffleSampler(dataset, seed=torch.initial_seed() % 2**31)
-        batches = SkippingBatchSampler(sampler, self.batch_size, drop_last=True)
-        loader = ResumableDataLoader(dataset, batch_sampler=batches, **self._loader_options())
-        if self.trainer is not None:
-            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-            loader.progress = lambda: progress.processed
-        return loader
+        # Resumes mid-epoch exactly (see bisenet_pl.data.resume).
+        return resumable_train_loader(dataset, self.batch_size, self.trainer, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.val_batch_size)
@@ -410,8 +388,4 @@ class SegmentationDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.predict_source is None:
             return self._loader("predict", self.val_batch_size)
-        dataset, batching = self.predict_parts()
-        options = self._loader_options()
-        if isinstance(dataset, VideoFrames):  # frames stay in order with at most one decoding worker
-            options.update(num_workers=min(1, self.num_workers), persistent_workers=False)
-        return DataLoader(dataset, collate_fn=collate_predict, **batching, **options)
+        return self.predict_reader().loader(**self._loader_options())

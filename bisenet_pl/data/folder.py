@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bisenet_pl.data.base import LabelMap, Sample, SegmentationDataModule, lookup_table, pair_by_stem
 from bisenet_pl.errors import ConfigError, DataError
+from bisenet_pl.visualize import default_palette
 
 
 class FolderDataModule(SegmentationDataModule):
@@ -76,18 +75,3 @@ class FolderDataModule(SegmentationDataModule):
 
     def label_map(self) -> LabelMap:
         return lookup_table({c: c for c in range(self.num_classes)}, [self.mask_ignore_value], self.ignore_index)
-
-
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """Distinct colours for any number of classes (the PASCAL VOC bit-interleaving scheme)."""
-    palette = []
-    for index in range(num_classes):
-        r = g = b = 0
-        value = index
-        for bit in range(8):
-            r |= ((value >> 0) & 1) << (7 - bit)
-            g |= ((value >> 1) & 1) << (7 - bit)
-            b |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette.append((r, g, b))
-    return palette

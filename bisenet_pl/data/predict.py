@@ -11,7 +11,7 @@ import albumentations as A
 import cv2
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from bisenet_pl.data.io import IMAGE_SUFFIXES, native_output_hidden, read_image
 from bisenet_pl.data.transforms import to_tensors
@@ -154,15 +154,41 @@ class VideoFrames(IterableDataset):
             )
 
 
-def predict_loader_parts(source: Path, transform: A.Compose, batch_size: int) -> tuple[Dataset, dict]:
-    """The dataset and DataLoader arguments for a predict source."""
-    if is_video(source):
-        if not source.is_file():
-            raise DataError(f"data.predict_source {source} does not exist")
-        # Frames in order: one process decodes (a worker, or the main process).
-        return VideoFrames(source, transform), {"batch_size": batch_size}
-    images = find_images(source)
-    return ImageFiles(images, transform), {"batch_sampler": SameSizeBatches(images, batch_size)}
+class PredictSource:
+    """What ``predict`` reads instead of a split: a folder of images, one image or a video, with
+    the evaluation transform; the dataset is found and opened once, on first use."""
+
+    def __init__(self, path: Path, transform: A.Compose, batch_size: int) -> None:
+        self.path, self.transform, self.batch_size = path, transform, batch_size
+        self._dataset: ImageFiles | VideoFrames | None = None
+
+    @property
+    def dataset(self) -> ImageFiles | VideoFrames:
+        """The frames or images; a missing or unreadable source fails here, in words."""
+        if self._dataset is None:
+            if is_video(self.path):
+                if not self.path.is_file():
+                    raise DataError(f"data.predict_source {self.path} does not exist")
+                self._dataset = VideoFrames(self.path, self.transform)
+            else:
+                self._dataset = ImageFiles(find_images(self.path), self.transform)
+        return self._dataset
+
+    def check(self, read_all: bool) -> None:
+        """Open the source; with ``read_all``, read every image now (else unreadable images are
+        skipped, named, and fail the run at its end)."""
+        if read_all and isinstance(self.dataset, ImageFiles):
+            self.dataset.check_all()
+
+    def loader(self, **options) -> DataLoader:
+        """A DataLoader over the source: images batched by size; video frames in order, decoded by
+        one process (a worker, or the main process)."""
+        dataset = self.dataset
+        if isinstance(dataset, VideoFrames):
+            options.update(num_workers=min(1, options.get("num_workers", 0)), persistent_workers=False)
+            return DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate_predict, **options)
+        batches = SameSizeBatches(dataset.paths, self.batch_size)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_predict, **options)
 
 
 def collate_predict(items: list[dict]) -> dict:

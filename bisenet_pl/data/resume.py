@@ -9,6 +9,7 @@ without reading them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,3 +65,16 @@ class ResumableDataLoader(DataLoader):
             epoch, done = epoch + 1, 0
         self.batch_sampler.sampler.set_epoch(epoch)
         self.batch_sampler.skip = done
+
+
+def resumable_train_loader(dataset: Dataset, batch_size: int, trainer: Any | None = None, **options) -> ResumableDataLoader:
+    """The training DataLoader: shuffled and augmented from (seed, epoch, position) only, and
+    ``drop_last`` (a last batch of one would break BatchNorm on pooled maps). Its progress within
+    an epoch is what ``trainer`` has trained on; this is where the loader reads Lightning's loop."""
+    sampler = SeededShuffleSampler(dataset, seed=torch.initial_seed() % 2**31)
+    batches = SkippingBatchSampler(sampler, batch_size, drop_last=True)
+    loader = ResumableDataLoader(dataset, batch_sampler=batches, **options)
+    if trainer is not None:
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        loader.progress = lambda: progress.processed
+    return loader

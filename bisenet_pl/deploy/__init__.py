@@ -23,7 +23,8 @@ from bisenet_pl.deploy.network import (
     recalibrate_batchnorm,
 )
 from bisenet_pl.deploy.quantize import model_input, quantize_onnx
-from bisenet_pl.deploy.runtime import BACKENDS, Backend, CpuFeatures, Precision, Predictor, cpu_features, load_predictor, onnx_session
+from bisenet_pl.deploy.runtime import BACKENDS, Backend, Precision, Predictor, load_predictor, onnx_session
+from bisenet_pl.hardware import CpuFeatures, cpu_features
 
 __all__ = [
     "BACKENDS", "EXPORT_SUFFIXES", "IMAGE_INPUTS", "Backend", "CpuFeatures", "DeployedNetwork", "ExportFormat",

@@ -45,7 +45,7 @@ class ExportOptions:
             raise ConfigError(f"8-bit input ({self.image_input}) needs the training data's mean and std: give the training config")
 
     def network(self, net: nn.Module) -> nn.Module:
-        return deployable(net, self.labels, self.image_input, self.mean, self.std)
+        return deployable(net, labels=self.labels, image_input=self.image_input, mean=self.mean, std=self.std)
 
 
 def export_onnx(
@@ -116,15 +116,8 @@ def append_argmax(model, dtype: LabelDtype):
     return model
 
 
-def export_torchscript(
-    net: nn.Module,
-    path: str | Path,
-    example_size: tuple[int, int] = (512, 1024),
-    labels: LabelDtype | None = None,
-    options: ExportOptions | None = None,
-) -> Path:
+def export_torchscript(net: nn.Module, path: str | Path, options: ExportOptions = ExportOptions()) -> Path:
     """Trace to TorchScript; sizes follow the input (the traced graph reads them from it)."""
-    options = options or ExportOptions(labels=labels, example_size=example_size)
     model = options.network(net)
     images = example_images(net, options.example_size, options.image_input)
     with warnings.catch_warnings(), torch.no_grad():
@@ -148,6 +141,18 @@ def save_openvino(model, path: Path) -> Path:
     return path
 
 
+def check_format(format: str, precision: str) -> None:
+    """Refuse a format and precision that do not go together, before any work is done."""
+    if format not in EXPORT_SUFFIXES:
+        raise ConfigError(f"export format must be one of {', '.join(EXPORT_SUFFIXES)}; got {format!r}")
+    if precision not in ("fp32", "bf16", "int8"):
+        raise ConfigError(f"export precision must be fp32, bf16 or int8; got {precision!r}")
+    if format == "torchscript" and precision != "fp32":
+        raise ConfigError(f"TorchScript export is fp32; {precision} needs --format onnx or openvino")
+    if format == "onnx" and precision == "bf16":
+        raise ConfigError("bf16 is an OpenVINO inference precision: use --format openvino (ONNX Runtime's CPU kernels are fp32 or int8)")
+
+
 def export(
     net: nn.Module,
     path: str | Path,
@@ -161,14 +166,9 @@ def export(
     ``calibration``: RGB uint8 HxWx3 training images (a few hundred); bf16 is OpenVINO's."""
     options = options or ExportOptions(labels=labels, example_size=example_size)
     path = Path(path)
+    check_format(format, options.precision)
     if format == "torchscript":
-        if options.precision != "fp32":
-            raise ConfigError(f"TorchScript export is fp32; {options.precision} needs --format onnx or openvino")
         return export_torchscript(net, path, options=options)
-    if format not in EXPORT_SUFFIXES:
-        raise ConfigError(f"export format must be one of {', '.join(EXPORT_SUFFIXES)}; got {format!r}")
-    if format == "onnx" and options.precision == "bf16":
-        raise ConfigError("bf16 is an OpenVINO inference precision: use --format openvino (ONNX Runtime's CPU kernels are fp32 or int8)")
     if options.precision == "int8" and calibration is None:
         raise ConfigError("int8 needs calibration images: give --calibration (a data config or a folder of training images)")
     if format == "onnx" and options.precision == "fp32":
@@ -180,7 +180,7 @@ def export(
         onnx_path = export_onnx(net, Path(scratch) / "float.onnx", options=replace(options, labels=None))
         if options.precision == "int8":
             mean, std = options.mean or (0, 0, 0), options.std or (1, 1, 1)
-            onnx_path = quantize_onnx(onnx_path, Path(scratch) / "int8.onnx", calibration, options.image_input, mean, std)
+            onnx_path = save_onnx(quantize_onnx(onnx_path, calibration, options.image_input, mean, std), Path(scratch) / "int8.onnx")
         if options.labels:
             onnx_path = save_onnx(append_argmax(onnx.load(str(onnx_path)), options.labels), Path(scratch) / "labels.onnx")
         if format == "onnx":

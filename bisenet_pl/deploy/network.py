@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from bisenet_pl.models.base import SegmentationNetwork
+
 LabelDtype = Literal["int32", "int64"]
 #: What an exported file takes: float images normalised as in training (N, 3, H, W), or 8-bit RGB
 #: images as read from disk, channels first or last, normalised inside the graph.
@@ -74,8 +76,8 @@ def inference_network(net: nn.Module, fold: bool = True) -> nn.Module:
     """A copy of ``net`` for deployment: eval mode, no aux heads, BatchNorm folded (``fold``), weights
     in the default memory format (torch.export fails on the shape guards of channels-last weights)."""
     net = copy.deepcopy(net).eval().to(memory_format=torch.contiguous_format)
-    if isinstance(getattr(net, "aux_heads", None), nn.ModuleDict):
-        net.aux_heads = nn.ModuleDict()
+    if isinstance(net, SegmentationNetwork):
+        net.remove_aux_heads()
     if fold:
         fold_batchnorm(net)
     for parameter in net.parameters():
@@ -121,16 +123,10 @@ class DeployedNetwork(nn.Module):
         return logits.argmax(dim=1).to(self.labels) if self.labels is not None else logits
 
 
-def deployable(
-    net: nn.Module,
-    labels: LabelDtype | None = None,
-    image_input: ImageInput = "float",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    fold: bool = True,
-) -> DeployedNetwork:
-    """An eval-mode :class:`DeployedNetwork` around a folded copy of ``net`` (see :func:`inference_network`)."""
-    return DeployedNetwork(inference_network(net, fold=fold), labels, image_input, mean, std).eval()
+def deployable(net: nn.Module, fold: bool = True, **options) -> DeployedNetwork:
+    """An eval-mode :class:`DeployedNetwork` (``options``: its ``labels``, ``image_input``, ``mean``
+    and ``std``) around a deployable copy of ``net`` (see :func:`inference_network`)."""
+    return DeployedNetwork(inference_network(net, fold=fold), **options).eval()
 
 
 def input_channels(net: nn.Module) -> int:

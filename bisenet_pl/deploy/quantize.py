@@ -15,7 +15,6 @@ import numpy as np
 
 from bisenet_pl.deploy.network import ImageInput
 from bisenet_pl.errors import ConfigError
-from bisenet_pl.files import atomic_write
 
 DEPLOY_EXTRA = "pip install 'bisenet-pl[deploy]'"
 
@@ -42,14 +41,13 @@ def import_nncf():
 
 def quantize_onnx(
     source: str | Path,
-    output: str | Path,
     images: Iterable[np.ndarray],
     image_input: ImageInput = "float",
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
-) -> Path:
-    """Quantize the fp32 ONNX file ``source`` to int8 at ``output``, calibrated on ``images`` (RGB
-    uint8 HxWx3, any sizes; a few hundred is plenty); returns ``output``."""
+):
+    """The fp32 ONNX file ``source`` quantized to int8 (an ``onnx.ModelProto``), calibrated on
+    ``images`` (RGB uint8 HxWx3, any sizes; a few hundred is plenty)."""
     import onnx
 
     nncf = import_nncf()
@@ -69,7 +67,4 @@ def quantize_onnx(
             activations_quantization_params=nncf.quantization.advanced_parameters.QuantizationParameters(per_channel=False)
         ),
     )
-    output = Path(output)
-    with atomic_write(output) as partial:
-        onnx.save(quantized, str(partial))
-    return output
+    return quantized

@@ -8,7 +8,6 @@ from typing import Literal
 import numpy as np
 
 from bisenet_pl.errors import ConfigError
-from bisenet_pl.hardware import CpuFeatures, cpu_features  # noqa: F401  (part of deploy's API)
 
 Backend = Literal["onnxruntime", "openvino"]
 BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")

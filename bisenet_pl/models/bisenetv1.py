@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from bisenet_pl.models.layers import ConvBNAct, SegmentHead, check_batch_size, resize_to
-from bisenet_pl.models.resnet import ResNet, ResNetName, load_backbone_weights
+from bisenet_pl.models.base import SegmentationNetwork
+from bisenet_pl.models.resnet import IMAGENET_URLS, ResNet, ResNetName, load_backbone_weights
 
 #: Auxiliary head positions in forward-output order: the context path's 1/8 and 1/16 outputs.
 V1_AUX_POSITIONS: tuple[str, ...] = ("context8", "context16")
@@ -114,7 +115,7 @@ class SumFusion(nn.Module):
         return spatial + context
 
 
-class BiSeNetV1(nn.Module):
+class BiSeNetV1(SegmentationNetwork):
     """BiSeNet V1 for semantic segmentation.
 
     Args:
@@ -138,7 +139,7 @@ class BiSeNetV1(nn.Module):
     """
 
     #: Modules trained at the head learning rate (10x in the reference recipe, fusion included).
-    head_modules: tuple[str, ...] = ("fusion", "head", "aux_heads")
+    head_modules = ("fusion", "head", "aux_heads")
 
     def __init__(
         self,
@@ -151,13 +152,10 @@ class BiSeNetV1(nn.Module):
         global_context: bool = True,
         fusion: Literal["ffm", "sum"] = "ffm",
     ) -> None:
-        super().__init__()
-        unknown = set(aux_heads) - set(V1_AUX_POSITIONS)
-        if unknown:
-            raise ValueError(f"unknown BiSeNetV1 aux_heads {sorted(unknown)}; choose from {list(V1_AUX_POSITIONS)}")
+        super().__init__(num_classes)
+        self.check_aux_heads(aux_heads, V1_AUX_POSITIONS)
         if fusion not in ("ffm", "sum"):
             raise ValueError(f"BiSeNetV1 fusion must be ffm or sum, got {fusion!r}")
-        self.num_classes = num_classes
         self.context_path = ContextPath(
             backbone, in_channels=in_channels, attention_refinement=attention_refinement, global_context=global_context
         )
@@ -203,9 +201,12 @@ class BiSeNetV1(nn.Module):
                 return attention.bn
         return None
 
-    def load_backbone_weights(self, weights: str | Path) -> None:
+    def backbone_weights_url(self, source: str) -> str:
+        return IMAGENET_URLS[self.context_path.backbone.name] if source == "imagenet" else source
+
+    def load_backbone_weights(self, source: str | Path) -> None:
         """Load ImageNet ResNet weights: ``"imagenet"``, a local path or a URL."""
-        load_backbone_weights(self.context_path.backbone, weights)
+        load_backbone_weights(self.context_path.backbone, source)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         pooled_norm = self._pooled_norm()

@@ -21,7 +21,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bisenet_pl.models.layers import ConvBNAct, SegmentHead, check_batch_size, resize_to
+from bisenet_pl.models.base import SegmentationNetwork
+from bisenet_pl.models.layers import ConvBNAct, SegmentHead, check_batch_size, depthwise_separable, resize_to
 
 #: Booster head positions in forward-output order, with each feature's stride.
 V2_AUX_POSITIONS: dict[str, int] = {"stem": 4, "stage3": 8, "stage4": 16, "stage5": 32}
@@ -164,12 +165,7 @@ class BilateralGuidedAggregation(nn.Module):
 
     def __init__(self, channels: int = 128) -> None:
         super().__init__()
-        self.detail_high = nn.Sequential(
-            OrderedDict(
-                depthwise=ConvBNAct(channels, channels, 3, groups=channels, act=False),
-                pointwise=nn.Conv2d(channels, channels, 1, bias=False),
-            )
-        )
+        self.detail_high = depthwise_separable(channels)
         self.detail_low = nn.Sequential(
             OrderedDict(
                 downsample=ConvBNAct(channels, channels, 3, stride=2, act=False),
@@ -177,12 +173,7 @@ class BilateralGuidedAggregation(nn.Module):
             )
         )
         self.semantic_high = ConvBNAct(channels, channels, 3, act=False)
-        self.semantic_low = nn.Sequential(
-            OrderedDict(
-                depthwise=ConvBNAct(channels, channels, 3, groups=channels, act=False),
-                pointwise=nn.Conv2d(channels, channels, 1, bias=False),
-            )
-        )
+        self.semantic_low = depthwise_separable(channels)
         self.fuse = ConvBNAct(channels, channels, 3)
 
     def forward(self, detail: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
@@ -227,7 +218,7 @@ def scaled_depth(depth: int, multiplier: float) -> int:
     return 1 + max(1, round((depth - 1) * multiplier))
 
 
-class BiSeNetV2(nn.Module):
+class BiSeNetV2(SegmentationNetwork):
     """BiSeNet V2 for semantic segmentation.
 
     Args:
@@ -255,9 +246,6 @@ class BiSeNetV2(nn.Module):
     eval mode; every output has the input's spatial size, whatever that size is.
     """
 
-    #: Modules trained at the head learning rate (10x in the reference recipe).
-    head_modules: tuple[str, ...] = ("head", "aux_heads")
-
     def __init__(
         self,
         num_classes: int,
@@ -273,17 +261,14 @@ class BiSeNetV2(nn.Module):
         width_multiplier: float = 1.0,
         depth_multiplier: float = 1.0,
     ) -> None:
-        super().__init__()
-        unknown = set(aux_heads) - set(V2_AUX_POSITIONS)
-        if unknown:
-            raise ValueError(f"unknown BiSeNetV2 aux_heads {sorted(unknown)}; choose from {list(V2_AUX_POSITIONS)}")
+        super().__init__(num_classes)
+        self.check_aux_heads(aux_heads, V2_AUX_POSITIONS)
         if branches not in ("both", "detail", "semantic"):
             raise ValueError(f"BiSeNetV2 branches must be both, detail or semantic, got {branches!r}")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"BiSeNetV2 aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
         if branches == "detail" and aux_heads:
             raise ValueError("BiSeNetV2 with branches='detail' has no semantic branch for booster heads: set aux_heads to []")
-        self.num_classes = num_classes
         self.branches = branches
         detail_channels = [self._channels(c * width_multiplier, "width_multiplier") for c in DETAIL_CHANNELS]
         semantic_channels = [

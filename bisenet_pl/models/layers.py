@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,6 +110,16 @@ class SegmentHead(nn.Module):
         # Scores are resized in float32 (a no-op without autocast): under bf16 autocast on a CPU,
         # resizing the few-channel logits in bf16 is slower, and the losses take float32 anyway.
         return resize_to(self.classifier(x).float(), output_size, mode="bilinear")
+
+
+def depthwise_separable(channels: int) -> nn.Sequential:
+    """3x3 depthwise conv-BN, then a 1x1 pointwise conv without norm or activation (BGA's branches)."""
+    return nn.Sequential(
+        OrderedDict(
+            depthwise=ConvBNAct(channels, channels, 3, groups=channels, act=False),
+            pointwise=nn.Conv2d(channels, channels, 1, bias=False),
+        )
+    )
 
 
 def check_batch_size(x: torch.Tensor, norm: nn.BatchNorm2d, network: str) -> None:

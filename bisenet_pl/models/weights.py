@@ -15,6 +15,8 @@ import torch
 
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import atomic_write
+from bisenet_pl.models.base import SegmentationNetwork
+from bisenet_pl.models.convert import convert_coincheung_state_dict, detect_coincheung_architecture
 
 
 #: Weights released with the package, by name (``--model.pretrained=bisenetv2_camvid``): the
@@ -166,3 +168,54 @@ def compare_state_dicts(expected: Mapping[str, torch.Tensor], given: Mapping[str
         unexpected=sorted(given.keys() - expected.keys()),
         wrong_shape=sorted(k for k in expected.keys() & given.keys() if expected[k].shape != given[k].shape),
     )
+
+
+def load_network_weights(net: SegmentationNetwork, source: str | Path) -> list[str]:
+    """Initialise ``net`` from a checkpoint of ``bisenet-pl fit``, a weights file, a state dict or a
+    CoinCheung/BiSeNet ``.pth`` (converted); return what was done, one line each, for the log.
+
+    Classifiers of another class count are re-initialised, tensors of aux heads ``net`` does not
+    build are skipped, anything else must fit (a one-line :class:`ConfigError` otherwise).
+    """
+    state = read_state_dict(source)
+    if any(key.startswith("net.") for key in state):  # a LightningModule checkpoint
+        state = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
+    else:
+        try:
+            detect_coincheung_architecture(state)
+        except ConfigError:
+            pass
+        else:
+            state = convert_coincheung_state_dict(state)
+    state = {key.removeprefix("_orig_mod."): value for key, value in state.items()}  # saved from torch.compile(net)
+    diff = compare_state_dicts(net.state_dict(), state)
+    reinitialised, skipped, missing = diff.wrong_shape, diff.unexpected, diff.missing
+    if not all(net.is_classifier_parameter(k) for k in reinitialised):
+        raise ConfigError(f"{source} does not fit this network: shapes differ for {reinitialised[:5]}")
+    if [k for k in missing if not net.is_classifier_parameter(k) and not k.startswith("aux_heads.")]:
+        raise ConfigError(f"{source} does not fit this network: missing {missing[:5]}")
+    keep = state.keys() - set(skipped) - set(reinitialised)
+    net.load_state_dict({k: state[k] for k in keep}, strict=False)
+    report = [f"Loaded pretrained weights from {source}"]
+    if reinitialised:
+        report.append(
+            f"Re-initialised classifier layers for {net.num_classes} classes (the checkpoint has "
+            f"{state[reinitialised[0]].shape[0]}): {', '.join(reinitialised)}"
+        )
+    if skipped:
+        report.append(f"Ignored {len(skipped)} checkpoint tensors this network does not have (e.g. {skipped[0]})")
+    if missing:
+        report.append(f"Kept fresh initialisation for {len(missing)} tensors not in the checkpoint (e.g. {missing[0]})")
+    return report
+
+
+def check_checkpoint_fits(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], classifier_key: str, num_classes: int) -> None:
+    """Refuse in words a checkpoint (``--ckpt_path``) whose tensors do not fit the module's."""
+    wrong = compare_state_dicts(expected, given).wrong_shape
+    if classifier_key in wrong:
+        raise ConfigError(
+            f"the checkpoint predicts {given[classifier_key].shape[0]} classes but this data has {num_classes}: "
+            "use it as --model.pretrained=CHECKPOINT to fine-tune (classifiers re-initialised) instead of --ckpt_path"
+        )
+    if wrong:
+        raise ConfigError(f"the checkpoint does not fit this network: shapes differ for {wrong[:3]}")

@@ -1,0 +1,169 @@
+"""CPU deployment: each backend and precision exports, loads and predicts; 8-bit input with the
+normalisation inside equals normalising by hand; int8 calibrates on a handful of images; the
+export command scores what it wrote; the CPU's features are read, not assumed."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import trained_like
+from synthetic import make_camvid_segnet
+
+from bisenet_pl.cli import main
+from bisenet_pl.deploy import (
+    CpuFeatures,
+    DeployedNetwork,
+    ExportOptions,
+    compare_with_pytorch,
+    cpu_features,
+    export,
+    load_predictor,
+    model_input,
+    quantize_onnx,
+)
+from bisenet_pl.errors import ConfigError
+from bisenet_pl.models import BiSeNetV2
+
+REPO = Path(__file__).resolve().parents[1]
+MEAN, STD = (0.39, 0.40, 0.41), (0.30, 0.31, 0.29)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return trained_like(BiSeNetV2(num_classes=5))
+
+
+def images(count: int = 3, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (64 + 8 * i, 96, 3), dtype=np.uint8) for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    "format, precision",
+    [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")],
+)
+def test_each_backend_and_precision_exports_loads_and_predicts(net, tmp_path, format, precision):
+    options = ExportOptions(image_input="uint8_nhwc", mean=MEAN, std=STD, precision=precision, example_size=(64, 96))
+    path = export(net, tmp_path / f"net.{'xml' if format == 'openvino' else 'onnx'}", format, options=options, calibration=images())
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["net.bin", "net.xml"] if format == "openvino" else ["net.onnx"])  # nothing else left
+    predictor = load_predictor(path, threads=1)
+    assert predictor.backend == ("openvino" if format == "openvino" else "onnxruntime")
+    if precision == "int8":
+        assert predictor.precision.startswith("int8")
+    elif precision == "bf16" and cpu_features().native_bf16:
+        assert predictor.precision == "bf16"
+    else:
+        assert predictor.precision in ("fp32", "bf16")
+    image = images(1, seed=1)[0]
+    logits = predictor(image[None])
+    assert logits.shape == (1, 5, image.shape[0], image.shape[1]) and logits.dtype == np.float32
+    comparison = compare_with_pytorch(net, path, options, (80, 112))
+    if precision == "fp32":
+        assert comparison["max_abs_diff"] <= 1e-4 * comparison["scale"]
+    else:  # close, not equal: the classes of most pixels stay
+        assert 0 < comparison["max_abs_diff"] <= 0.5 * comparison["scale"]
+        with torch.no_grad():
+            expected = DeployedNetwork(net, image_input="uint8_nhwc", mean=MEAN, std=STD)(torch.from_numpy(image[None]))
+        assert (logits.argmax(axis=1) == expected.argmax(dim=1).numpy()).mean() >= 0.8
+
+
+@pytest.mark.parametrize("image_input", ["uint8_nhwc", "uint8_nchw"])
+def test_8bit_input_equals_normalising_by_hand(net, tmp_path, image_input):
+    image = images(1)[0]
+    by_hand = (image.astype(np.float32) / 255 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(by_hand.transpose(2, 0, 1)[None].copy())).numpy()
+        ours = DeployedNetwork(net, image_input=image_input, mean=MEAN, std=STD)(torch.from_numpy(model_input(image, image_input, MEAN, STD))).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    options = ExportOptions(labels="int32", image_input=image_input, mean=MEAN, std=STD, example_size=(64, 96))
+    labels = load_predictor(export(net, tmp_path / "net.onnx", options=options))(model_input(image, image_input, MEAN, STD))
+    assert labels.dtype == np.int32 and labels.shape == (1, *image.shape[:2])
+    assert (labels == expected.argmax(axis=1)).mean() > 0.999
+
+
+def test_int8_calibration_on_a_handful_of_images(net, tmp_path):
+    float_path = export(net, tmp_path / "float.onnx", options=ExportOptions(example_size=(64, 96)))
+    graph = quantize_onnx(float_path, images(3), "float", MEAN, STD).graph
+    made_by = {output: node for node in graph.node for output in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    dequantized_inputs = [made_by.get(conv.input[0]) is not None and made_by[conv.input[0]].op_type == "DequantizeLinear" for conv in convs]
+    assert sum(dequantized_inputs) >= len(convs) - 2  # int8 convolutions throughout...
+    assert not dequantized_inputs[-1]  # ...but the classifier, which stays float
+    with pytest.raises(ConfigError, match="at least one image"):
+        quantize_onnx(float_path, [], "float", MEAN, STD)
+
+
+def test_export_command_writes_int8_openvino_and_scores_it(tmp_path, capsys):
+    camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 3, "val": 2})
+    output = tmp_path / "out" / "camvid.xml"
+    output.parent.mkdir()
+    main([
+        "export", "--model.pretrained=bisenetv2_camvid", "--format=openvino", "--precision=int8", "--input=uint8_nhwc",
+        "--labels=int32", f"--config={REPO / 'configs' / 'camvid.yaml'}", f"--data.root={camvid}", "--size", "64", "96",
+        "--calibration_images=2", "--score", f"--output={output}",
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "openvino int8 against PyTorch fp32 at 64x96" in printed
+    assert "val mIoU on 2 images: the file" in printed and "PyTorch fp32" in printed
+    assert sorted(p.name for p in output.parent.iterdir()) == ["camvid.bin", "camvid.xml"]
+    labels = load_predictor(output)(np.zeros((1, 40, 56, 3), np.uint8))
+    assert labels.dtype == np.int32 and labels.shape == (1, 40, 56) and labels.max() < 11
+
+
+def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
+    folder = make_camvid_segnet(tmp_path / "camvid", {"train": 2}) / "train"
+    output = tmp_path / "int8.onnx"
+    main(["export", "--model.pretrained=bisenetv2_camvid", "--precision=int8", f"--calibration={folder}", "--size", "64", "96", f"--output={output}"])
+    assert "onnxruntime int8 against PyTorch fp32" in capsys.readouterr().out
+    assert load_predictor(output).precision == "int8"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--format=onnx", "--precision=bf16"], "bf16 is an OpenVINO inference precision"),
+        (["--format=torchscript", "--precision=int8"], "TorchScript export is fp32"),
+        (["--format=weights", "--precision=int8"], "--format weights writes float16 weights"),
+        (["--precision=int8"], "--precision int8 needs calibration images"),
+        (["--precision=int8", "--calibration={empty}"], "the folder holds no images"),
+        (["--precision=int8", "--calibration={missing}"], "no such data config or folder of images"),
+        (["--score"], "--score: no config.yaml"),
+        (["--calibration_images=0", "--precision=int8"], "--calibration_images must be >= 1"),
+    ],
+)
+def test_export_command_refuses_what_it_cannot_do(tmp_path, options, message):
+    (tmp_path / "empty").mkdir()
+    options = [o.format(empty=tmp_path / "empty", missing=tmp_path / "missing") for o in options]
+    with pytest.raises(SystemExit, match=message):
+        main(["export", "--model.pretrained=bisenetv2_camvid", "--size", "64", "96", f"--output={tmp_path / 'out.onnx'}", *options])
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_uint8_input_needs_the_training_normalisation():
+    """Without the training data's mean and std (a plain checkpoint, no config) nothing is baked in."""
+    with pytest.raises(ConfigError, match="mean and std"):
+        ExportOptions(image_input="uint8_nhwc")
+
+
+def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
+    with pytest.raises(ConfigError, match="expected an exported .onnx or OpenVINO .xml"):
+        load_predictor(tmp_path / "net.pt")
+    path = export(net, tmp_path / "net.onnx", options=ExportOptions(example_size=(64, 96)))
+    with pytest.raises(ConfigError, match="needs --backend openvino"):
+        load_predictor(path, precision="bf16")
+    assert load_predictor(path, backend="openvino", precision="fp32").describe() == "openvino fp32"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_predictor(tmp_path / "missing.onnx")
+
+
+def test_cpu_features_name_what_decides_the_fastest_variant():
+    avx2 = CpuFeatures("AVX2 CPU", frozenset({"avx2", "fma"}))
+    assert (avx2.vector, avx2.native_bf16, avx2.int8_dot_product) == ("AVX2", None, None)
+    zen = CpuFeatures("EPYC", frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}))
+    assert (zen.vector, zen.native_bf16, zen.int8_dot_product) == ("AVX512", "AVX512_BF16", "AVX512_VNNI")
+    xeon = CpuFeatures("Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"}))
+    assert (xeon.native_bf16, xeon.int8_dot_product, xeon.amx) == ("AMX", "AMX", True)
+    assert xeon.describe() == "Xeon (AVX512, bf16: AMX, int8: AMX)"
+    assert cpu_features().name  # this machine's, read from /proc/cpuinfo
