@@ -268,6 +268,8 @@ class ProgressBar(RichProgressBar):
     def _step_bounded(self) -> bool:
         return self.trainer.max_epochs in (None, -1) and self.trainer.max_steps > 0
 
+    # A private method of RichProgressBar: it has no public hook for the description of the training
+    # bar. Checked against Lightning 2.6.6; if it is renamed, the bar falls back to Lightning's text.
     def _get_train_description(self, current_epoch: int) -> str:
         if self._step_bounded():
             return f"Epoch {current_epoch} · step {self.trainer.global_step}/{self.trainer.max_steps}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -18,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from bisenet_pl.errors import ConfigError, NonFiniteLossError, check_options
 from bisenet_pl.inference import EvalMode, EvaluationProtocol, class_scores
 from bisenet_pl.losses import LossName, build_loss
-from bisenet_pl.models.base import SegmentationNetwork
+from bisenet_pl.models.base import SegmentationNetwork, network_from_spec, network_spec
 from bisenet_pl.models.weights import check_checkpoint_fits, load_network_weights, read_state_dict, read_weights_info
 
 
@@ -310,7 +308,7 @@ class SegmentationModule(L.LightningModule):
             key: value for key, value in batch.items() if key not in ("image", "mask")
         }
 
-    def _log_epoch_metrics(self, metrics: MetricCollection, stage: str) -> dict[str, float]:
+    def _log_epoch_metrics(self, metrics: MetricCollection, stage: str) -> None:
         results = metrics.compute()
         metrics.reset()
         self.confusion_matrices[stage] = results.pop(f"{stage}/confusion_matrix").cpu()
@@ -319,7 +317,6 @@ class SegmentationModule(L.LightningModule):
         scalars.update({f"{stage}/IoU/{name}": iou for name, iou in zip(self.class_names, per_class)})
         # Already reduced over processes by torchmetrics: every rank holds the same values.
         self.log_dict(scalars, sync_dist=True)
-        return {key: float(value) for key, value in scalars.items()}
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics(self.val_metrics, "val")
@@ -365,20 +362,3 @@ class SegmentationModule(L.LightningModule):
 
 def _as_list(value: float | Sequence[float]) -> list[float]:
     return [value] if isinstance(value, (int, float)) else list(value)
-
-
-def network_spec(net: Callable[[int], nn.Module]) -> dict | None:
-    """``{"class_path", "init_args"}`` for a network class or a ``functools.partial`` of one."""
-    keywords = {}
-    if isinstance(net, functools.partial) and not net.args:
-        net, keywords = net.func, dict(net.keywords)
-    if not isinstance(net, type):
-        return None  # an arbitrary factory: load_from_checkpoint then needs net=...
-    return {"class_path": f"{net.__module__}.{net.__qualname__}", "init_args": keywords}
-
-
-def network_from_spec(spec: dict) -> Callable[[int], nn.Module]:
-    """The network factory a :func:`network_spec` describes."""
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return functools.partial(cls, **spec.get("init_args", {}))

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from conftest import load_benchmark
+from synthetic import make_camvid_segnet
 
 from bisenet_pl.benchmark import count_flops, measure_interleaved, percentile
 from bisenet_pl.models import BiSeNetV2
@@ -46,3 +47,23 @@ def test_flops_and_percentiles():
     latencies = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, iterations=4, rounds=2)
     assert set(latencies) == {"a", "b"} and calls.count("a") == calls.count("b") == 1 + 2 + 4  # warm-up, untimed, timed
     assert calls[2:5] == ["a"] * 3  # blocks: untimed call then 2 timed calls of one variant
+
+
+def test_speed_script_scores_every_variant_with_weights_and_data(capsys, tmp_path):
+    """--checkpoint and --data-root add each variant's val mIoU, and every row says how far its
+    logits are from PyTorch fp32's (exact: within 1e-4 of their scale)."""
+    camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 2})
+    load_script().main([
+        "--networks", "v2", "--sizes", "64x96", "--variants", "reference", "onnxruntime", "openvino", "openvino-int8",
+        "--iterations", "1", "--warmup", "0", "--skip-training", "--checkpoint", "bisenetv2_camvid",
+        "--data-root", str(camvid), "--calibration-images", "2", "--json", str(tmp_path / "speed.json"),
+    ])  # fmt: skip
+    rows = {row["variant"]: row for row in json.loads((tmp_path / "speed.json").read_text())}
+    assert list(rows) == ["reference", "onnxruntime", "openvino", "openvino-int8"]
+    for row in rows.values():
+        assert {"miou", "within_1_miou", "max_abs_diff", "logit_scale", "exact"} <= set(row) and 0 <= row["miou"] <= 100
+    assert rows["reference"]["max_abs_diff"] == 0 and rows["reference"]["within_1_miou"]
+    assert rows["onnxruntime"]["exact"] and rows["openvino"]["exact"]  # fp32: PyTorch's logits to round-off
+    assert rows["onnxruntime"]["miou"] == pytest.approx(rows["reference"]["miou"], abs=0.01)
+    assert not rows["openvino-int8"]["exact"]  # int8 is close, not equal
+    assert "| miou | within_1_miou |" in capsys.readouterr().out

@@ -4,7 +4,9 @@ deployment rely on, written down once. BiSeNetV1 and BiSeNetV2 implement it; so 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+import importlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -74,3 +76,20 @@ class SegmentationNetwork(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         raise NotImplementedError
+
+
+def network_spec(net: Callable[[int], nn.Module]) -> dict | None:
+    """``{"class_path", "init_args"}`` for a network class or a ``functools.partial`` of one."""
+    keywords = {}
+    if isinstance(net, functools.partial) and not net.args:
+        net, keywords = net.func, dict(net.keywords)
+    if not isinstance(net, type):
+        return None  # an arbitrary factory: load_from_checkpoint then needs net=...
+    return {"class_path": f"{net.__module__}.{net.__qualname__}", "init_args": keywords}
+
+
+def network_from_spec(spec: dict) -> Callable[[int], nn.Module]:
+    """The network factory a :func:`network_spec` describes."""
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return functools.partial(cls, **spec.get("init_args", {}))
