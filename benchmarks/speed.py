@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from bisenet_pl.benchmark import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
+from bisenet_pl.data.base import SegmentationDataset
 from bisenet_pl.deploy import DeployedNetwork, export_onnx, inference_network, load_predictor, quantize_onnx
 from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou
 from bisenet_pl.deploy.export import ExportOptions, append_argmax, save_onnx
@@ -43,6 +44,7 @@ from bisenet_pl.files import atomic_write
 from bisenet_pl.hardware import cpu_features
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.models.layers import Dropout
+from bisenet_pl.models.weights import read_weights_info
 from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,30 +147,31 @@ def inference_table(args, device: torch.device) -> list[dict]:
     rows = []
     folder = Path(tempfile.mkdtemp(prefix="bisenet-bench-"))
     trained = SegmentationModule.from_pretrained(args.checkpoint).net.float().eval() if args.checkpoint else None
-    val, train = scoring_data(args, trained)
+    data = scoring_data(args)
+    normalisation = trained_normalisation(args.checkpoint, data)
+    calibration = calibration_images(args, data) if any("int8" in v for v in args.variants) else None
     for name in args.networks:
         torch.manual_seed(0)
-        scored = trained is not None and type(trained) is NETWORKS[name] and val is not None
-        net = trained if trained is not None and type(trained) is NETWORKS[name] else NETWORKS[name](num_classes=args.num_classes).eval()
-        mean, std = (args.mean, args.std) if trained is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        ours = trained is not None and type(trained) is NETWORKS[name]
+        net = trained if ours else NETWORKS[name](num_classes=args.num_classes).eval()
+        mean, std = normalisation if ours else (IMAGENET_MEAN, IMAGENET_STD)
         files = {}
         if any(v in EXPORTED_VARIANTS for v in args.variants):
-            calibration = calibration_images(args, train)
-            files = exported_files(net, folder / name, mean, std, calibration if any("int8" in v for v in args.variants) else None)
+            files = exported_files(net, folder / name, mean, std, calibration)
         variants = {
             v: exported_variant(v, files, torch.get_num_threads()) if v in EXPORTED_VARIANTS else pytorch_variant(v, net, mean, std, device)
             for v in args.variants
         }
         scores = {}
-        if scored:
+        if ours and data is not None:
             start = time.perf_counter()
             scores = mean_iou({v: (lambda image, run=variant.segment: np.asarray(run(image[None]))[0]) for v, variant in variants.items()},
-                              val, args.num_classes_scored, args.ignore_index)  # fmt: skip
+                              data.val, data.num_classes, data.ignore_index)  # fmt: skip
             print(f"scored {len(args.variants)} variants of {type(net).__name__} on {args.data_root} val in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         deployed = inference_network(net)
         for size in args.sizes:
             height, width = parse_size(size)
-            images = benchmark_images(args.batch_size, height, width, val)
+            images = benchmark_images(args.batch_size, height, width, data.val if data else None)
             flops = count_flops(deployed, torch.randn(1, 3, height, width))
             expected = variants["reference"].logits(images) if "reference" in variants else None
             runs, setup = {}, {}
@@ -219,38 +222,53 @@ def benchmark_images(batch: int, height: int, width: int, val: list | None) -> n
     return np.repeat(cv2.resize(val[0][0], (width, height), interpolation=cv2.INTER_LINEAR)[None], batch, axis=0)
 
 
-def scoring_data(args, trained: torch.nn.Module | None):
-    """The val samples to score (a list of (image, mask)) and the train split for calibration, from
-    ``--data-root`` (a CamVid layout); the class count and normalisation come from the weights."""
+class ScoringData(NamedTuple):
+    """``--data-root``'s val samples (RGB image, mask) to score, its train split to calibrate on."""
+
+    val: list[tuple[np.ndarray, np.ndarray]]
+    train: SegmentationDataset
+    num_classes: int
+    ignore_index: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def scoring_data(args) -> ScoringData | None:
+    """The CamVid-layout data of ``--data-root``, if given (its class count must be the weights')."""
     if args.data_root is None:
-        return None, None
+        return None
     from bisenet_pl.data.camvid import CamVidDataModule
 
     datamodule = CamVidDataModule(root=args.data_root)
     datamodule.prepare_data()
-    args.mean, args.std = list(datamodule.mean), list(datamodule.std)
-    args.num_classes_scored, args.ignore_index = datamodule.num_classes, datamodule.ignore_index
-    if trained is not None:
-        from bisenet_pl.models.weights import read_weights_info
-
-        info = read_weights_info(args.checkpoint)
-        args.mean, args.std = info.mean or args.mean, info.std or args.std
-        if info.num_classes != datamodule.num_classes:
-            raise SystemExit(f"--checkpoint {args.checkpoint} has {info.num_classes} classes; {args.data_root} has {datamodule.num_classes}")
+    if args.checkpoint:
+        classes = read_weights_info(args.checkpoint).num_classes
+        if classes != datamodule.num_classes:
+            raise SystemExit(f"--checkpoint {args.checkpoint} has {classes} classes; {args.data_root} has {datamodule.num_classes}")
     val = datamodule.dataset("val")
     count = len(val) if args.val_images is None else min(args.val_images, len(val))
-    return [val.load(i) for i in range(count)], datamodule.dataset("train")
+    return ScoringData(
+        [val.load(i) for i in range(count)], datamodule.dataset("train"), datamodule.num_classes,
+        datamodule.ignore_index, datamodule.mean, datamodule.std,
+    )  # fmt: skip
 
 
-def calibration_images(args, train) -> list[np.ndarray]:
+def trained_normalisation(checkpoint: str | None, data: ScoringData | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The trained network's mean and std: its weights file's, else the data's, else ImageNet's."""
+    info = read_weights_info(checkpoint) if checkpoint else None
+    if info is not None and info.mean is not None:
+        return tuple(info.mean), tuple(info.std)
+    return (data.mean, data.std) if data is not None else (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def calibration_images(args, data: ScoringData | None) -> list[np.ndarray]:
     """``--calibration-images`` training images in a fixed random order, or random images (for
     speed alone: int8 accuracy is then not scored) without ``--data-root``."""
     generator = np.random.default_rng(0)
-    if train is None:
+    if data is None:
         height, width = parse_size(args.sizes[0])
         return [generator.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)]
-    order = generator.permutation(len(train))[: args.calibration_images]
-    return [train.load(int(i))[0] for i in order]
+    return [data.train.load(int(i))[0] for i in generator.permutation(len(data.train))[: args.calibration_images]]
 
 
 def recipe_options(config: Path) -> tuple[dict, str]:

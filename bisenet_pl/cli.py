@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
+from bisenet_pl.data.base import fixed_subset
 from bisenet_pl.data.config import datamodule_from_config
 from bisenet_pl.errors import ConfigError, UserError
 from bisenet_pl.files import atomic_write, check_writable
@@ -216,6 +217,9 @@ def convert_command(args: list[str]) -> None:
     print(f"wrote {len(state)} tensors to {options.output}")
 
 
+GIVE_CONFIG = "give the training config as --config"
+
+
 def export_command(args: list[str]) -> None:
     """``bisenet-pl export``: a trained network for deployment (eval mode, aux heads dropped,
     BatchNorm folded) as ONNX (dynamic batch and size), OpenVINO IR or TorchScript, in fp32, bf16 or
@@ -249,9 +253,10 @@ def export_command(args: list[str]) -> None:
     parser.add_argument("--calibration_images", type=int, default=300, metavar="N", help="int8: how many images calibrate it")
     parser.add_argument("--score", action="store_true", help="score the file and the PyTorch network (fp32) on the config's val split")
     options = parser.parse_args(args)
-    for name in ("bn_images", "calibration_images"):
-        if getattr(options, name) < (0 if name == "bn_images" else 1):
-            raise ConfigError(f"--{name} must be >= {0 if name == 'bn_images' else 1}; got {getattr(options, name)}")
+    if options.bn_images < 0:
+        raise ConfigError(f"--bn_images must be >= 0; got {options.bn_images}")
+    if options.calibration_images < 1:
+        raise ConfigError(f"--calibration_images must be >= 1; got {options.calibration_images}")
     if options.format == "weights" and (options.precision, options.image_input, options.labels) != ("fp32", "float", None):
         raise ConfigError("--format weights writes float16 weights: --precision, --input and --labels apply to onnx, openvino and torchscript")
     if options.format != "weights":
@@ -272,7 +277,7 @@ def export_command(args: list[str]) -> None:
     if config is None and options.ckpt_path and (saved := Path(source).parent.parent / "config.yaml").is_file():
         config = saved  # fit saves it in the run folder, checkpoints in run/checkpoints
     datamodule = datamodule_from_config(config, options.data_root) if config is not None else None
-    no_data = f"no config.yaml beside {source}; give the training config as --config"
+    no_data = f"no config.yaml beside {source}; {GIVE_CONFIG}"
     if datamodule is not None:
         info.mean, info.std, info.palette = list(datamodule.mean), list(datamodule.std), [list(c) for c in datamodule.palette]
     if options.bn_images:
@@ -296,7 +301,7 @@ def export_command(args: list[str]) -> None:
     export_options = ExportOptions(options.labels, options.image_input, info.mean, info.std, options.precision, tuple(options.size))
     calibration = None
     if options.precision == "int8":
-        calibration = calibration_images(options.calibration, datamodule, options.calibration_images, no_data)
+        calibration = calibration_images(options.calibration, datamodule, options.calibration_images)
     export(module.net, output, options.format, options=export_options, calibration=calibration)
     print(f"wrote {output} ({options.format} {options.precision}, {options.image_input} images in, {'labels ' + options.labels if options.labels else 'logits'} out, {what})")
     if options.format == "torchscript":
@@ -311,7 +316,7 @@ def export_command(args: list[str]) -> None:
         print(score_export(module.net, output, export_options, datamodule))
 
 
-def calibration_images(source: Path | None, datamodule: SegmentationDataModule | None, count: int, no_data: str) -> list:
+def calibration_images(source: Path | None, datamodule: SegmentationDataModule | None, count: int) -> list:
     """``count`` training images (RGB uint8) in a fixed random order: of the data config ``source``,
     of the folder ``source``, or of the training config's data."""
     from bisenet_pl.data.base import list_images
@@ -321,18 +326,16 @@ def calibration_images(source: Path | None, datamodule: SegmentationDataModule |
         paths = list_images(source)
         if not paths:
             raise ConfigError(f"--calibration {source}: the folder holds no images")
-        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))[:count].tolist()
-        return [read_image(paths[i]) for i in order]
+        return [read_image(paths[i]) for i in fixed_subset(len(paths), count)]
     if source is not None:
         if not source.is_file():
             raise ConfigError(f"--calibration {source}: no such data config or folder of images")
         datamodule = datamodule_from_config(source)
     if datamodule is None:
-        raise ConfigError(f"--precision int8 needs calibration images: give --calibration (a data config or a folder), or {no_data.split('; ')[1]}")
+        raise ConfigError(f"--precision int8 needs calibration images: give --calibration (a data config or a folder), or {GIVE_CONFIG}")
     datamodule.prepare_data()
     train = datamodule.dataset("train")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count].tolist()
-    return [train.load(i)[0] for i in order]
+    return [train.load(i)[0] for i in fixed_subset(len(train), count)]
 
 
 def score_export(net: torch.nn.Module, path: Path, options, datamodule: SegmentationDataModule) -> str:
@@ -356,7 +359,7 @@ def batchnorm_batches(datamodule: SegmentationDataModule, count: int) -> Iterato
     """``count`` training images in a fixed random order, at full size (no crops), in training batches."""
     datamodule.prepare_data()
     train = datamodule.dataset("train")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count].tolist()
+    order = fixed_subset(len(train), count)
     batch = max(2, datamodule.batch_size)
     for start in range(0, len(order), batch):
         images = [train[i]["image"] for i in order[start : start + batch]]

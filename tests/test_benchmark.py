@@ -75,3 +75,14 @@ def test_speed_script_scores_every_variant_with_weights_and_data(tmp_path):
     assert rows["onnxruntime"]["miou"] == pytest.approx(rows["reference"]["miou"], abs=0.01)
     assert not rows["openvino-int8"]["exact"]  # int8 is close, not equal
     assert "| logit_scale | exact | miou | within_1_miou |" in done.stdout
+
+
+def test_speed_script_takes_weights_without_data(tmp_path):
+    """--checkpoint alone times the trained network with its own normalisation (nothing scored)."""
+    load_script().main([
+        "--networks", "v2", "--sizes", "64x96", "--variants", "reference", "folded+channels_last", "--iterations", "1",
+        "--warmup", "0", "--skip-training", "--checkpoint", "bisenetv2_camvid", "--json", str(tmp_path / "speed.json"),
+    ])  # fmt: skip
+    rows = json.loads((tmp_path / "speed.json").read_text())
+    assert [row["variant"] for row in rows] == ["reference", "folded+channels_last"] and all(row["exact"] for row in rows)
+    assert "miou" not in rows[0] and rows[0]["params_M"] == pytest.approx(3.34, abs=0.01)  # the 11-class network

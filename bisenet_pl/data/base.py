@@ -59,6 +59,11 @@ def lookup_table(classes: dict[int, int], void: Iterable[int], ignore_index: int
     return apply
 
 
+def fixed_subset(total: int, count: int) -> list[int]:
+    """``count`` of ``range(total)`` in a fixed random order (seed 0): the same images every run."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count].tolist()
+
+
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 

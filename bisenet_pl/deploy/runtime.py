@@ -1,7 +1,8 @@
-"""Running exported files on the CPU with ONNX Runtime or OpenVINO, and what this CPU offers them."""
+"""Running exported files on the CPU with ONNX Runtime or OpenVINO (what the CPU offers them: bisenet_pl.hardware)."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +40,7 @@ class Predictor:
     the file's input layout and type) and returns its output (logits or class ids)."""
 
     backend: Backend
-    precision: str  # what the runtime computes in, as it reports it
+    precision: str  # what the runtime computes in; found when first asked, not at load
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -52,10 +53,16 @@ class OnnxRuntimePredictor(Predictor):
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = path
         self.session = onnx_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
-        quantized = any(node.op_type == "QLinearConv" or node.op_type.startswith("QuantizeLinear") for node in onnx_nodes(path))
-        self.precision = "int8" if quantized else "fp32"
+
+    @cached_property
+    def precision(self) -> str:
+        import onnx
+
+        nodes = onnx.load(str(self.path), load_external_data=False).graph.node
+        return "int8" if any(node.op_type in ("QuantizeLinear", "QLinearConv") for node in nodes) else "fp32"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: images})[0]
@@ -70,12 +77,6 @@ def onnx_session(path: str | Path, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_nodes(path: str | Path) -> list:
-    import onnx
-
-    return list(onnx.load(str(path), load_external_data=False).graph.node)
 
 
 class OpenVinoPredictor(Predictor):
@@ -98,16 +99,17 @@ class OpenVinoPredictor(Predictor):
         elif precision not in (None, "int8"):
             raise ConfigError(f"OpenVINO precision must be fp32 or bf16; got {precision!r}")
         self.requests: dict[tuple[int, ...], object] = {}
-        quantized = any(op.get_type_name() == "FakeQuantize" for op in self.model.get_ops())
-        computes = self.compiled((1, *self.example_shape())).get_property("INFERENCE_PRECISION_HINT").to_string()
-        computes = {"f32": "fp32", "f16": "fp16"}.get(computes, computes)
-        self.precision = f"int8+{computes}" if quantized else computes
 
-    def example_shape(self) -> tuple[int, ...]:
-        """A small static shape for the file's input (batch left out), to ask the compiled model its precision."""
+    @cached_property
+    def precision(self) -> str:
+        """What OpenVINO compiles the file to on this CPU, asked of a small compilation of it."""
         shape = self.model.inputs[0].get_partial_shape()
-        layout_last = shape[3].is_static and shape[3].get_length() in (1, 3)
-        return (64, 64, shape[3].get_length()) if layout_last else (shape[1].get_length(), 64, 64)
+        channels_last = shape[3].is_static and shape[3].get_length() in (1, 3)
+        example = (1, 64, 64, shape[3].get_length()) if channels_last else (1, shape[1].get_length(), 64, 64)
+        computes = self.compiled(example).get_property("INFERENCE_PRECISION_HINT").to_string()
+        computes = {"f32": "fp32", "f16": "fp16"}.get(computes, computes)
+        quantized = any(op.get_type_name() == "FakeQuantize" for op in self.model.get_ops())
+        return f"int8+{computes}" if quantized else computes
 
     def compiled(self, shape: tuple[int, ...]):
         model = self.model.clone()
