@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from bisenet_pl.batchnorm import BatchNormRecalibration, recalibrate_batchnorm
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
 from bisenet_pl.data.base import fixed_subset
 from bisenet_pl.data.config import datamodule_from_config
@@ -69,6 +69,9 @@ class BiSeNetCLI(LightningCLI):
                 "last_checkpoint.monitor": None,
             }
         )
+        # BatchNorm statistics of full-size training images before each validation and checkpoint
+        # (--bn_recalibration.images): what is logged is what the checkpoint scores.
+        parser.add_lightning_class_args(BatchNormRecalibration, "bn_recalibration")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
@@ -226,7 +229,7 @@ def export_command(args: list[str]) -> None:
     calibrated int8, optionally from 8-bit images to class ids; or as a float16 weights file that
     ``--model.pretrained`` and ``SegmentationModule.from_pretrained`` load."""
     from bisenet_pl.deploy import EXPORT_SUFFIXES, IMAGE_INPUTS, ExportOptions, compare_with_pytorch, describe_comparison
-    from bisenet_pl.deploy import export, inference_network, recalibrate_batchnorm
+    from bisenet_pl.deploy import export, inference_network
     from bisenet_pl.deploy.export import check_format
     from bisenet_pl.deploy.runtime import backend_for
 
@@ -283,14 +286,16 @@ def export_command(args: list[str]) -> None:
     if options.bn_images:
         if datamodule is None:
             raise ConfigError(f"--bn_images: {no_data}")
-        recalibrate_batchnorm(module.net, batchnorm_batches(datamodule, options.bn_images))
-        print(f"recomputed BatchNorm statistics on {options.bn_images} training images of {datamodule.root} at full size")
+        datamodule.prepare_data()
+        used = recalibrate_batchnorm(module.net, datamodule.full_size_batches(options.bn_images, max(2, datamodule.batch_size)))
+        asked = "" if used == options.bn_images else f" (--bn_images {options.bn_images}; that is all the split has in batches of one size)"
+        print(f"recomputed BatchNorm statistics on {used} training images of {datamodule.root} at full size{asked}")
     if options.format == "weights":
         if info.mean is None:
             raise ConfigError(f"--format weights: {no_data}")
         info.training |= {"source": Path(source).name}
         if options.bn_images:
-            info.training["batchnorm_images"] = options.bn_images
+            info.training["batchnorm_images"] = used
         save_inference_weights(inference_network(module.net, fold=False).state_dict(), info, output)
         print(f"wrote {output} (float16 weights, {output.stat().st_size / 2**20:.1f} MiB, {what})")
         return
@@ -353,21 +358,6 @@ def score_export(net: torch.nn.Module, path: Path, options, datamodule: Segmenta
     loss = scores["pytorch"] - scores["file"]
     flag = f" (more than {MIOU_TOLERANCE} lost: check the calibration)" if loss > MIOU_TOLERANCE else ""
     return f"val mIoU on {len(val)} images: the file {scores['file']:.2f}, PyTorch fp32 {scores['pytorch']:.2f}, {loss:+.2f} lost{flag}"
-
-
-def batchnorm_batches(datamodule: SegmentationDataModule, count: int) -> Iterator[torch.Tensor]:
-    """``count`` training images in a fixed random order, at full size (no crops), in training batches."""
-    datamodule.prepare_data()
-    train = datamodule.dataset("train")
-    order = fixed_subset(len(train), count)
-    batch = max(2, datamodule.batch_size)
-    for start in range(0, len(order), batch):
-        images = [train[i]["image"] for i in order[start : start + batch]]
-        if len(images) < 2:  # BatchNorm on the pooled context needs two
-            continue
-        if len({tuple(image.shape) for image in images}) > 1:
-            raise ConfigError("--bn_images: the training images differ in size; they are used whole, in batches of one size")
-        yield torch.stack(images)
 
 
 TOOLS = {"stats": stats_command, "convert": convert_command, "export": export_command}

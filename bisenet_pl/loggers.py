@@ -22,7 +22,11 @@ from bisenet_pl.inference import main_logits
 from bisenet_pl.visualize import confusion_matrix_figure, denormalize, figure_to_array, palette_for, sample_panel
 
 #: W&B summaries of a run: the best value, not the last, is what a sweep optimises.
-SUMMARY_METRICS: dict[str, str] = {"val/mIoU": "max", "val/pixel_accuracy": "max", "val/loss": "min"}
+SUMMARY_METRICS: dict[str, str] = {
+    f"{split}/{name}": summary
+    for split in ("val", "dev")
+    for name, summary in (("mIoU", "max"), ("pixel_accuracy", "max"), ("loss", "min"))
+}
 
 
 class WandbLogger(LightningWandbLogger):
@@ -166,6 +170,7 @@ class ValidationImages(Callback):
     @torch.no_grad()
     def _log_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         loader = trainer.val_dataloaders
+        loader = loader[0] if isinstance(loader, (list, tuple)) else loader  # val; a dev split comes second
         dataset = getattr(loader, "dataset", None)
         if dataset is None or len(dataset) == 0:
             return
@@ -239,11 +244,13 @@ class ConsoleReport(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.is_global_zero:
             metrics = trainer.callback_metrics
-            print(
-                f"Validation at step {trainer.global_step}: mIoU {100 * float(metrics['val/mIoU']):.2f}, "
-                f"pixel accuracy {100 * float(metrics['val/pixel_accuracy']):.2f}",
-                flush=True,
-            )
+            splits = [split for split in ("val", "dev") if f"{split}/mIoU" in metrics]
+            scores = [
+                f"mIoU {100 * float(metrics[f'{split}/mIoU']):.2f}, pixel accuracy {100 * float(metrics[f'{split}/pixel_accuracy']):.2f}"
+                + (f" on {split}" if len(splits) > 1 else "")
+                for split in splits
+            ]
+            print(f"Validation at step {trainer.global_step}: {'; '.join(scores)}", flush=True)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:

@@ -175,6 +175,7 @@ class SegmentationModule(L.LightningModule):
             }
         )
         self.val_metrics = metrics.clone(prefix="val/")
+        self.dev_metrics = metrics.clone(prefix="dev/")  # a held-out split validated beside val
         self.test_metrics = metrics.clone(prefix="test/")
         #: The last epoch's confusion matrix per stage (rows: target, columns: prediction).
         self.confusion_matrices: dict[str, torch.Tensor] = {}
@@ -290,11 +291,18 @@ class SegmentationModule(L.LightningModule):
         scores = class_scores(self, batch["image"], self.evaluation)
         if self.evaluation.is_plain:  # the scores are logits: the loss means what it does in training
             loss = self.criterion(scores, batch["mask"])
-            self.log(f"{stage}/loss", loss, batch_size=scores.shape[0], sync_dist=True)
+            self.log(f"{stage}/loss", loss, batch_size=scores.shape[0], sync_dist=True, add_dataloader_idx=False)
         metrics.update(scores.argmax(dim=1), batch["mask"])
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluation_step(batch, self.val_metrics, "val")
+    def validation_splits(self) -> list[str]:
+        """The names of the validation loaders, in order: the DataModule's ``val_splits``
+        (``val``, and ``dev`` where one is held out), else ``val``."""
+        datamodule = self.trainer.datamodule if self._trainer else None
+        return list(getattr(datamodule, "val_splits", ["val"]))
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = self.validation_splits()[dataloader_idx]
+        self._evaluation_step(batch, self.dev_metrics if split == "dev" else self.val_metrics, split)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, self.test_metrics, "test")
@@ -316,10 +324,11 @@ class SegmentationModule(L.LightningModule):
         scalars = dict(results)
         scalars.update({f"{stage}/IoU/{name}": iou for name, iou in zip(self.class_names, per_class)})
         # Already reduced over processes by torchmetrics: every rank holds the same values.
-        self.log_dict(scalars, sync_dist=True)
+        self.log_dict(scalars, sync_dist=True, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics(self.val_metrics, "val")
+        for split in self.validation_splits():
+            self._log_epoch_metrics(self.dev_metrics if split == "dev" else self.val_metrics, split)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics(self.test_metrics, "test")

@@ -38,13 +38,16 @@ def image_for(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.repeat((base + noise).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def make_camvid_segnet(root: Path, counts: dict[str, int] | None = None, seed: int = 0) -> Path:
-    """SegNet layout: split/ and splitannot/ with values 0..10 and void 11."""
+def make_camvid_segnet(
+    root: Path, counts: dict[str, int] | None = None, seed: int = 0, sequences: tuple[str, ...] = ("0001TP",)
+) -> Path:
+    """SegNet layout: split/ and splitannot/ with values 0..10 and void 11; file names start with
+    their video sequence, taken from ``sequences`` in turn."""
     rng = np.random.default_rng(seed)
     for split, count in (counts or {"train": 4, "val": 2, "test": 2}).items():
         for index in range(count):
             label = block_label(rng, list(range(12)))
-            name = f"0001TP_{index:06d}.png"
+            name = f"{sequences[index % len(sequences)]}_{index:06d}.png"
             write_rgb(root / split / name, image_for(label, rng))
             write_gray(root / f"{split}annot" / name, label)
     # The real release's list files hold absolute paths that exist nowhere; they must not matter.

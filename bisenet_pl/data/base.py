@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import albumentations as A
@@ -215,6 +216,10 @@ class SegmentationDataModule(L.LightningDataModule):
             half of the free memory (CamVid's 367 train and 101 val images: about 310 MB) instead of
             decoding every image every epoch. Worth it where decoding competes with training for few
             CPU cores.
+        dev_files: file-name patterns (shell-style, e.g. ``"0006R0_*"``) of training images held out
+            of training as the ``dev`` split: validated beside ``val`` and logged as ``dev/...``.
+            Hold out whole sequences or places, so that dev measures what a test split of unseen
+            scenes does; images of a sequence that stays in training are near-copies of its others.
 
     Subclasses set ``num_classes``, ``class_names``, ``palette`` and implement ``samples``.
     """
@@ -241,6 +246,7 @@ class SegmentationDataModule(L.LightningDataModule):
         validate: bool = False,
         predict_source: str | None = None,
         cache_images: bool = False,
+        dev_files: list[str] | None = None,
     ) -> None:
         super().__init__()
         check_options(
@@ -278,6 +284,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.validate = validate
         self.predict_source = Path(predict_source).expanduser() if predict_source else None
         self.cache_images = cache_images
+        self.dev_files = list(dev_files) if dev_files else []
         self._scanned: set[str] = set()  # splits check_data already read through (validate)
         self._predict_source: PredictSource | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
@@ -291,7 +298,39 @@ class SegmentationDataModule(L.LightningDataModule):
         """How stored label values become train ids (``None``: stored as train ids already)."""
         return None
 
+    def dev_option(self) -> str:
+        """The option that chose the dev split, as the user wrote it (for messages)."""
+        return f"data.dev_files={self.dev_files}"
+
     # Shared machinery.
+    @property
+    def val_splits(self) -> list[str]:
+        """The splits every validation scores, in the order of the validation loaders."""
+        return ["val", "dev"] if self.dev_files else ["val"]
+
+    def split_samples(self, split: str) -> list[Sample]:
+        """The samples of ``split`` with the dev split applied: ``train`` without the files that
+        match ``dev_files``, ``dev`` those files; other splits as :meth:`samples` gives them."""
+        if split not in ("train", "dev"):
+            return self.samples(split)
+        if not self.dev_files:
+            if split == "dev":
+                raise DataError("there is no dev split: choose its training images with data.dev_files (file-name patterns)")
+            return self.samples(split)
+        train = self.samples("train")
+        names = [image.name for image, _ in train]
+        for pattern in self.dev_files:
+            if not fnmatch.filter(names, pattern):
+                examples = ", ".join(names[:: max(1, len(names) // 3)][:3])
+                raise DataError(
+                    f"{self.dev_option()}: {pattern!r} matches none of the {len(train)} training images "
+                    f"(named like {examples})"
+                )
+        held = [any(fnmatch.fnmatch(name, pattern) for pattern in self.dev_files) for name in names]
+        if all(held):
+            raise DataError(f"{self.dev_option()} holds out all {len(train)} training images; nothing is left to train on")
+        return [sample for sample, dev in zip(train, held) if dev == (split == "dev")]
+
     def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
         """A dataset of ``split`` with the training or the evaluation pipeline."""
         transform = (
@@ -301,13 +340,15 @@ class SegmentationDataModule(L.LightningDataModule):
             if train
             else eval_transform(self.mean, self.std)
         )
-        return SegmentationDataset(self.samples(split), self.num_classes, self.ignore_index, self.label_map(), transform)
+        return SegmentationDataset(self.split_samples(split), self.num_classes, self.ignore_index, self.label_map(), transform)
 
     def stage_splits(self, stage: str | None) -> list[str]:
         """The splits a trainer stage reads."""
         if stage == "predict" and self.predict_source is not None:
             return []
-        return {"validate": ["val"], "test": [self.test_split], "predict": [self.test_split]}.get(stage, ["train", "val"])
+        return {"validate": self.val_splits, "test": [self.test_split], "predict": [self.test_split]}.get(
+            stage, ["train", *self.val_splits]
+        )
 
     def check_data(self, stage: str | None) -> None:
         """Fail early, before anything is written: folders and pairing of the stage's splits, and
@@ -318,7 +359,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self.check_splits(self.stage_splits(stage))
         else:
             for split in self.stage_splits(stage):
-                self.samples(split)
+                self.split_samples(split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.validate:
@@ -326,9 +367,10 @@ class SegmentationDataModule(L.LightningDataModule):
         if stage in ("fit", None):
             self.datasets["train"] = self.dataset("train", train=True)
         if stage in ("fit", "validate", None):
-            self.datasets["val"] = self.dataset("val")
+            for split in self.val_splits:
+                self.datasets[split] = self.dataset(split)
         if self.cache_images and stage in ("fit", "validate", None):
-            for split in ("train", "val"):
+            for split in ("train", *self.val_splits):
                 if split in self.datasets and self.datasets[split].decoded is None:
                     self._hold_in_memory(split)
         if stage == "predict" and self.predict_source is not None:
@@ -342,6 +384,25 @@ class SegmentationDataModule(L.LightningDataModule):
             rank_zero_info(f"Holding the {len(self.datasets[split])} decoded {split} images in memory ({held / 2**20:.0f} MB)")
         else:
             rank_zero_warn(f"data.cache_images: the decoded {split} images do not fit in half the free memory; decoding each epoch")
+
+    def full_size_batches(self, count: int, batch_size: int) -> Iterator[torch.Tensor]:
+        """``count`` training images (a fixed random subset), whole and unaugmented, stacked in
+        batches of up to ``batch_size`` images of one size: what BatchNorm statistics for full-size
+        evaluation are computed on. A size with a single image is left out (BatchNorm needs two)."""
+        train = self.dataset("train")
+        held = self.datasets.get("train")
+        if held is not None and held.decoded is not None:
+            train.decoded = held.decoded  # the same images, decoded already
+        pending: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for index in fixed_subset(len(train), count):
+            image = train[index]["image"]
+            group = pending.setdefault(tuple(image.shape), [])
+            group.append(image)
+            if len(group) == batch_size:
+                yield torch.stack(pending.pop(tuple(image.shape)))
+        for group in pending.values():
+            if len(group) > 1:
+                yield torch.stack(group)
 
     def predict_reader(self) -> PredictSource:
         """The reader of ``predict_source`` (built once)."""
@@ -384,8 +445,9 @@ class SegmentationDataModule(L.LightningDataModule):
         # Resumes mid-epoch exactly (see bisenet_pl.data.resume).
         return resumable_train_loader(dataset, self.batch_size, self.trainer, **self._loader_options())
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.val_batch_size)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [self._loader(split, self.val_batch_size) for split in self.val_splits]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.val_batch_size)

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from bisenet_pl.data.base import LabelMap, Sample, SegmentationDataModule, lookup_table, pair_by_stem
-from bisenet_pl.errors import DataError
+from bisenet_pl.errors import ConfigError, DataError
 
 CAMVID_CLASSES = [
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
@@ -83,6 +83,11 @@ class CamVidDataModule(SegmentationDataModule):
         layout: ``auto`` (detect), ``segnet`` or ``colour``.
         download: fetch the SegNet-layout CamVid into ``root`` if it is not there.
         url: where to download from.
+        dev_sequences: video sequences held out of training as the ``dev`` split, e.g. ``[0006R0]``
+            (file names start with their sequence: train holds 0001TP, 0006R0 and 0016E5; val is
+            more frames of 0016E5; test is 0001TP and Seq05VD). Validated beside val, logged as
+            ``dev/...``: a sequence the network never saw behaves like test, val does not.
+            Equivalent to ``dev_files: ["0006R0_*"]``.
         **kwargs: the options every DataModule takes (see ``SegmentationDataModule``).
     """
 
@@ -101,14 +106,26 @@ class CamVidDataModule(SegmentationDataModule):
         val_batch_size: int = 4,
         mean: tuple[float, float, float] = CAMVID_MEAN,
         std: tuple[float, float, float] = CAMVID_STD,
+        dev_sequences: list[str] | None = None,
         **kwargs,
     ) -> None:
+        if dev_sequences and kwargs.get("dev_files"):
+            raise ConfigError("give data.dev_sequences or data.dev_files, not both")
+        if dev_sequences:
+            kwargs["dev_files"] = [f"{sequence}_*" for sequence in dev_sequences]
         super().__init__(
             root, crop_size=crop_size, scale_range=scale_range, val_batch_size=val_batch_size, mean=mean, std=std, **kwargs
         )
+        self.dev_sequences = list(dev_sequences or [])
         self.layout = layout
         self.download = download
         self.url = url
+
+    def dev_option(self) -> str:
+        if not self.dev_sequences:
+            return super().dev_option()
+        sequences = sorted({image.name.split("_")[0] for image, _ in self.samples("train")})
+        return f"data.dev_sequences={self.dev_sequences} (the training sequences: {', '.join(sequences)})"
 
     def detected_layout(self) -> Literal["segnet", "colour"]:
         if self.layout != "auto":

@@ -20,8 +20,8 @@ from bisenet_pl.deploy.network import (
     example_images,
     fold_batchnorm,
     inference_network,
-    recalibrate_batchnorm,
 )
+from bisenet_pl.batchnorm import recalibrate_batchnorm
 from bisenet_pl.deploy.quantize import model_input, quantize_onnx
 from bisenet_pl.deploy.runtime import BACKENDS, Backend, Precision, Predictor, load_predictor, onnx_session
 from bisenet_pl.hardware import CpuFeatures, cpu_features

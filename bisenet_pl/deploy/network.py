@@ -43,35 +43,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
-    """Recompute every BatchNorm's running statistics, in place, as the average over ``batches``
-    (image tensors of at least 2 images) of their batch statistics; nothing else changes.
-
-    Statistics gathered on small training crops need not describe full-size images: deep in the
-    network a 192x256 crop's feature maps are 6x8 pixels, mostly border. Recomputed on training
-    images at the size of inference, they match what the network then sees.
-    """
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [norm.momentum for norm in norms]
-    was_training = net.training
-    net.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a plain average over all batches
-        norm.train()
-    seen = 0
-    for images in batches:
-        net(images)
-        seen += 1
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-    net.train(was_training)
-    if not seen:
-        raise ValueError("recalibrate_batchnorm needs at least one batch of images")
-    return net
-
-
 def inference_network(net: nn.Module, fold: bool = True) -> nn.Module:
     """A copy of ``net`` for deployment: eval mode, no aux heads, BatchNorm folded (``fold``), weights
     in the default memory format (torch.export fails on the shape guards of channels-last weights)."""

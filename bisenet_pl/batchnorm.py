@@ -1,0 +1,128 @@
+"""BatchNorm statistics that describe the images a network is evaluated on.
+
+Trained on small crops, BiSeNetV2's BatchNorm running statistics stop describing full images.
+The cause is in the semantic branch's last stage: at 1/32 of a 192x256 crop its maps are 6x8,
+and a channel the network no longer uses (a dead ReLU upstream) is there a constant map plus
+the pattern its zero-padded 3x3 convolutions print along the border. Across a batch of crops
+such a channel varies by ~1e-7, so its running variance falls below BatchNorm's eps; on a
+480x360 image the map is 12x15, the constant and the border's share differ, and the same
+channel varies a thousand to a million times more. Divided by the crops' tiny standard
+deviation, it reaches the next layers hundreds of times too large, and the logged val mIoU
+falls while the training loss (batch statistics) keeps improving.
+
+Training never uses the running statistics (it normalises with each batch's own), so they can
+be recomputed at the evaluation size whenever they are looked at, without touching training:
+:class:`BatchNormRecalibration` does that before every validation and every checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+
+BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def batchnorm_layers(net: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    return {name: module for name, module in net.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Recompute every BatchNorm's running statistics, in place, as the average over ``batches``
+    (image tensors of at least 2 images) of their batch statistics; nothing else changes (dropout
+    stays off, so no random numbers are drawn). Returns the number of images used.
+    """
+    norms = list(batchnorm_layers(net).values())
+    momenta = [norm.momentum for norm in norms]
+    was_training = net.training
+    net.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over all batches
+        norm.train()
+    seen = 0
+    try:
+        for images in batches:
+            net(images)
+            seen += len(images)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        net.train(was_training)
+    if not seen:
+        raise ValueError("recalibrate_batchnorm needs at least one batch of two or more images")
+    return seen
+
+
+class BatchNormRecalibration(Callback):
+    """While fitting, recompute the BatchNorm running statistics on ``images`` whole training images
+    (a fixed subset, unaugmented, at their full size) before every validation and before every
+    checkpoint is written, so that the logged val/dev scores and every saved checkpoint use
+    statistics of the size the network is evaluated at. Training itself is unchanged.
+
+    Args:
+        images: training images to recompute the statistics on (0: off, keep the running averages
+            of the training batches).
+        batch_size: images per forward pass (default: the DataModule's ``batch_size``).
+    """
+
+    def __init__(self, images: int = 64, batch_size: int | None = None) -> None:
+        if images < 0:
+            raise ValueError(f"bn_recalibration.images must be >= 0; got {images}")
+        if batch_size is not None and batch_size < 2:
+            raise ValueError(f"bn_recalibration.batch_size must be >= 2 (BatchNorm needs two images); got {batch_size}")
+        self.images = images
+        self.batch_size = batch_size
+        self._recalibrated_at: int | None = None  # the global step the statistics describe
+        self._reported = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if stage == "fit" and self.images and not hasattr(datamodule, "full_size_batches"):
+            rank_zero_warn(
+                "bn_recalibration: the data is not a bisenet_pl DataModule, so BatchNorm statistics stay the "
+                "training batches' running averages (set --bn_recalibration.images=0 to silence this)"
+            )
+            self.images = 0
+
+    def _recalibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.images or trainer.sanity_checking or self._recalibrated_at == trainer.global_step:
+            return
+        if not batchnorm_layers(pl_module):
+            return
+        datamodule = trainer.datamodule
+        batch_size = self.batch_size or max(2, datamodule.batch_size)
+        start = time.perf_counter()
+        batches = (images.to(pl_module.device) for images in datamodule.full_size_batches(self.images, batch_size))
+        with trainer.precision_plugin.forward_context():
+            used = recalibrate_batchnorm(pl_module, batches)
+        self._recalibrated_at = trainer.global_step
+        if not self._reported:
+            self._reported = True
+            rank_zero_info(
+                f"BatchNorm statistics recomputed on {used} full-size training images in {time.perf_counter() - start:.1f} s "
+                "before each validation and checkpoint (--bn_recalibration.images)"
+            )
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._recalibrate(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn != "fit":
+            return
+        self._recalibrate(trainer, pl_module)
+        # The checkpoint's state dict was taken before this hook: put the new statistics in it.
+        saved = checkpoint.get("state_dict", {})
+        for name, norm in batchnorm_layers(pl_module).items():
+            for buffer in BATCHNORM_BUFFERS:
+                key = f"{name}.{buffer}"
+                if key in saved:
+                    saved[key] = getattr(norm, buffer).detach().clone()

@@ -1,0 +1,107 @@
+"""An honest val curve: what a validation logs is what the checkpoint of that step scores."""
+
+import copy
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from synthetic import make_camvid_segnet
+
+from bisenet_pl.batchnorm import BatchNormRecalibration, batchnorm_layers, recalibrate_batchnorm
+from bisenet_pl.cli import build_cli, main
+from bisenet_pl.data import CamVidDataModule
+from bisenet_pl.models import BiSeNetV2
+from bisenet_pl.module import SegmentationModule
+
+REPO = Path(__file__).resolve().parents[1]
+# The CPU recipe on 48x64 images, 32x48 crops: full-size feature maps differ from the crops' as in CamVid.
+COMMON = [
+    f"--config={REPO / 'configs' / 'camvid_cpu.yaml'}", "--data.batch_size=2", "--data.crop_size=[32,48]",
+    "--trainer.precision=32", "--progress_bar.refresh_rate=0",
+]  # fmt: skip
+
+
+def fit_run(root: Path, out: Path, images: int) -> Path:
+    build_cli([
+        "fit", *COMMON, f"--data.root={root}", "--trainer.max_steps=4", "--trainer.val_check_interval=2",
+        "--last_checkpoint.every_n_train_steps=2", f"--bn_recalibration.images={images}",
+        f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+    ])  # fmt: skip
+    return next(out.rglob("metrics.csv")).parent
+
+
+def logged(run: Path, metric: str) -> dict[int, float]:
+    rows = csv.DictReader(open(run / "metrics.csv"))
+    return {int(row["step"]): float(row[metric]) for row in rows if row.get(metric)}
+
+
+def full_size_statistics(module: SegmentationModule, datamodule: CamVidDataModule, images: int) -> dict[str, torch.Tensor]:
+    fresh = copy.deepcopy(module)
+    recalibrate_batchnorm(fresh, datamodule.full_size_batches(images, 2))
+    return {name: norm.running_var for name, norm in batchnorm_layers(fresh).items()}
+
+
+def test_logged_val_equals_a_fresh_evaluation_of_the_saved_checkpoint_and_its_export(tmp_path, capsys):
+    root = make_camvid_segnet(tmp_path / "camvid", {"train": 6, "val": 2})
+    run = fit_run(root, tmp_path / "out", images=4)
+    curve = logged(run, "val/mIoU")
+    assert sorted(curve) == [1, 3]  # steps are logged 0-based: validations after steps 2 and 4
+    # last.ckpt was written after step 4 and before its validation; it scores what that validation logged.
+    last = run / "checkpoints" / "last.ckpt"
+    validated = build_cli(["validate", *COMMON, f"--data.root={root}", f"--ckpt_path={last}", "--trainer.logger=false"])
+    assert validated.trainer.callback_metrics["val/mIoU"].item() == pytest.approx(curve[3], abs=1e-6)
+    # Its statistics are those of whole training images, recomputed as the callback does.
+    module = SegmentationModule.load_from_checkpoint(last, map_location="cpu")
+    datamodule = CamVidDataModule(root=str(root), batch_size=2, num_workers=0)
+    expected = full_size_statistics(module, datamodule, 4)
+    for name, norm in batchnorm_layers(module).items():
+        torch.testing.assert_close(norm.running_var, expected[name])
+    # The user's way: float16 weights exported from it, then test on the same split in float32.
+    main(["export", f"--ckpt_path={last}", "--format=weights", f"--output={tmp_path / 'w.pt'}"])
+    tested = build_cli([
+        "test", *COMMON, f"--data.root={root}", f"--model.pretrained={tmp_path / 'w.pt'}", "--data.test_split=val",
+        "--trainer.logger=false",
+    ])  # fmt: skip
+    assert tested.trainer.callback_metrics["test/mIoU"].item() == pytest.approx(curve[3], abs=0.005)
+
+
+@pytest.fixture(scope="module")
+def run_without_recalibration(tmp_path_factory) -> tuple[Path, Path]:
+    """A 5-image CamVid and a run of it with the callback off: (data root, run folder)."""
+    tmp = tmp_path_factory.mktemp("no_recalibration")
+    root = make_camvid_segnet(tmp / "camvid", {"train": 5, "val": 2})
+    return root, fit_run(root, tmp / "out", images=0)
+
+
+def test_without_recalibration_the_checkpoint_keeps_crop_statistics(run_without_recalibration):
+    """The control: with the callback off, the saved statistics are the crops' running averages,
+    not those of whole images (so the test above can tell the two apart)."""
+    root, run = run_without_recalibration
+    module = SegmentationModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    expected = full_size_statistics(module, CamVidDataModule(root=str(root), batch_size=2, num_workers=0), 4)
+    differs = [not torch.allclose(norm.running_var, expected[name]) for name, norm in batchnorm_layers(module).items()]
+    assert sum(differs) > len(differs) // 2
+
+
+def test_recalibration_draws_no_random_numbers_and_counts_its_images():
+    net = BiSeNetV2(num_classes=3).train()
+    batches = [torch.randn(2, 3, 64, 64), torch.randn(3, 3, 64, 64)]
+    state = torch.get_rng_state()
+    used = recalibrate_batchnorm(net, batches)
+    assert used == 5 and torch.equal(torch.get_rng_state(), state) and net.training  # dropout stayed off; mode kept
+    assert all(norm.momentum == 0.1 for norm in batchnorm_layers(net).values())
+    with pytest.raises(ValueError, match="at least one batch"):
+        recalibrate_batchnorm(net, [])
+    with pytest.raises(ValueError, match="bn_recalibration.images must be >= 0"):
+        BatchNormRecalibration(images=-1)
+
+
+def test_full_size_batches_group_images_by_size_and_export_says_how_many_it_used(run_without_recalibration, tmp_path, capsys):
+    root, run = run_without_recalibration
+    datamodule = CamVidDataModule(root=str(root), batch_size=2, num_workers=0)
+    batches = list(datamodule.full_size_batches(100, 2))
+    assert [len(b) for b in batches] == [2, 2] and batches[0].shape[-2:] == (48, 64)  # the fifth alone is left out
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    main(["export", f"--ckpt_path={checkpoint}", "--format=weights", f"--output={tmp_path / 'w.pt'}", "--bn_images=100"])
+    assert "recomputed BatchNorm statistics on 4 training images" in capsys.readouterr().out

@@ -1,0 +1,82 @@
+"""The dev split: whole sequences (or files by pattern) held out of training and validated beside val."""
+
+import pytest
+from synthetic import make_camvid_segnet, make_folder
+
+from bisenet_pl.cli import build_cli
+from bisenet_pl.data import CamVidDataModule, DataError, FolderDataModule
+from bisenet_pl.errors import ConfigError
+
+SEQUENCES = ("0001TP", "0006R0", "0016E5")
+
+
+@pytest.fixture
+def camvid_sequences(tmp_path):
+    return make_camvid_segnet(tmp_path / "camvid", {"train": 9, "val": 2, "test": 2}, sequences=SEQUENCES)
+
+
+def names(samples):
+    return [image.name for image, _ in samples]
+
+
+def test_dev_sequences_move_whole_sequences_out_of_training(camvid_sequences):
+    every = names(CamVidDataModule(root=str(camvid_sequences)).samples("train"))
+    dm = CamVidDataModule(root=str(camvid_sequences), dev_sequences=["0006R0"])
+    train, dev = names(dm.split_samples("train")), names(dm.split_samples("dev"))
+    assert dev == [name for name in every if name.startswith("0006R0_")] and len(dev) == 3
+    assert not any(name.startswith("0006R0_") for name in train)
+    assert sorted(train + dev) == sorted(every) and not set(train) & set(dev)  # each image once, no leak
+    assert names(dm.split_samples("val")) == names(CamVidDataModule(root=str(camvid_sequences)).samples("val"))
+    assert dm.val_splits == ["val", "dev"] and CamVidDataModule(root=str(camvid_sequences)).val_splits == ["val"]
+    # Two sequences out (a fold of leave-some-out), given as patterns instead.
+    two = CamVidDataModule(root=str(camvid_sequences), dev_files=["0001TP_*", "0016E5_*"])
+    assert {name[:6] for name in names(two.split_samples("train"))} == {"0006R0"}
+    assert len(two.split_samples("dev")) == 6
+
+
+def test_setup_gives_the_training_loader_no_dev_image_and_validates_on_both(camvid_sequences):
+    dm = CamVidDataModule(root=str(camvid_sequences), dev_sequences=["0016E5"], batch_size=2, num_workers=0, crop_size=(32, 48))
+    dm.setup("fit")
+    assert not any(image.name.startswith("0016E5_") for image, _ in dm.datasets["train"].samples)
+    val, dev = dm.val_dataloader()
+    assert len(val.dataset) == 2 and names(dev.dataset.samples) == names(dm.split_samples("dev"))
+    batch = next(iter(dev))
+    assert all("0016E5_" in path for path in batch["path"]) and batch["image"].shape[-2:] == (48, 64)  # whole images
+
+
+def test_folder_dev_files_by_pattern(tmp_path):
+    root = make_folder(tmp_path / "folder", num_classes=3, counts={"train": 6, "val": 2})
+    dm = FolderDataModule(root=str(root), num_classes=3, dev_files=["img1.*", "img4*"])
+    assert names(dm.split_samples("dev")) == ["img1.jpg", "img4.jpg"]
+    assert names(dm.split_samples("train")) == ["img0.jpg", "img2.jpg", "img3.jpg", "img5.jpg"]
+
+
+def test_dev_options_that_cannot_work_are_refused_in_words(camvid_sequences):
+    with pytest.raises(DataError, match=r"dev_sequences=\['0006R1'\] \(the training sequences: 0001TP, 0006R0, 0016E5\): "
+                       r"'0006R1_\*' matches none of the 9 training images"):  # fmt: skip
+        CamVidDataModule(root=str(camvid_sequences), dev_sequences=["0006R1"]).split_samples("train")
+    with pytest.raises(DataError, match=r"data.dev_files=\['\*'\] holds out all 9 training images; nothing is left to train on"):
+        CamVidDataModule(root=str(camvid_sequences), dev_files=["*"]).split_samples("train")
+    with pytest.raises(ConfigError, match="give data.dev_sequences or data.dev_files, not both"):
+        CamVidDataModule(root=str(camvid_sequences), dev_sequences=["0006R0"], dev_files=["0001TP_*"])
+    with pytest.raises(DataError, match="there is no dev split: choose its training images with data.dev_files"):
+        CamVidDataModule(root=str(camvid_sequences), test_split="dev").split_samples("dev")
+
+
+def test_fit_logs_val_and_dev_and_test_scores_the_dev_split(camvid_sequences, tmp_path, capsys):
+    out = tmp_path / "out"
+    common = [
+        "--config=configs/camvid_cpu.yaml", f"--data.root={camvid_sequences}", "--data.dev_sequences=[0006R0]",
+        "--data.batch_size=2", "--data.crop_size=[32,48]", "--trainer.precision=32", "--progress_bar.refresh_rate=0",
+    ]  # fmt: skip
+    build_cli(["fit", *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2", f"--trainer.default_root_dir={out}",
+               f"--trainer.logger.init_args.save_dir={out}", "--checkpoint.monitor=dev/mIoU"])  # fmt: skip
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if line.startswith("Validation at step 2: mIoU"))
+    assert " on val; mIoU " in line and line.endswith(" on dev")
+    header = next(out.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"val/mIoU", "dev/mIoU", "dev/IoU/Sky", "dev/loss", "val/loss"} <= set(header)
+    assert not any("dataloader_idx" in column for column in header)
+    best = next(out.rglob("best-*.ckpt"))  # chosen on dev/mIoU
+    cli = build_cli(["test", *common, f"--ckpt_path={best}", "--data.test_split=dev", "--trainer.logger=false"])
+    assert "test/mIoU" in cli.trainer.callback_metrics
