@@ -41,10 +41,12 @@ clean:
 
 # CamVid for the demo: a local copy if one is there (or CAMVID=/path), else downloaded to data/camvid.
 CAMVID ?= $(firstword $(wildcard ../shared/camvid) data/camvid)
-DEMO_STEPS ?= 900
-# The CPU recipe (configs/camvid_cpu.yaml) cut to about 10 minutes on 2 cores; on a GPU run configs/camvid.yaml.
+DEMO_MINUTES ?= 10
+# The CPU recipe (configs/camvid_cpu.yaml) for about DEMO_MINUTES of training on this CPU: the step is
+# timed first and the schedule sized to it. Sequence 0006R0 is held out as the dev split, so that one of
+# the two printed scores is on scenes the network never saw. On a GPU run configs/camvid.yaml.
 demo: $(STAMP)
 	$(BIN)/bisenet-pl fit --config configs/camvid_cpu.yaml \
 		--data.root=$(CAMVID) --data.download=$(if $(wildcard $(CAMVID)/trainannot),false,true) \
-		--trainer.max_steps=$(DEMO_STEPS) --trainer.val_check_interval=300 \
+		--data.dev_sequences=[0006R0] --train_minutes=$(DEMO_MINUTES) \
 		--trainer.default_root_dir=outputs/demo --trainer.logger.init_args.save_dir=outputs/demo

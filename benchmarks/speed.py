@@ -307,15 +307,23 @@ def training_table(args, device: torch.device) -> list[dict]:
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
+    from bisenet_pl.precision import fastest_cpu_precision
     from bisenet_pl.trainer import Trainer, auto_precision
 
     height, width = parse_size(args.train_size)
     model_options, precision = recipe_options(args.train_config)
     precision = args.train_precision or precision
-    if precision == "auto":
-        precision = auto_precision(device.type)[0]
     # The recipe's dataset decides the class count where its class weights give it away.
     num_classes = len(model_options["class_weights"]) if model_options.get("class_weights") else args.num_classes
+    considered = [precision]  # the LightningModule's rows: each precision auto weighed, else the one given
+    if precision == "auto" and device.type == "cpu":
+        torch.manual_seed(0)
+        probe = SegmentationModule(net=BiSeNetV2, num_classes=num_classes, **model_options)
+        choice = fastest_cpu_precision(probe, args.train_batch, (height, width))
+        print(choice.describe(), file=sys.stderr, flush=True)
+        precision, considered = choice.precision, list(choice.step_ms)
+    elif precision == "auto":
+        precision = considered[0] = auto_precision(device.type)[0]
     rounds = max(1, min(args.train_rounds, args.train_steps))
     per_block = [args.train_steps // rounds + (1 if r < args.train_steps % rounds else 0) for r in range(rounds)]
     generator = torch.Generator().manual_seed(0)
@@ -383,17 +391,23 @@ def training_table(args, device: torch.device) -> list[dict]:
                 torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
 
-    def lightning_block(model: SegmentationModule, steps: int) -> list[float]:
+    def lightning_block(model: SegmentationModule, steps: int, precision: str) -> list[float]:
         timer = StepTimer()
         trainer(steps + 1, precision, [timer]).fit(model, train_dataloaders=loader(steps + 1))
         return [b - a for a, b in zip(timer.ends, timer.ends[1:])]
 
-    recipe = f"{args.train_config.name}: {precision}{', channels-last' if model_options.get('channels_last') else ''}"
+    def recipe(candidate: str) -> str:
+        chosen = " (auto's choice)" if len(considered) > 1 and candidate == precision else ""
+        return f"{args.train_config.name}: {candidate}{chosen}{', channels-last' if model_options.get('channels_last') else ''}"
+
     variants = {
         "reference (plain loop, fp32, NCHW)": (with_torch_dropout(module()), lambda m, n: plain_block(m, n, reference=True)),
-        f"plain loop ({recipe})": (module(**model_options), lambda m, n: plain_block(m, n, reference=False)),
-        f"LightningModule ({recipe})": (module(**model_options), lightning_block),
+        f"plain loop ({recipe(precision)})": (module(**model_options), lambda m, n: plain_block(m, n, reference=False)),
     }
+    for candidate in considered:
+        variants[f"LightningModule ({recipe(candidate)})"] = (
+            module(**model_options), lambda m, n, candidate=candidate: lightning_block(m, n, candidate)
+        )
     for model, block in variants.values():  # untimed: first-call set-up of each way
         block(model.to(device), 1)
     times: dict[str, list[float]] = {name: [] for name in variants}

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.batchnorm import BatchNormRecalibration, recalibrate_batchnorm
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
@@ -29,7 +32,8 @@ from bisenet_pl.models.weights import (
     save_inference_weights,
 )
 from bisenet_pl.module import SegmentationModule
-from bisenet_pl.trainer import Trainer
+from bisenet_pl.precision import TIME_RESERVE, fastest_cpu_precision, steps_within
+from bisenet_pl.trainer import Trainer, auto_precision
 from bisenet_pl.writer import SegmentationWriter
 
 TOOLS_HELP = """\
@@ -73,6 +77,10 @@ class BiSeNetCLI(LightningCLI):
         # (--bn_recalibration.images): what is logged is what the checkpoint scores.
         parser.add_lightning_class_args(BatchNormRecalibration, "bn_recalibration")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_argument(
+            "--train_minutes", type=Optional[float], default=None,
+            help="train for about this many minutes: max_steps from a measured training step, 3 validations",
+        )  # fmt: skip
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
         # Sample predictions and the confusion matrix for whichever logger is on (--val_images.*).
@@ -132,7 +140,53 @@ class BiSeNetCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         if config.get("logger") is False:
             callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, ValidationImages, TrainingTime))]
+        subcommand_config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        minutes = subcommand_config.get("train_minutes")
+        if minutes is not None and minutes <= 0:
+            raise ConfigError(f"--train_minutes must be > 0; got {minutes}")
+        if config.get("precision") == "auto":
+            config = {**config, "precision": self.fastest_precision(config.get("accelerator", "auto"))}
+        if minutes is not None and self.subcommand in (None, "fit"):
+            config = config | self.schedule_for_minutes(minutes, config)
         return super()._instantiate_trainer(config, callbacks)
+
+    def _cpu_training(self, accelerator: object) -> bool:
+        return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+    def _probe_shape(self) -> tuple[int, tuple[int, int], bool]:
+        """Batch, size and kind of the step this run repeats: a training step when fitting, else a forward pass."""
+        data, train = self.datamodule, self.subcommand in (None, "fit")  # None: built with run=False, to fit
+        return (max(2, data.batch_size) if train else data.val_batch_size), tuple(data.crop_size), train
+
+    def fastest_precision(self, accelerator: object) -> str:
+        """``trainer.precision=auto``: on a CPU, the precision this run's own step measures fastest
+        in (see :mod:`bisenet_pl.precision`); on a GPU, bf16-mixed where it computes bf16, else 16-mixed."""
+        if not self._cpu_training(accelerator):
+            precision, reason = auto_precision(accelerator if isinstance(accelerator, str) else "auto")
+            rank_zero_info(f"trainer.precision=auto: {precision}, because {reason}")
+            return precision
+        batch, size, train = self._probe_shape()
+        choice = fastest_cpu_precision(self.model, batch, size, train=train)
+        rank_zero_info(choice.describe())
+        return choice.precision
+
+    def schedule_for_minutes(self, minutes: float, trainer_config: dict) -> dict:
+        """``--train_minutes``: ``max_steps`` from the measured time of a training step in the run's
+        precision (cached with ``auto``'s measurements), and three validations at thirds of them."""
+        if not self._cpu_training(trainer_config.get("accelerator", "auto")):
+            raise ConfigError("--train_minutes measures a training step on the CPU; on a GPU set --trainer.max_steps")
+        precision = str(trainer_config.get("precision") or "32-true")
+        precision = {"32": "32-true", "bf16": "bf16-mixed", "16-mixed": "bf16-mixed"}.get(precision, precision)
+        batch, size, _ = self._probe_shape()
+        step_ms = fastest_cpu_precision(self.model, batch, size, candidates=(precision,)).step_ms[precision]
+        steps = steps_within(minutes, step_ms)
+        every = math.ceil(steps / 3)
+        rank_zero_info(
+            f"--train_minutes={minutes:g}: a training step of {batch} x {size[0]}x{size[1]} in {precision} takes {step_ms:.0f} ms "
+            f"on this CPU, so max_steps={steps} ({TIME_RESERVE:.0%} of the time kept for validation, data and "
+            f"checkpoints), validating every {every} steps"
+        )
+        return {"max_steps": steps, "val_check_interval": every, "check_val_every_n_epoch": None}
 
 
 #: Model options a checkpoint always decides: the network's shape and what the data links.
@@ -173,7 +227,7 @@ def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
     return BiSeNetCLI(
         SegmentationModule,
         SegmentationDataModule,
-        # Lightning's Trainer plus --trainer.precision=auto (bf16 where the CPU computes it natively).
+        # Lightning's Trainer plus --trainer.precision=auto (on a CPU the precision measured fastest: fastest_precision).
         trainer_class=Trainer,
         subclass_mode_data=True,
         # The optimiser and schedule are the model's (the reference recipe), set as model options.

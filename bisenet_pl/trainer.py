@@ -1,4 +1,4 @@
-"""Lightning's Trainer with one more precision, ``auto``: the fastest one the machine computes natively."""
+"""Lightning's Trainer with one more precision, ``auto``, and its options checked before anything runs."""
 
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.errors import check_options
-from bisenet_pl.hardware import native_bf16_feature
 
 
 def auto_precision(accelerator: str = "auto") -> tuple[str, str]:
-    """The precision ``auto`` picks for ``accelerator``, and why."""
+    """The precision ``auto`` picks for ``accelerator`` when there is no step to time, and why: on a
+    GPU its mixed precision; on a CPU float32, because what is faster there must be measured (the
+    command line does, see :mod:`bisenet_pl.precision`)."""
     on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if on_cuda:
         if torch.cuda.is_bf16_supported():
             return "bf16-mixed", f"{torch.cuda.get_device_name()} computes bf16"
         return "16-mixed", f"{torch.cuda.get_device_name()} computes fp16, not bf16"
-    feature = native_bf16_feature()
-    if feature:
-        return "bf16-mixed", f"this CPU computes bf16 natively ({feature})"
-    return "32-true", "this CPU has neither AMX nor AVX512_BF16, so bf16 would be emulated and slower than float32"
+    return "32-true", (
+        "on a CPU only a measurement tells whether bf16 is faster, and this Trainer has no network to time "
+        "(bisenet-pl's command line measures; or pass bisenet_pl.precision.fastest_cpu_precision(...).precision)"
+    )
 
 
 def _steps_or_fraction(value: float, zero: bool) -> bool:
@@ -65,9 +66,9 @@ def check_trainer_options(options: dict) -> None:
 
 
 class Trainer(L.Trainer):
-    """``lightning.Trainer``; ``precision="auto"`` chooses bf16-mixed on a CPU with AMX or
-    AVX512_BF16 and float32 on other CPUs (bf16-mixed or 16-mixed on a GPU), and says which.
-    Numeric options are checked against their meaning before anything runs."""
+    """``lightning.Trainer``; ``precision="auto"`` is bf16-mixed or 16-mixed on a GPU and float32 on a
+    CPU, said in a line (the command line resolves ``auto`` on a CPU by timing the run's own step
+    before it builds the Trainer). Numeric options are checked against their meaning before anything runs."""
 
     def __init__(self, *args, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs) -> None:
         check_trainer_options(kwargs)

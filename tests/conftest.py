@@ -1,6 +1,7 @@
 import importlib.util
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 
 # Nothing in the tests may wait on a network.
 os.environ.setdefault("WANDB_MODE", "disabled")
+# precision=auto measures once per shape: in the tests, into a cache of their own.
+os.environ["BISENET_PL_CACHE"] = tempfile.mkdtemp(prefix="bisenet-pl-test-cache-")
 
 SHARED = Path(os.environ.get("BISENET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
 REFERENCE_DIR = SHARED / "reference" / "coincheung"

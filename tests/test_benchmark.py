@@ -13,7 +13,6 @@ from synthetic import make_camvid_segnet
 
 from bisenet_pl.benchmark import count_flops, measure_interleaved, percentile
 from bisenet_pl.models import BiSeNetV2
-from bisenet_pl.trainer import auto_precision
 
 
 def load_script():
@@ -31,9 +30,11 @@ def test_speed_script_prints_both_tables_and_json(capsys, tmp_path):
     assert "| kind | network | size | batch | variant | params_M | GFLOPs | ms_per_batch |" in output
     assert "| inference | BiSeNetV2 | 64x96 | 1 | reference | 3.35 |" in output and "| folded+channels_last |" in output
     assert "| train | BiSeNetV2 | 64x96 | 2 | reference (plain loop, fp32, NCHW) |" in output
-    assert f"| LightningModule (camvid_cpu.yaml: {auto_precision('cpu')[0]}, channels-last) |" in output
+    # precision auto: a row for each precision it measured, the fastest marked as its choice.
+    assert "| LightningModule (camvid_cpu.yaml: 32-true" in output and "| LightningModule (camvid_cpu.yaml: bf16-mixed" in output
+    assert output.count("(auto's choice)") == 2  # its plain loop and its LightningModule row
     rows = json.loads((tmp_path / "speed.json").read_text())
-    assert [row["kind"] for row in rows] == ["inference"] * 2 + ["train"] * 3
+    assert [row["kind"] for row in rows] == ["inference"] * 2 + ["train"] * 4
     for row in rows:
         assert {"kind", "network", "size", "batch", "variant", "ms_per_batch", "images_per_s", "x_reference"} <= set(row)
         assert row["ms_per_batch"] > 0 and row["images_per_s"] == pytest.approx(1000 * row["batch"] / row["ms_per_batch"])

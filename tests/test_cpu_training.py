@@ -1,6 +1,7 @@
 """The CPU recipe's parts: precision chosen from what the CPU computes natively, decoded images
 held in memory, and configs/camvid_cpu.yaml using both."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,29 +14,131 @@ from synthetic import make_camvid_segnet
 from bisenet_pl.cli import build_cli
 from bisenet_pl.data import CamVidDataModule
 from bisenet_pl.data.io import read_image
+from bisenet_pl.errors import ConfigError
 from bisenet_pl.results import metric_history
-from bisenet_pl.trainer import Trainer, auto_precision, native_bf16_feature
+from bisenet_pl import precision as precision_module
+from bisenet_pl.models import BiSeNetV2
+from bisenet_pl.module import SegmentationModule
+from bisenet_pl.precision import (
+    CPU_CANDIDATES,
+    _step_function,
+    choose_fastest,
+    fastest_cpu_precision,
+    steps_within,
+    time_alternately,
+)
+from bisenet_pl.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(
-    ("amx", "avx512_bf16", "expected"),
-    [(True, True, ("bf16-mixed", "AMX")), (False, True, ("bf16-mixed", "AVX512_BF16")), (False, False, ("32-true", "emulated"))],
-)
-def test_auto_precision_follows_the_cpu(monkeypatch, amx, avx512_bf16, expected):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    precision, reason = auto_precision("cpu")
-    assert precision == expected[0] and expected[1] in reason
+class FakeClock:
+    """A clock that only the fake steps move: each step "takes" its given seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float):
+        def run() -> None:
+            self.now += seconds
+
+        return run
 
 
-def test_trainer_auto_precision_says_what_it_chose(caplog):
+def test_the_fastest_step_wins_and_bf16_must_beat_float32_clearly():
+    assert choose_fastest({"32-true": 1.0, "bf16-mixed": 0.55}) == "bf16-mixed"
+    assert choose_fastest({"32-true": 1.0, "bf16-mixed": 0.95}) == "32-true"  # 5% faster: not worth the numerics
+    assert choose_fastest({"32-true": 1.0, "bf16-mixed": 1.4}) == "32-true"
+    clock = FakeClock()
+    medians = time_alternately({"32-true": clock.step(0.8), "bf16-mixed": clock.step(0.5)}, budget_s=60, clock=clock)
+    assert medians == {"32-true": pytest.approx(0.8), "bf16-mixed": pytest.approx(0.5)}
+    # A slow step: the budget stops the measurement after two timed steps of each.
+    calls = []
+    clock = FakeClock()
+
+    def slow() -> None:
+        calls.append(1)
+        clock.now += 30
+
+    time_alternately({"a": slow, "b": clock.step(30)}, budget_s=20, timed_steps=5, clock=clock)
+    assert len(calls) == 3  # one untimed, two timed
+
+
+def test_auto_measures_once_per_machine_and_shape_then_reads_the_cache(tmp_path):
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, channels_last=True)
+    cache = tmp_path / "precision.json"
+    measured = []
+
+    def fake_measure(steps):
+        measured.append(sorted(steps))
+        return {"32-true": 0.9, "bf16-mixed": 0.4}
+
+    first = fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache)
+    assert first.precision == "bf16-mixed" and not first.cached and measured == [["32-true", "bf16-mixed"]]
+    assert "bf16-mixed, the fastest for a training step of BiSeNetV2 (8 x 192x256) (measured now: 32-true 900 ms, bf16-mixed 400 ms (2.25x))" in first.describe()
+    again = fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache)
+    assert again.cached and again.precision == "bf16-mixed" and len(measured) == 1
+    fastest_cpu_precision(module, 8, (360, 480), measure=fake_measure, cache=cache)  # another shape: measured
+    fastest_cpu_precision(module, 4, (192, 256), train=False, measure=fake_measure, cache=cache)  # evaluation: measured
+    assert len(measured) == 3 and len(json.loads(cache.read_text())) == 3
+    only_fp32 = fastest_cpu_precision(module, 8, (192, 256), candidates=("32-true",), measure=fake_measure, cache=cache)
+    assert only_fp32.cached and only_fp32.step_ms == {"32-true": 900.0}  # a subset of what was measured
+    cache.write_text("{not json")  # a damaged cache is measured again and rewritten
+    assert not fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache).cached
+
+
+def test_the_step_functions_run_a_real_step_in_each_precision():
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3)
+    seconds = time_alternately(
+        {name: _step_function(module, name, 2, (64, 64), train=True) for name in CPU_CANDIDATES}, timed_steps=1
+    )
+    assert set(seconds) == set(CPU_CANDIDATES) and all(s > 0 for s in seconds.values())
+
+
+def test_the_command_line_resolves_auto_by_measuring(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
+    root = make_camvid_segnet(tmp_path / "camvid")
+    timings = {"32-true": 0.3, "bf16-mixed": 0.7}
+    monkeypatch.setattr(precision_module, "time_alternately", lambda steps: {name: timings[name] for name in steps})
+    args = [
+        "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--trainer.max_steps=1",
+        "--data.batch_size=2", "--data.crop_size=[32,48]", "--progress_bar.refresh_rate=0", f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        assert build_cli(args, run=False).trainer.precision == "32-true"
+    assert "trainer.precision=auto: 32-true, the fastest for a training step of BiSeNetV2 (2 x 32x48)" in caplog.text
+    timings.update({"bf16-mixed": 0.1})  # cached: the earlier measurement stands
+    assert build_cli(args, run=False).trainer.precision == "32-true"
+    assert build_cli([*args, "--trainer.precision=bf16-mixed"], run=False).trainer.precision == "bf16-mixed"  # given: kept
+
+
+def test_train_minutes_sizes_the_schedule_from_the_measured_step(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
+    root = make_camvid_segnet(tmp_path / "camvid")
+    monkeypatch.setattr(precision_module, "time_alternately", lambda steps: {name: {"32-true": 0.5, "bf16-mixed": 0.25}[name] for name in steps})
+    args = [
+        "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--data.batch_size=2",
+        "--data.crop_size=[32,48]", "--train_minutes=10",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        trainer = build_cli(args, run=False).trainer
+    # 10 minutes, 80% of them training at 250 ms a step (bf16, auto's choice): 1920 steps, validated at thirds.
+    assert trainer.precision == "bf16-mixed" and trainer.max_steps == 1920 and trainer.val_check_interval == 640
+    assert "--train_minutes=10: a training step of 2 x 32x48 in bf16-mixed takes 250 ms on this CPU, so max_steps=1920" in caplog.text
+    assert build_cli([*args, "--trainer.precision=32"], run=False).trainer.max_steps == 960  # float32's step: 500 ms
+    with pytest.raises(ConfigError, match="--train_minutes must be > 0; got 0.0"):
+        build_cli([*args, "--train_minutes=0"], run=False)
+    assert steps_within(1, 60_000) == 1  # never zero steps
+
+
+def test_a_trainer_built_in_python_has_no_step_to_time_and_says_so(caplog):
     with caplog.at_level(logging.INFO):
         trainer = Trainer(accelerator="cpu", precision="auto", logger=False, enable_checkpointing=False)
-    chosen = "bf16-mixed" if native_bf16_feature() else "32-true"
-    assert trainer.precision == chosen
-    assert f"trainer.precision=auto: {chosen}, because this CPU" in caplog.text
+    assert trainer.precision == "32-true" and "only a measurement tells" in caplog.text
     assert Trainer(accelerator="cpu", precision="32", logger=False).precision == "32-true"  # given: kept
 
 
@@ -68,7 +171,7 @@ def test_cpu_recipe_trains_with_cached_images_and_channels_last(tmp_path, monkey
         "--progress_bar.refresh_rate=0",
     ])  # fmt: skip
     assert cli.trainer.global_step == 2 and "val/mIoU" in cli.trainer.callback_metrics
-    assert cli.trainer.precision == auto_precision("cpu")[0]
+    assert cli.trainer.precision in ("32-true", "bf16-mixed")  # measured (tests/conftest.py keeps the cache in tmp)
     assert cli.datamodule.datasets["train"].decoded is not None
     weight = cli.model.net.detail_branch.stage1[0].conv.weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
