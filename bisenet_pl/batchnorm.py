@@ -1,18 +1,21 @@
 """BatchNorm statistics that describe the images a network is evaluated on.
 
-Trained on small crops, BiSeNetV2's BatchNorm running statistics stop describing full images.
-The cause is in the semantic branch's last stage: at 1/32 of a 192x256 crop its maps are 6x8,
-and a channel the network no longer uses (a dead ReLU upstream) is there a constant map plus
-the pattern its zero-padded 3x3 convolutions print along the border. Across a batch of crops
-such a channel varies by ~1e-7, so its running variance falls below BatchNorm's eps; on a
-480x360 image the map is 12x15, the constant and the border's share differ, and the same
-channel varies a thousand to a million times more. Divided by the crops' tiny standard
-deviation, it reaches the next layers hundreds of times too large, and the logged val mIoU
-falls while the training loss (batch statistics) keeps improving.
+Trained on small crops, BiSeNetV2's BatchNorm running statistics stop describing full images. Seen
+in the released network: in the semantic branch's last stage, channel 31 of the first
+gather-and-expansion layer's 3x3 convolution is a ReLU that has all but died. It was zero on all 96
+training crops (192x256) looked at, so the six expansion channels it feeds hold a constant, and
+after the next zero-padded 3x3 convolution only that constant's border pattern: a variance of about
+1e-7 across crops, below BatchNorm's eps (1e-5). On full 480x360 images it fires now and then (1 of
+96 training images), and a batch holding such an image has a variance of 5e-3 there, 500 to 25,000
+times the crops' (with and without eps). In eval mode those values are divided by the crops'
+standard deviation (3e-3 with eps) and reach the next layers hundreds of times too large. Such
+channels are more likely the longer a run trains, which fits the release run's logged val mIoU
+falling after 6000 steps while the training loss, computed with each batch's own statistics, kept
+improving.
 
-Training never uses the running statistics (it normalises with each batch's own), so they can
-be recomputed at the evaluation size whenever they are looked at, without touching training:
-:class:`BatchNormRecalibration` does that before every validation and every checkpoint.
+Training never uses the running statistics, so they can be recomputed at the evaluation size
+whenever they are looked at, without changing training: :class:`BatchNormRecalibration` does that
+before every validation and every checkpoint.
 """
 
 from __future__ import annotations
