@@ -153,6 +153,24 @@ def test_train_augmentation_keeps_masks_valid_and_aligned(tmp_path):
     assert saw_padding  # downscaled crops are padded with image 0 / label ignore
 
 
+def test_blur_and_noise_change_images_not_masks(tmp_path):
+    root = str(make_camvid_segnet(tmp_path / "camvid"))
+    options = dict(crop_size=(48, 64), scale_range=(1.0, 1.0), hflip=0.0, color_jitter=0.0, mean=(0.0,) * 3, std=(1.0,) * 3)
+    plain = CamVidDataModule(root=root, **options).dataset("train", train=True)
+    blurred = CamVidDataModule(root=root, blur=1.0, **options).dataset("train", train=True)
+    noisy = CamVidDataModule(root=root, noise=0.2, **options).dataset("train", train=True)
+    reference = plain[(0, 0)]
+    soft = blurred[(0, 0)]
+    # Blurring spreads each block edge over several pixels: less energy in neighbour differences.
+    assert soft["image"][0].diff(dim=1).square().sum() < 0.8 * reference["image"][0].diff(dim=1).square().sum()
+    assert torch.equal(soft["mask"], reference["mask"])
+    changed = [not torch.equal(noisy[(0, seed)]["image"], reference["image"]) for seed in range(20)]
+    assert 3 <= sum(changed) <= 17  # noise on about half of them
+    assert all(torch.equal(noisy[(0, seed)]["mask"], reference["mask"]) for seed in range(3))
+    with pytest.raises(ValueError, match=r"data.noise must be a share of the pixel range in \[0, 1\]; got 2"):
+        CamVidDataModule(root=root, noise=2)
+
+
 class _Repeated(torch.utils.data.Dataset):
     def __init__(self, dataset, times):
         self.dataset, self.times, self.transform = dataset, times, dataset.transform

@@ -206,6 +206,9 @@ class SegmentationDataModule(L.LightningDataModule):
         std: per-channel RGB std in [0, 1].
         hflip: probability of a horizontal flip in training.
         color_jitter: brightness/contrast/saturation jitter strength (0 disables it).
+        blur: probability of a Gaussian blur of a training crop (sigma 0.5-1.5 pixels; 0: never).
+        noise: Gaussian noise on half the training crops, standard deviation up to this share of
+            the pixel range (0: none).
         pin_memory: pin host memory for faster GPU transfer.
         test_split: the split ``test`` and ``predict`` use (e.g. ``val`` where test labels are withheld).
         validate: read every image and label of the splits in use before starting, and report
@@ -241,6 +244,8 @@ class SegmentationDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         hflip: float = 0.5,
         color_jitter: float = 0.4,
+        blur: float = 0.0,
+        noise: float = 0.0,
         pin_memory: bool = True,
         test_split: str = "test",
         validate: bool = False,
@@ -267,6 +272,8 @@ class SegmentationDataModule(L.LightningDataModule):
             std=(list(std), "3 numbers (RGB), each > 0", len(std) == 3 and min(std) > 0),
             hflip=(hflip, "a probability in [0, 1]", 0 <= hflip <= 1),
             color_jitter=(color_jitter, "in [0, 1]", 0 <= color_jitter <= 1),
+            blur=(blur, "a probability in [0, 1]", 0 <= blur <= 1),
+            noise=(noise, "a share of the pixel range in [0, 1]", 0 <= noise <= 1),
         )
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
@@ -279,6 +286,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.std = tuple(std)
         self.hflip = hflip
         self.color_jitter = color_jitter
+        self.blur = blur
+        self.noise = noise
         self.pin_memory = pin_memory
         self.test_split = test_split
         self.validate = validate
@@ -335,7 +344,8 @@ class SegmentationDataModule(L.LightningDataModule):
         """A dataset of ``split`` with the training or the evaluation pipeline."""
         transform = (
             train_transform(
-                self.crop_size, self.scale_range, self.ignore_index, self.mean, self.std, self.hflip, self.color_jitter
+                self.crop_size, self.scale_range, self.ignore_index, self.mean, self.std, self.hflip, self.color_jitter,
+                self.blur, self.noise,
             )
             if train
             else eval_transform(self.mean, self.std)

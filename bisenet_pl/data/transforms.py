@@ -22,8 +22,13 @@ def train_transform(
     std: Sequence[float] = IMAGENET_STD,
     hflip: float = 0.5,
     color_jitter: float = 0.4,
+    blur: float = 0.0,
+    noise: float = 0.0,
 ) -> A.Compose:
-    """Random rescale, pad (image 0, label ``ignore_index``), random crop, flip, colour jitter.
+    """Random rescale, pad (image 0, label ``ignore_index``), random crop, flip, colour jitter, and
+    optionally a Gaussian blur (with probability ``blur``, sigma 0.5-1.5 pixels) and Gaussian noise
+    (on half the images, standard deviation up to ``noise`` of the pixel range): what a camera's focus
+    and sensor change between sequences.
 
     Masks are resized with nearest neighbour and padded with the ignore value, so they
     only ever hold real classes and ``ignore_index``.
@@ -46,6 +51,10 @@ def train_transform(
     if color_jitter > 0:
         jitter = (max(0.0, 1 - color_jitter), 1 + color_jitter)
         transforms.append(A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=0.0, p=1.0))
+    if blur > 0:
+        transforms.append(A.GaussianBlur(blur_limit=0, sigma_limit=(0.5, 1.5), p=blur))
+    if noise > 0:
+        transforms.append(A.GaussNoise(std_range=(0.0, noise), per_channel=True, p=0.5))
     transforms.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
     return A.Compose(transforms)
 
