@@ -293,7 +293,11 @@ def export_command(args: list[str]) -> None:
     source.add_argument("--model.pretrained", dest="pretrained", help=f"released weights ({', '.join(RELEASED_WEIGHTS)}) or a weights file")
     parser.add_argument("--format", choices=[*EXPORT_SUFFIXES, "weights"], default="onnx")
     parser.add_argument("--output", type=Path, help="default: the checkpoint's path (the weights' name here) with .onnx, .xml, .torchscript.pt or .pt")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32", help="bf16: OpenVINO only; int8: calibrated on --calibration")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16", "int8", "auto"], default="fp32",
+        help="bf16: OpenVINO only; int8: calibrated on --calibration; auto (OpenVINO): fp32 or bf16, whichever runs "
+        "the file faster on this CPU at --size (bf16 only within 1.0 val mIoU of fp32 with --score)",
+    )  # fmt: skip
     parser.add_argument("--input", dest="image_input", choices=IMAGE_INPUTS, default="float",
                         help="float: normalised images; uint8_nchw/uint8_nhwc: 8-bit RGB as read, normalised inside the model")  # fmt: skip
     parser.add_argument("--labels", choices=["int32", "int64"], help="put the argmax in the graph: class ids of this type instead of logits")
@@ -316,8 +320,13 @@ def export_command(args: list[str]) -> None:
         raise ConfigError(f"--calibration_images must be >= 1; got {options.calibration_images}")
     if options.format == "weights" and (options.precision, options.image_input, options.labels) != ("fp32", "float", None):
         raise ConfigError("--format weights writes float16 weights: --precision, --input and --labels apply to onnx, openvino and torchscript")
+    if options.precision == "auto" and options.format != "openvino":
+        raise ConfigError(
+            "--precision auto chooses OpenVINO's inference precision (fp32 or bf16) by timing the file: use --format openvino "
+            "(ONNX Runtime computes fp32; int8 is --precision int8)"
+        )
     if options.format != "weights":
-        check_format(options.format, options.precision)
+        check_format(options.format, "fp32" if options.precision == "auto" else options.precision)
     suffix = EXPORT_SUFFIXES.get(options.format, ".pt")
     source = options.ckpt_path or options.pretrained
     if options.ckpt_path and not Path(source).is_file():
@@ -357,7 +366,8 @@ def export_command(args: list[str]) -> None:
         raise ConfigError(f"--input {options.image_input} bakes in the training normalisation: {no_data}")
     if options.score and datamodule is None:
         raise ConfigError(f"--score: {no_data}")
-    export_options = ExportOptions(options.labels, options.image_input, info.mean, info.std, options.precision, tuple(options.size))
+    written_precision = "fp32" if options.precision == "auto" else options.precision
+    export_options = ExportOptions(options.labels, options.image_input, info.mean, info.std, written_precision, tuple(options.size))
     calibration = None
     if options.precision == "int8":
         calibration = calibration_images(options.calibration, datamodule, options.calibration_images)
@@ -371,8 +381,33 @@ def export_command(args: list[str]) -> None:
         print(f"{runtime} agrees with PyTorch at {size} (a random image): {describe_comparison(comparison)}")
     else:
         print(f"{runtime} {options.precision} against PyTorch fp32 at {size} (a random image): {describe_comparison(comparison)}")
-    if options.score:
-        print(score_export(module.net, output, export_options, datamodule))
+    if options.precision == "auto":
+        choose_openvino_precision(module.net, output, export_options, datamodule if options.score else None)
+    elif options.score:
+        print(score_export(module.net, output, export_options, datamodule)[0])
+
+
+def choose_openvino_precision(net: torch.nn.Module, path: Path, options, datamodule: SegmentationDataModule | None) -> None:
+    """``export --precision auto``: time the written file in fp32 and bf16 at its example size, keep
+    the faster (bf16 only if it loses at most 1.0 val mIoU when there is data to score on), and
+    record the choice in the file for ``load_predictor``."""
+    from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE
+    from bisenet_pl.deploy.export import save_openvino
+    from bisenet_pl.deploy.runtime import PRECISION_RT_INFO, fastest_openvino_precision, import_openvino
+
+    choice = fastest_openvino_precision(path, size=options.example_size)
+    print(choice.describe())
+    precision = choice.precision
+    if datamodule is not None:
+        line, loss = score_export(net, path, options, datamodule, precision)
+        print(f"{precision}: {line}")
+        if precision != "fp32" and loss > MIOU_TOLERANCE:
+            precision = "fp32"
+            print(f"{choice.precision} loses more than {MIOU_TOLERANCE} mIoU: keeping fp32")
+    model = import_openvino().Core().read_model(str(path))
+    model.set_rt_info(precision, PRECISION_RT_INFO)
+    save_openvino(model, path)
+    print(f"{path} runs in {precision} when loaded (load_predictor reads it from the file)")
 
 
 def calibration_images(source: Path | None, datamodule: SegmentationDataModule | None, count: int) -> list:
@@ -397,21 +432,26 @@ def calibration_images(source: Path | None, datamodule: SegmentationDataModule |
     return [train.load(i)[0] for i in fixed_subset(len(train), count)]
 
 
-def score_export(net: torch.nn.Module, path: Path, options, datamodule: SegmentationDataModule) -> str:
-    """One line: val mIoU of the exported file and of the PyTorch network in fp32, and the loss."""
+def score_export(
+    net: torch.nn.Module, path: Path, options, datamodule: SegmentationDataModule, precision: str | None = None
+) -> tuple[str, float]:
+    """One line saying the val mIoU of the exported file (in ``precision``, default the file's own)
+    and of the PyTorch network in fp32, and the mIoU lost."""
     from bisenet_pl.deploy import load_predictor
     from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou, predictor_segmenter, pytorch_segmenter
 
     datamodule.prepare_data()
     val = datamodule.dataset("val")
     segmenters = {
-        "file": predictor_segmenter(load_predictor(path), options.image_input, bool(options.labels), options.mean, options.std),
+        "file": predictor_segmenter(
+            load_predictor(path, precision=precision), options.image_input, bool(options.labels), options.mean, options.std
+        ),
         "pytorch": pytorch_segmenter(net, options.mean, options.std),
     }
     scores = mean_iou(segmenters, (val.load(i) for i in range(len(val))), datamodule.num_classes, datamodule.ignore_index)
     loss = scores["pytorch"] - scores["file"]
     flag = f" (more than {MIOU_TOLERANCE} lost: check the calibration)" if loss > MIOU_TOLERANCE else ""
-    return f"val mIoU on {len(val)} images: the file {scores['file']:.2f}, PyTorch fp32 {scores['pytorch']:.2f}, {loss:+.2f} lost{flag}"
+    return f"val mIoU on {len(val)} images: the file {scores['file']:.2f}, PyTorch fp32 {scores['pytorch']:.2f}, {loss:+.2f} lost{flag}", loss
 
 
 TOOLS = {"stats": stats_command, "convert": convert_command, "export": export_command}

@@ -43,25 +43,28 @@ def cache_path() -> Path:
 @dataclass(frozen=True)
 class PrecisionChoice:
     precision: str
-    step_ms: dict[str, float]  # median milliseconds per step, per candidate
+    step_ms: dict[str, float]  # median milliseconds per step, per candidate (the first: float32)
     what: str  # the step that was timed, e.g. "a training step of BiSeNetV2 (8 x 192x256)"
     cached: bool = False
+    setting: str = "trainer.precision=auto"
 
     def describe(self) -> str:
-        fp32 = self.step_ms.get("32-true")
+        reference, *_ = self.step_ms.values()
         times = ", ".join(
-            f"{name} {ms:.0f} ms" + (f" ({fp32 / ms:.2f}x)" if fp32 and name != "32-true" else "")
-            for name, ms in self.step_ms.items()
+            f"{name} {ms:.0f} ms" + (f" ({reference / ms:.2f}x)" if index else "")
+            for index, (name, ms) in enumerate(self.step_ms.items())
         )
         source = "measured earlier on this machine" if self.cached else "measured now"
-        return f"trainer.precision=auto: {self.precision}, the fastest for {self.what} ({source}: {times})"
+        return f"{self.setting}: {self.precision}, the fastest for {self.what} ({source}: {times})"
 
 
 def choose_fastest(step_ms: dict[str, float], margin: float = LOWER_PRECISION_MARGIN) -> str:
-    """float32, unless a lower precision takes at least ``margin`` less time per step; then the fastest."""
+    """The first candidate (float32), unless another takes at least ``margin`` less time per step;
+    then the fastest."""
+    reference = next(iter(step_ms))
     fastest = min(step_ms, key=step_ms.__getitem__)
-    if "32-true" in step_ms and step_ms[fastest] > (1 - margin) * step_ms["32-true"]:
-        return "32-true"
+    if step_ms[fastest] > (1 - margin) * step_ms[reference]:
+        return reference
     return fastest
 
 
@@ -116,15 +119,51 @@ def _step_function(module, precision: str, batch: int, size: tuple[int, int], tr
 
 
 def measurement_key(module, batch: int, size: tuple[int, int], train: bool) -> str:
-    features = cpu_features()
-    cpu = f"{features.name} [{hashlib.sha1(' '.join(sorted(features.flags)).encode()).hexdigest()[:10]}]"
     spec = json.dumps(module.hparams.get("net"), sort_keys=True, default=str)
     parts = [
-        cpu, f"torch {torch.__version__}", f"{torch.get_num_threads()} threads", type(module.net).__name__,
+        this_cpu(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads", type(module.net).__name__,
         hashlib.sha1(spec.encode()).hexdigest()[:10], f"{'train' if train else 'eval'} {batch}x{size[0]}x{size[1]}",
         "channels-last" if module.hparams.get("channels_last") else "nchw",
     ]  # fmt: skip
     return " | ".join(parts)
+
+
+def measured_step_ms(
+    key: str,
+    steps: Callable[[], dict[str, Callable[[], object]]],
+    candidates: tuple[str, ...],
+    measure: Callable[[dict[str, Callable[[], object]]], dict[str, float]] | None = None,
+    cache: Path | None = None,
+) -> tuple[dict[str, float], bool]:
+    """Milliseconds per step of each candidate, and whether they come from the cache: read under
+    ``key`` when measured before, else measured now (``measure``, by default :func:`time_alternately`,
+    of the step functions ``steps()`` builds) and added to the cache."""
+    cache = cache_path() if cache is None else cache
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(key) if isinstance(known.get(key), dict) else {}
+    if set(candidates) <= set(entry):
+        return {name: float(entry[name]) for name in candidates}, True
+    seconds = (measure or time_alternately)(steps())
+    step_ms = {name: 1000 * seconds[name] for name in candidates}
+    known[key] = entry | step_ms
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(known, indent=1))
+        os.replace(temporary, cache)
+    except OSError:
+        pass  # a read-only home: measured again next time
+    return step_ms, False
+
+
+def this_cpu() -> str:
+    """The CPU as a cache key: its name and a digest of its flags (one name covers several generations)."""
+    features = cpu_features()
+    return f"{features.name} [{hashlib.sha1(' '.join(sorted(features.flags)).encode()).hexdigest()[:10]}]"
 
 
 def fastest_cpu_precision(
@@ -137,31 +176,14 @@ def fastest_cpu_precision(
     cache: Path | None = None,
 ) -> PrecisionChoice:
     """The fastest of ``candidates`` for ``module``'s network at this batch and size on this CPU,
-    from the cache when it was measured before, else measured now (``measure``, by default
-    :func:`time_alternately`) and cached."""
-    cache = cache_path() if cache is None else cache
-    key = measurement_key(module, batch, size, train)
+    from the cache when it was measured before, else measured now and cached."""
     what = f"{'a training step' if train else 'a forward pass'} of {type(module.net).__name__} ({batch} x {size[0]}x{size[1]})"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    known = known if isinstance(known, dict) else {}
-    entry = known.get(key) if isinstance(known.get(key), dict) else {}
-    if set(candidates) <= set(entry):
-        step_ms = {name: float(entry[name]) for name in candidates}
-        return PrecisionChoice(choose_fastest(step_ms), step_ms, what, cached=True)
-    seconds = (measure or time_alternately)({name: _step_function(module, name, batch, size, train) for name in candidates})
-    step_ms = {name: 1000 * seconds[name] for name in candidates}
-    known[key] = entry | step_ms
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(known, indent=1))
-        os.replace(temporary, cache)
-    except OSError:
-        pass  # a read-only home: measured again next time
-    return PrecisionChoice(choose_fastest(step_ms), step_ms, what)
+    step_ms, cached = measured_step_ms(
+        measurement_key(module, batch, size, train),
+        lambda: {name: _step_function(module, name, batch, size, train) for name in candidates},
+        candidates, measure, cache,
+    )  # fmt: skip
+    return PrecisionChoice(choose_fastest(step_ms), step_ms, what, cached)
 
 
 def steps_within(minutes: float, step_ms: float, reserve: float = TIME_RESERVE) -> int:

@@ -2,6 +2,7 @@
 normalisation inside equals normalising by hand; int8 calibrates on a handful of images; the
 export command scores what it wrote; the CPU's features are read, not assumed."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from bisenet_pl.deploy import (
     model_input,
     quantize_onnx,
 )
+from bisenet_pl import precision as precision_module
+from bisenet_pl.deploy.runtime import fastest_openvino_precision
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.models import BiSeNetV2
 
@@ -112,6 +115,27 @@ def test_export_command_writes_int8_openvino_and_scores_it(tmp_path, capsys):
     assert labels.dtype == np.int32 and labels.shape == (1, 40, 56) and labels.max() < 11
 
 
+@pytest.mark.parametrize("bf16_ms", [30.0, 49.0])
+def test_export_command_precision_auto_records_what_measures_fastest(tmp_path, capsys, monkeypatch, bf16_ms):
+    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision_module, "time_alternately", lambda steps: {"fp32": 0.050, "bf16": bf16_ms / 1000})
+    camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 3, "val": 2})
+    output = tmp_path / "camvid.xml"
+    main([
+        "export", "--model.pretrained=bisenetv2_camvid", "--format=openvino", "--precision=auto", "--input=uint8_nhwc",
+        "--labels=int32", f"--config={REPO / 'configs' / 'camvid.yaml'}", f"--data.root={camvid}", "--size", "64", "96",
+        "--score", f"--output={output}",
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    chosen = "bf16" if bf16_ms == 30.0 else "fp32"  # bf16 must be 10% faster
+    assert f"precision=auto: {chosen}, the fastest for camvid.xml in OpenVINO at 64x96" in printed
+    assert f"{chosen}: val mIoU on 2 images: the file" in printed
+    assert f"runs in {chosen} when loaded" in printed and load_predictor(output).precision.endswith(chosen)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".xml", ".bin")) == ["camvid.bin", "camvid.xml"]
+    with pytest.raises(SystemExit, match="--precision auto chooses OpenVINO's inference precision"):
+        main(["export", "--model.pretrained=bisenetv2_camvid", "--format=onnx", "--precision=auto", f"--output={tmp_path / 'x.onnx'}"])
+
+
 def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
     folder = make_camvid_segnet(tmp_path / "camvid", {"train": 2}) / "train"
     output = tmp_path / "int8.onnx"
@@ -151,11 +175,41 @@ def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
     with pytest.raises(ConfigError, match="expected an exported .onnx or OpenVINO .xml"):
         load_predictor(tmp_path / "net.pt")
     path = export(net, tmp_path / "net.onnx", options=ExportOptions(example_size=(64, 96)))
-    with pytest.raises(ConfigError, match="needs --backend openvino"):
+    with pytest.raises(ConfigError, match="needs OpenVINO: load_predictor\\(path, backend='openvino', ...\\)"):
         load_predictor(path, precision="bf16")
     assert load_predictor(path, backend="openvino", precision="fp32").describe() == "openvino fp32"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_predictor(tmp_path / "missing.onnx")
+
+
+def test_precision_auto_keeps_what_openvino_measures_fastest_for_the_file(tmp_path, net, monkeypatch, caplog):
+    path = export(net, tmp_path / "net.xml", "openvino", options=ExportOptions(example_size=(64, 96)))
+    cache, measured = tmp_path / "precision.json", []
+
+    def fake_measure(timings):
+        def measure(steps):
+            measured.append(sorted(steps))
+            for run in steps.values():
+                run()  # the predictors really run the file once
+            return timings
+
+        return measure
+
+    fast_bf16 = fake_measure({"fp32": 0.050, "bf16": 0.030})
+    choice = fastest_openvino_precision(path, size=(64, 96), measure=fast_bf16, cache=cache)
+    assert choice.precision == "bf16" and measured == [["bf16", "fp32"]]
+    assert "precision=auto: bf16, the fastest for net.xml in OpenVINO at 64x96 (measured now: fp32 50 ms, bf16 30 ms (1.67x))" in choice.describe()
+    assert fastest_openvino_precision(path, size=(64, 96), measure=fast_bf16, cache=cache).cached  # measured once
+    slow_bf16 = fake_measure({"fp32": 0.050, "bf16": 0.048})
+    assert fastest_openvino_precision(path, size=(64, 112), measure=slow_bf16, cache=cache).precision == "fp32"
+    # Through load_predictor: the choice is applied and said.
+    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision_module, "time_alternately", lambda steps: {"fp32": 0.05, "bf16": 0.048})
+    with caplog.at_level(logging.INFO):
+        predictor = load_predictor(path, precision="auto", auto_size=(64, 96))
+    assert predictor.config["INFERENCE_PRECISION_HINT"] == "f32" and "precision=auto: fp32" in caplog.text
+    onnx_file = export(net, tmp_path / "net.onnx", options=ExportOptions(example_size=(64, 96)))
+    assert load_predictor(onnx_file, precision="auto").describe() == "onnxruntime fp32"  # nothing to choose
 
 
 def test_cpu_features_name_what_decides_the_fastest_variant():

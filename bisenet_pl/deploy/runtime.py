@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -9,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from bisenet_pl.errors import ConfigError
+from bisenet_pl.precision import PrecisionChoice, choose_fastest, measured_step_ms, this_cpu
 
 Backend = Literal["onnxruntime", "openvino"]
 BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
@@ -19,6 +23,8 @@ OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 #: Where an OpenVINO file written by bisenet-pl export keeps the inference precision it was exported
 #: for (OpenVINO's own default depends on the CPU: bf16 wherever it is native).
 PRECISION_RT_INFO = ["bisenet_pl", "inference_precision"]
+#: The image size ``precision="auto"`` times a file at unless told (the papers' 512x1024).
+AUTO_EXAMPLE_SIZE = (512, 1024)
 
 
 def backend_for(path: str | Path, backend: Backend | None = None) -> Backend:
@@ -100,13 +106,21 @@ class OpenVinoPredictor(Predictor):
             raise ConfigError(f"OpenVINO precision must be fp32 or bf16; got {precision!r}")
         self.requests: dict[tuple[int, ...], object] = {}
 
+    def input_shape(self, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
+        """The file's input shape for images of ``height`` x ``width`` (its layout: NHWC or NCHW)."""
+        shape = self.model.inputs[0].get_partial_shape()
+        channels_last = shape[3].is_static and shape[3].get_length() in (1, 3)
+        return (batch, height, width, shape[3].get_length()) if channels_last else (batch, shape[1].get_length(), height, width)
+
+    def example_input(self, height: int, width: int) -> np.ndarray:
+        """A random image batch of one, in the file's layout and input type."""
+        images = np.random.default_rng(0).integers(0, 256, self.input_shape(height, width), dtype=np.uint8)
+        return images if self.model.inputs[0].get_element_type().to_string() == "u8" else images.astype(np.float32) / 255
+
     @cached_property
     def precision(self) -> str:
         """What OpenVINO compiles the file to on this CPU, asked of a small compilation of it."""
-        shape = self.model.inputs[0].get_partial_shape()
-        channels_last = shape[3].is_static and shape[3].get_length() in (1, 3)
-        example = (1, 64, 64, shape[3].get_length()) if channels_last else (1, shape[1].get_length(), 64, 64)
-        computes = self.compiled(example).get_property("INFERENCE_PRECISION_HINT").to_string()
+        computes = self.compiled(self.input_shape(64, 64)).get_property("INFERENCE_PRECISION_HINT").to_string()
         computes = {"f32": "fp32", "f16": "fp16"}.get(computes, computes)
         quantized = any(op.get_type_name() == "FakeQuantize" for op in self.model.get_ops())
         return f"int8+{computes}" if quantized else computes
@@ -131,20 +145,66 @@ def import_openvino():
     return openvino
 
 
+def fastest_openvino_precision(
+    path: str | Path,
+    threads: int | None = None,
+    size: tuple[int, int] = AUTO_EXAMPLE_SIZE,
+    measure: Callable[[dict[str, Callable[[], object]]], dict[str, float]] | None = None,
+    cache: Path | None = None,
+) -> PrecisionChoice:
+    """fp32 or bf16, whichever OpenVINO runs the file at ``path`` faster in on this CPU at ``size``
+    (an int8 file's float layers), measured once per file, CPU, OpenVINO version and size (see
+    :mod:`bisenet_pl.precision`); bf16 must win by 10% to be chosen over fp32's exact results."""
+    openvino = import_openvino()
+    path = Path(path)
+    digest = hashlib.sha1(path.read_bytes())
+    weights = path.with_suffix(".bin")
+    if weights.is_file():
+        digest.update(weights.read_bytes())
+    key = f"openvino {openvino.__version__} | {this_cpu()} | {threads or 'all'} threads | {digest.hexdigest()[:16]} | {size[0]}x{size[1]}"
+
+    def steps() -> dict[str, Callable[[], object]]:
+        runs = {}
+        for precision in OPENVINO_PRECISION:
+            predictor = OpenVinoPredictor(path, precision, threads)
+            images = predictor.example_input(*size)
+            runs[precision] = lambda predictor=predictor, images=images: predictor(images)
+        return runs
+
+    step_ms, cached = measured_step_ms(key, steps, tuple(OPENVINO_PRECISION), measure, cache)
+    what = f"{path.name} in OpenVINO at {size[0]}x{size[1]}"
+    return PrecisionChoice(choose_fastest(step_ms), step_ms, what, cached, setting="precision=auto")
+
+
 def load_predictor(
-    path: str | Path, backend: Backend | None = None, precision: Precision | None = None, threads: int | None = None
+    path: str | Path,
+    backend: Backend | None = None,
+    precision: Precision | Literal["auto"] | None = None,
+    threads: int | None = None,
+    auto_size: tuple[int, int] = AUTO_EXAMPLE_SIZE,
 ) -> Predictor:
     """The exported file at ``path`` loaded for CPU inference (see :class:`Predictor`).
 
     ``backend`` defaults to the file's (OpenVINO for ``.xml``); OpenVINO also runs ``.onnx`` files.
     ``precision`` (OpenVINO only) overrides the precision stored in the file: ``fp32`` for results
-    that match PyTorch, ``bf16`` on CPUs that compute it natively (:func:`cpu_features`).
+    that match PyTorch, ``bf16``, or ``auto``: whichever of the two measures faster on this CPU at
+    ``auto_size`` (:func:`fastest_openvino_precision`; said in a log line). ONNX Runtime computes a
+    file in fp32, or int8 where it was quantized: ``auto`` takes that.
     """
     backend = backend_for(path, backend)
     if not Path(path).is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
     if backend == "openvino":
+        if precision == "auto":
+            choice = fastest_openvino_precision(path, threads, auto_size)
+            logging.getLogger(__name__).info(choice.describe())
+            precision = choice.precision
         return OpenVinoPredictor(path, precision, threads)
+    if precision == "auto":
+        precision = None
     if precision not in (None, "fp32", "int8"):
-        raise ConfigError(f"ONNX Runtime computes a file in fp32 (or int8 if quantized); {precision} needs --backend openvino")
+        raise ConfigError(
+            f"{path}: ONNX Runtime computes a file in fp32 (or int8 if quantized); {precision} needs OpenVINO: "
+            "load_predictor(path, backend='openvino', ...)"
+        )
     return OnnxRuntimePredictor(path, threads)
