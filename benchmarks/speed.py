@@ -435,6 +435,31 @@ def training_table(args, device: torch.device) -> list[dict]:
     return rows
 
 
+def which_to_pick(rows: list[dict]) -> list[str]:
+    """For each network and size of the inference rows of this run: the fastest variant whose results
+    match PyTorch's, and the fastest within 1.0 mIoU of fp32 (when scored; else the fastest, unscored)."""
+    lines = []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if row["kind"] == "inference":
+            groups.setdefault((row["network"], row["size"]), []).append(row)
+    for (network, size), group in groups.items():
+        exact = [row for row in group if row.get("exact")]
+        scored = [row for row in group if "within_1_miou" in row]
+        accurate = [row for row in scored if row["within_1_miou"]] if scored else group
+        picks = []
+        if exact:
+            best = min(exact, key=lambda row: row["ms_per_batch"])
+            picks.append(f"exact: {best['variant']} ({best['ms_per_batch']:.0f} ms, {best['x_reference']:.2f}x)")
+        if accurate:
+            best = min(accurate, key=lambda row: row["ms_per_batch"])
+            what = "within 1.0 mIoU of fp32" if scored else "fastest (not scored: give --checkpoint and --data-root)"
+            miou = f", mIoU {best['miou']:.2f}" if "miou" in best else ""
+            picks.append(f"{what}: {best['variant']} ({best['ms_per_batch']:.0f} ms, {best['x_reference']:.2f}x{miou})")
+        lines.append(f"- {network} {size}: " + "; ".join(picks))
+    return lines
+
+
 def format_row(row: dict) -> str:
     def cell(key: str, value) -> str:
         if key in ("max_abs_diff", "logit_scale"):
@@ -502,6 +527,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Inference, batch {args.batch_size}, {args.iterations} timed runs after {args.warmup} warm-up runs:\n")
         rows += inference_table(args, device)
         print(markdown([r for r in rows if r["kind"] == "inference"]) + "\n", flush=True)
+        print("Which to pick on this machine, from this run:\n" + "\n".join(which_to_pick(rows)) + "\n", flush=True)
     if not args.skip_training:
         print(f"Training step, {args.train_steps} timed steps per way in {args.train_rounds} alternating blocks:\n")
         rows += training_table(args, device)

@@ -41,6 +41,21 @@ def test_speed_script_prints_both_tables_and_json(capsys, tmp_path):
     assert rows[0]["x_reference"] == 1.0 and rows[2]["x_reference"] == 1.0  # each table's reference row
 
 
+def test_which_to_pick_is_computed_from_the_run():
+    def row(variant, ms, exact, miou=None):
+        scored = {} if miou is None else {"miou": miou, "within_1_miou": miou >= 64.9}
+        return {"kind": "inference", "network": "BiSeNetV2", "size": "512x1024", "variant": variant,
+                "ms_per_batch": ms, "x_reference": 400 / ms, "exact": exact} | scored  # fmt: skip
+
+    rows = [row("reference", 400, True, 65.9), row("onnxruntime", 130, True, 65.9), row("openvino-int8", 50, False, 64.0),
+            row("openvino-bf16", 70, False, 65.8)]  # fmt: skip
+    assert load_script().which_to_pick(rows) == [
+        "- BiSeNetV2 512x1024: exact: onnxruntime (130 ms, 3.08x); within 1.0 mIoU of fp32: openvino-bf16 (70 ms, 5.71x, mIoU 65.80)"
+    ]
+    unscored = [row("reference", 400, True), row("openvino-int8", 50, False)]
+    assert "fastest (not scored: give --checkpoint and --data-root): openvino-int8" in load_script().which_to_pick(unscored)[0]
+
+
 def test_flops_and_percentiles():
     # FlopCounterMode counts a multiply-add as 2: a 1x1 conv of 3->1 channels on 4 pixels is 24 FLOPs.
     assert count_flops(torch.nn.Conv2d(3, 1, 1, bias=False), torch.randn(1, 3, 2, 2)) == 24
