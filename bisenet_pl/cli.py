@@ -30,6 +30,7 @@ from bisenet_pl.models.weights import (
     read_state_dict,
     read_weights_info,
     save_inference_weights,
+    weights_location,
 )
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.precision import TIME_RESERVE, fastest_cpu_precision, steps_within
@@ -333,6 +334,7 @@ def export_command(args: list[str]) -> None:
         raise ConfigError(f"--ckpt_path {source}: no such checkpoint")
     # A released name has no folder of its own to write beside: its outputs go to the current one.
     output = options.output or (Path(source).with_suffix(suffix) if options.ckpt_path else Path(Path(source).stem + suffix))
+    check_export_output(output, weights_location(source), named=options.output is not None, format=options.format)
     check_writable(output.parent, "--output")
     if options.ckpt_path:
         check_lightning_checkpoint(source)
@@ -385,6 +387,15 @@ def export_command(args: list[str]) -> None:
         choose_openvino_precision(module.net, output, export_options, datamodule if options.score else None)
     elif options.score:
         print(score_export(module.net, output, export_options, datamodule)[0])
+
+
+def check_export_output(output: Path, source: str, named: bool, format: str) -> None:
+    """An export never writes over its own input, nor over an existing file the user did not name."""
+    written = [output, output.with_suffix(".bin")] if format == "openvino" else [output]
+    if Path(source).exists() and any(path.resolve() == Path(source).resolve() for path in written):
+        raise ConfigError(f"--output {output} would overwrite the input {source}: give another --output")
+    if not named and (existing := [path for path in written if path.exists()]):
+        raise ConfigError(f"{existing[0]} exists already: give --output {output} to replace it, or another path")
 
 
 def choose_openvino_precision(net: torch.nn.Module, path: Path, options, datamodule: SegmentationDataModule | None) -> None:

@@ -1,6 +1,7 @@
 """Deployment: BatchNorm folding, ONNX (checked with onnxruntime) and TorchScript export."""
 
 import functools
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +14,7 @@ from synthetic import make_camvid_segnet
 from bisenet_pl.cli import main
 from bisenet_pl.deploy import export_onnx, fold_batchnorm, inference_network, onnx_session
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
+from bisenet_pl.models.weights import released_weights_path
 from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +87,25 @@ def test_export_command_torchscript(checkpoint, tmp_path):
 def test_export_command_refuses_a_missing_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="no such checkpoint"):
         main(["export", f"--ckpt_path={tmp_path / 'missing.ckpt'}"])
+
+
+def test_an_export_never_overwrites_its_input_nor_a_file_nobody_named(tmp_path, monkeypatch):
+    released = tmp_path / "bisenetv2_camvid.pt"
+    shutil.copy(released_weights_path("bisenetv2_camvid"), released)
+    before = released.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    # The default output of --format weights for a .pt input is the input itself.
+    with pytest.raises(SystemExit, match="--output bisenetv2_camvid.pt would overwrite the input bisenetv2_camvid.pt"):
+        main(["export", "--model.pretrained=bisenetv2_camvid.pt", "--format=weights", "--bn_images=2"])
+    with pytest.raises(SystemExit, match="would overwrite the input"):
+        main(["export", f"--model.pretrained={released}", "--format=weights", f"--output={released}"])
+    assert released.read_bytes() == before
+    (tmp_path / "bisenetv2_camvid.onnx").write_text("mine")
+    with pytest.raises(SystemExit, match="bisenetv2_camvid.onnx exists already: give --output bisenetv2_camvid.onnx to replace it"):
+        main(["export", "--model.pretrained=bisenetv2_camvid.pt", "--size", "64", "96"])
+    assert (tmp_path / "bisenetv2_camvid.onnx").read_text() == "mine"
+    main(["export", "--model.pretrained=bisenetv2_camvid.pt", "--size", "64", "96", "--output=bisenetv2_camvid.onnx"])  # named: replaced
+    assert (tmp_path / "bisenetv2_camvid.onnx").stat().st_size > 1000
 
 
 def test_a_checkpoint_of_the_cpu_recipe_exports(tmp_path, capsys):
