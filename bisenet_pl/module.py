@@ -198,7 +198,7 @@ class SegmentationModule(L.LightningModule):
         known = {"ignore_index": info.ignore_index, "class_names": info.class_names}
         options = {"aux_weights": 0.0} | {k: v for k, v in known.items() if v is not None} | options
         module = cls(net=info.network, num_classes=info.num_classes, pretrained=str(source), **options)
-        module.load_pretrained(source)
+        module.load_pretrained(source, classes_from_file=True)
         module._weights_loaded = True
         return module.eval()
 
@@ -233,10 +233,10 @@ class SegmentationModule(L.LightningModule):
         if self.hparams.pretrained:
             self.load_pretrained(self.hparams.pretrained)
 
-    def load_pretrained(self, source: str | Path) -> None:
+    def load_pretrained(self, source: str | Path, classes_from_file: bool = False) -> None:
         """Initialise the network from a checkpoint of ours, a state dict, or a CoinCheung .pth
         (see :func:`bisenet_pl.models.weights.load_network_weights`)."""
-        for line in load_network_weights(self.net, source):
+        for line in load_network_weights(self.net, source, classes_from_file):
             rank_zero_info(line)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -10,6 +10,7 @@ from synthetic import SIZE, block_label, image_for, make_camvid_segnet, make_fol
 
 from bisenet_pl.cli import build_cli, main
 from bisenet_pl.models import BiSeNetV2
+from bisenet_pl.models.weights import released_weights_path
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = [
@@ -177,6 +178,23 @@ def test_a_state_dict_given_as_ckpt_path_points_to_pretrained(tmp_path, bad_weig
     state = bad_weight_files / "state.pth"
     message = error_of("validate", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", *CPU, f"--ckpt_path={state}")
     assert "is not a checkpoint written by bisenet-pl fit" in message and f"--model.pretrained={state}" in message
+
+
+def test_weights_with_a_nan_or_a_description_that_contradicts_them_are_refused(tmp_path):
+    released = torch.load(released_weights_path("bisenetv2_camvid"), weights_only=True)
+    nan = released | {"state_dict": dict(released["state_dict"])}
+    nan["state_dict"]["head.conv.conv.weight"] = nan["state_dict"]["head.conv.conv.weight"].clone()
+    nan["state_dict"]["head.conv.conv.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(nan, tmp_path / "nan.pt")
+    twelve = released | {"num_classes": 12, "class_names": [*released["class_names"], "Extra"]}
+    torch.save(twelve, tmp_path / "twelve.pt")
+    root = make_camvid_segnet(tmp_path / "camvid")
+    test = ["test", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", *CPU]
+    message = error_of(*test, f"--model.pretrained={tmp_path / 'nan.pt'}")
+    assert "1 tensor(s) hold NaN or infinite values (e.g. head.conv.conv.weight)" in message
+    message = error_of("export", f"--model.pretrained={tmp_path / 'twelve.pt'}", f"--output={tmp_path / 'x.onnx'}")
+    assert "says it predicts 12 classes but its classifier head.classifier.bias has 11" in message
+    assert not list(tmp_path.glob("x.onnx*"))
 
 
 def test_weights_that_cannot_be_fetched_say_how_to_give_a_local_file(tmp_path, monkeypatch):

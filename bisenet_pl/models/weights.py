@@ -170,14 +170,22 @@ def compare_state_dicts(expected: Mapping[str, torch.Tensor], given: Mapping[str
     )
 
 
-def load_network_weights(net: SegmentationNetwork, source: str | Path) -> list[str]:
+def load_network_weights(net: SegmentationNetwork, source: str | Path, classes_from_file: bool = False) -> list[str]:
     """Initialise ``net`` from a checkpoint of ``bisenet-pl fit``, a weights file, a state dict or a
     CoinCheung/BiSeNet ``.pth`` (converted); return what was done, one line each, for the log.
 
-    Classifiers of another class count are re-initialised, tensors of aux heads ``net`` does not
-    build are skipped, anything else must fit (a one-line :class:`ConfigError` otherwise).
+    Classifiers of another class count are re-initialised (unless ``classes_from_file``: ``net`` was
+    built for the class count the file states, so its tensors must have it), tensors of aux heads
+    ``net`` does not build are skipped, anything else must fit, and every tensor must be finite (a
+    one-line :class:`ConfigError` otherwise).
     """
     state = read_state_dict(source)
+    damaged = [key for key, value in state.items() if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if damaged:
+        raise ConfigError(
+            f"{source}: {len(damaged)} tensor(s) hold NaN or infinite values (e.g. {damaged[0]}): the file is damaged "
+            "or the training it comes from diverged"
+        )
     if any(key.startswith("net.") for key in state):  # a LightningModule checkpoint
         state = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
     else:
@@ -192,6 +200,11 @@ def load_network_weights(net: SegmentationNetwork, source: str | Path) -> list[s
     reinitialised, skipped, missing = diff.wrong_shape, diff.unexpected, diff.missing
     if not all(net.is_classifier_parameter(k) for k in reinitialised):
         raise ConfigError(f"{source} does not fit this network: shapes differ for {reinitialised[:5]}")
+    if classes_from_file and reinitialised:
+        raise ConfigError(
+            f"{source} says it predicts {net.num_classes} classes but its classifier {reinitialised[0]} has "
+            f"{state[reinitialised[0]].shape[0]}: the file's description contradicts its tensors"
+        )
     if [k for k in missing if not net.is_classifier_parameter(k) and not k.startswith("aux_heads.")]:
         raise ConfigError(f"{source} does not fit this network: missing {missing[:5]}")
     keep = state.keys() - set(skipped) - set(reinitialised)
