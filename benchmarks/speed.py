@@ -22,6 +22,7 @@ import json
 import math
 import os
 import statistics
+import shutil
 import sys
 import tempfile
 import time
@@ -60,8 +61,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    height, width = text.lower().split("x")
-    return int(height), int(width)
+    """``"512x1024"`` as (height, width); anything else is an argparse error naming the text."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: expected HEIGHTxWIDTH, e.g. 512x1024") from None
+    if min(height, width) < 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: height and width must be at least 32 (the networks' stride)")
+    return height, width
 
 
 def machine() -> str:
@@ -144,8 +151,16 @@ def exported_variant(variant: str, files: dict[str, tuple[Path, Path]], threads:
 
 
 def inference_table(args, device: torch.device) -> list[dict]:
-    rows = []
+    """The inference rows; the exported files live in a temporary folder removed afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="bisenet-bench-"))
+    try:
+        return inference_rows(args, device, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def inference_rows(args, device: torch.device, folder: Path) -> list[dict]:
+    rows = []
     trained = SegmentationModule.from_pretrained(args.checkpoint).net.float().eval() if args.checkpoint else None
     data = scoring_data(args)
     normalisation = trained_normalisation(args.checkpoint, data)
@@ -505,6 +520,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration-images", type=int, default=300, help="training images that calibrate int8")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as a JSON list of objects")
     args = parser.parse_args(argv)
+    for option, sizes in (("--sizes", args.sizes), ("--train-size", [args.train_size])):
+        for size in sizes:
+            try:
+                parse_size(size)
+            except argparse.ArgumentTypeError as error:
+                parser.error(f"{option}: {error}")
     device = torch.device(args.device)
     if args.variants is None:
         args.variants, skipped = supported_variants(GPU_VARIANTS if device.type == "cuda" else CPU_VARIANTS)

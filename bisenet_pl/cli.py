@@ -431,16 +431,23 @@ def calibration_images(source: Path | None, datamodule: SegmentationDataModule |
         paths = list_images(source)
         if not paths:
             raise ConfigError(f"--calibration {source}: the folder holds no images")
-        return [read_image(paths[i]) for i in fixed_subset(len(paths), count)]
-    if source is not None:
-        if not source.is_file():
-            raise ConfigError(f"--calibration {source}: no such data config or folder of images")
-        datamodule = datamodule_from_config(source)
-    if datamodule is None:
-        raise ConfigError(f"--precision int8 needs calibration images: give --calibration (a data config or a folder), or {GIVE_CONFIG}")
-    datamodule.prepare_data()
-    train = datamodule.dataset("train")
-    return [train.load(i)[0] for i in fixed_subset(len(train), count)]
+        images, where = [read_image(paths[i]) for i in fixed_subset(len(paths), count)], source
+    else:
+        if source is not None:
+            if not source.is_file():
+                raise ConfigError(f"--calibration {source}: no such data config or folder of images")
+            datamodule = datamodule_from_config(source)
+        if datamodule is None:
+            raise ConfigError(f"--precision int8 needs calibration images: give --calibration (a data config or a folder), or {GIVE_CONFIG}")
+        datamodule.prepare_data()
+        train = datamodule.dataset("train")
+        images, where = [train.load(i)[0] for i in fixed_subset(len(train), count)], f"the training split of {datamodule.root}"
+    short = f" (--calibration_images {count}: that is all there are)" if len(images) < count else ""
+    gray = sum(1 for image in images if image.ndim == 3 and (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+    print(f"calibrating int8 on {len(images)} images of {where}{short}")
+    if gray:
+        print(f"note: {gray} of them are grayscale: int8 ranges calibrated on them may not fit colour images")
+    return images
 
 
 def score_export(

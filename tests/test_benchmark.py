@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,26 @@ def test_speed_script_prints_both_tables_and_json(capsys, tmp_path):
         assert {"kind", "network", "size", "batch", "variant", "ms_per_batch", "images_per_s", "x_reference"} <= set(row)
         assert row["ms_per_batch"] > 0 and row["images_per_s"] == pytest.approx(1000 * row["batch"] / row["ms_per_batch"])
     assert rows[0]["x_reference"] == 1.0 and rows[2]["x_reference"] == 1.0  # each table's reference row
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--sizes", "0x0", "height and width must be at least 32"), ("--sizes", "7", "is not a size: expected HEIGHTxWIDTH"),
+    ("--sizes", "abc", "is not a size"), ("--train-size", "64x", "is not a size"),
+])  # fmt: skip
+def test_bad_sizes_are_one_line_errors(capsys, option, value, message):
+    with pytest.raises(SystemExit) as exited:
+        load_script().main([option, value])
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and f"error: {option}: '{value}'" in error and message in error
+
+
+def test_the_exported_files_are_removed_after_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    load_script().main([
+        "--networks", "v2", "--sizes", "64x96", "--variants", "reference", "onnxruntime", "--iterations", "1",
+        "--warmup", "0", "--skip-training",
+    ])  # fmt: skip
+    assert not list(tmp_path.glob("bisenet-bench-*"))
 
 
 def test_which_to_pick_is_computed_from_the_run():

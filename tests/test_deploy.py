@@ -139,8 +139,12 @@ def test_export_command_precision_auto_records_what_measures_fastest(tmp_path, c
 def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
     folder = make_camvid_segnet(tmp_path / "camvid", {"train": 2}) / "train"
     output = tmp_path / "int8.onnx"
-    main(["export", "--model.pretrained=bisenetv2_camvid", "--precision=int8", f"--calibration={folder}", "--size", "64", "96", f"--output={output}"])
-    assert "onnxruntime int8 against PyTorch fp32" in capsys.readouterr().out
+    main(["export", "--model.pretrained=bisenetv2_camvid", "--precision=int8", f"--calibration={folder}", "--size", "64", "96", f"--output={output}",
+          "--calibration_images=50"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "onnxruntime int8 against PyTorch fp32" in printed
+    assert f"calibrating int8 on 2 images of {folder} (--calibration_images 50: that is all there are)" in printed
+    assert "grayscale" in printed  # the synthetic images are grey: said, not refused
     assert load_predictor(output).precision == "int8"
 
 
