@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -475,11 +476,27 @@ def score_export(
 TOOLS = {"stats": stats_command, "convert": convert_command, "export": export_command}
 
 
+def stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_tool(tool, args: list[str]) -> None:
+    """A tool (stats, convert, export) that Ctrl-C or SIGTERM ends in one line, its temporary files
+    removed on the way out (they live in context managers that an exception unwinds)."""
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        tool(args)
+    except KeyboardInterrupt:
+        raise SystemExit("bisenet-pl: interrupted; no output was left half-written") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     try:
         if argv and argv[0] in TOOLS:
-            TOOLS[argv[0]](argv[1:])
+            run_tool(TOOLS[argv[0]], argv[1:])
         else:
             build_cli(args)  # None: LightningCLI reads sys.argv itself
     except argparse.ArgumentError as error:

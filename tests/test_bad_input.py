@@ -9,8 +9,10 @@ import torch
 from synthetic import SIZE, block_label, image_for, make_camvid_segnet, make_folder, write_gray, write_rgb
 
 from bisenet_pl.cli import build_cli, main
+from bisenet_pl.errors import UserError
 from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.models.weights import released_weights_path
+from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = [
@@ -194,6 +196,8 @@ def test_weights_with_a_nan_or_a_description_that_contradicts_them_are_refused(t
     assert "1 tensor(s) hold NaN or infinite values (e.g. head.conv.conv.weight)" in message
     message = error_of("export", f"--model.pretrained={tmp_path / 'twelve.pt'}", f"--output={tmp_path / 'x.onnx'}")
     assert "says it predicts 12 classes but its classifier head.classifier.bias has 11" in message
+    with pytest.raises(UserError, match="is a folder, not a weights file: give the .pt, .pth or .ckpt file itself"):
+        SegmentationModule.from_pretrained(tmp_path)
     assert not list(tmp_path.glob("x.onnx*"))
 
 

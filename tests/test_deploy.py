@@ -184,6 +184,18 @@ def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
     assert load_predictor(path, backend="openvino", precision="fp32").describe() == "openvino fp32"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_predictor(tmp_path / "missing.onnx")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match="truncated.onnx is not a model ONNX Runtime can load"):
+        load_predictor(truncated)
+    xml = export(net, tmp_path / "net.xml", "openvino", options=ExportOptions(example_size=(64, 96)))
+    xml.with_suffix(".bin").unlink()
+    with pytest.raises(ConfigError, match=r"net.xml: its weights .*net.bin are missing"):
+        load_predictor(xml)
+    (tmp_path / "garbage.xml").write_text("<net></net>")
+    (tmp_path / "garbage.bin").write_bytes(b"")
+    with pytest.raises(ConfigError, match="garbage.xml is not a model OpenVINO can read"):
+        load_predictor(tmp_path / "garbage.xml")
 
 
 def test_precision_auto_keeps_what_openvino_measures_fastest_for_the_file(tmp_path, net, monkeypatch, caplog):

@@ -60,7 +60,11 @@ class OnnxRuntimePredictor(Predictor):
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = path
-        self.session = onnx_session(path, threads)
+        try:
+            self.session = onnx_session(path, threads)
+        except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"{path} is not a model ONNX Runtime can load (truncated, or another kind of file): {reason}") from None
         self.input_name = self.session.get_inputs()[0].name
 
     @cached_property
@@ -94,7 +98,13 @@ class OpenVinoPredictor(Predictor):
     def __init__(self, path: str | Path, precision: Precision | None = None, threads: int | None = None) -> None:
         openvino = import_openvino()
         self.core = openvino.Core()
-        self.model = self.core.read_model(str(path))
+        weights = Path(path).with_suffix(".bin")
+        if Path(path).suffix.lower() == ".xml" and not weights.is_file():
+            raise ConfigError(f"{path}: its weights {weights} are missing (OpenVINO IR is the .xml and the .bin beside it)")
+        try:
+            self.model = self.core.read_model(str(path))
+        except RuntimeError:
+            raise ConfigError(f"{path} is not a model OpenVINO can read (truncated, or another kind of file)") from None
         if precision is None and self.model.has_rt_info(PRECISION_RT_INFO):
             precision = self.model.get_rt_info(PRECISION_RT_INFO).astype(str)
         self.config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}

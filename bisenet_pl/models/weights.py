@@ -57,6 +57,8 @@ def read_checkpoint(source: str | Path) -> object:
             raise ConfigError(f"{source}: {unreadable_reason(error)}") from None
     else:
         path = Path(source).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder, not a weights file: give the .pt, .pth or .ckpt file itself")
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} does not exist (expected a local .pt/.pth file, an http(s):// or file:// URL, or released weights: {', '.join(RELEASED_WEIGHTS)})")
         state = load_file(path)
