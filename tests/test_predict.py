@@ -84,6 +84,37 @@ def test_predict_a_folder_of_mixed_images(tmp_path):
     assert not list(out.rglob("*.part*"))
 
 
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """A JPEG with an EXIF block saying how a viewer must turn it (6: 90 degrees clockwise)."""
+    entry = (0x0112).to_bytes(2, "little") + (3).to_bytes(2, "little") + (1).to_bytes(4, "little") + orientation.to_bytes(4, "little")
+    tiff = b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + entry + (0).to_bytes(4, "little")
+    exif = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + jpeg[2:]
+
+
+def test_a_camera_turned_jpeg_is_predicted_upright_and_skipped_files_are_named(tmp_path):
+    camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
+    save_checkpoint(tmp_path / "model.ckpt", num_classes=11)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    stored = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)  # 64 wide, 48 high as stored
+    ok, jpeg = cv2.imencode(".jpg", stored)
+    (inputs / "turned.jpg").write_bytes(with_exif_orientation(jpeg.tobytes(), 6))
+    (inputs / "animation.gif").write_bytes(b"GIF89a")
+    (tmp_path / "elsewhere").mkdir()
+    write_rgb(tmp_path / "elsewhere" / "x.png", stored)
+    (inputs / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert read_image(inputs / "turned.jpg").shape == (64, 48, 3)  # upright, as a viewer shows it
+    out = tmp_path / "predictions"
+    skipped = r"predicting 1 images; skipped 1 file\(s\) that are not images it reads \(animation.gif\) and 1 linked folder\(s\), not followed"
+    with pytest.warns(UserWarning, match=skipped):
+        main([
+            "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
+            f"--data.predict_source={inputs}", f"--ckpt_path={tmp_path / 'model.ckpt'}", f"--prediction_writer.output_dir={out}",
+        ])  # fmt: skip
+    assert cv2.imread(str(out / "labels" / "turned.png"), cv2.IMREAD_UNCHANGED).shape == (64, 48)
+
+
 def test_predict_a_video(tmp_path):
     camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
     save_checkpoint(tmp_path / "model.ckpt", num_classes=11)

@@ -37,23 +37,21 @@ def native_output_hidden() -> Iterator[None]:
         os.close(devnull)
 
 
-def decode(path: Path) -> np.ndarray | None:
-    """``cv2.imread(path, IMREAD_UNCHANGED)`` without the decoders' own messages."""
+def decode(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray | None:
+    """``cv2.imread(path, flags)`` without the decoders' own messages."""
     with native_output_hidden():
-        return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        return cv2.imread(str(path), flags)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image as RGB uint8 HxWx3 (grayscale and RGBA are converted)."""
-    image = decode(path)
+    """Read an image as RGB uint8 HxWx3 (grayscale is repeated, an alpha channel dropped), turned
+    upright as image viewers show it (a camera's EXIF orientation applied), so that a mask made
+    from it fits the image a person sees."""
+    image = decode(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)  # IMREAD_COLOR applies the EXIF orientation
     if image is None:
         raise DataError(f"cannot read image {path}: missing, unreadable or not an image")
     if image.dtype != np.uint8:
         raise DataError(f"image {path} has dtype {image.dtype}; expected 8-bit images")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

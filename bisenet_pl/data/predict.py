@@ -11,6 +11,7 @@ import albumentations as A
 import cv2
 import torch
 from PIL import Image
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from bisenet_pl.data.io import IMAGE_SUFFIXES, native_output_hidden, read_image
@@ -32,9 +33,21 @@ def find_images(source: Path) -> list[Path]:
         return [source]
     if not source.is_dir():
         raise DataError(f"data.predict_source {source} does not exist")
-    images = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    found = list(source.rglob("*"))
+    images = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise DataError(f"data.predict_source {source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    others = sorted(p for p in found if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
+    linked_folders = sorted(p for p in found if p.is_symlink() and p.is_dir())
+    if others or linked_folders:
+        skipped = [f"{len(others)} file(s) that are not images it reads ({', '.join(p.name for p in others[:3])}"
+                   f"{', ...' if len(others) > 3 else ''})"] if others else []  # fmt: skip
+        if linked_folders:
+            skipped.append(f"{len(linked_folders)} linked folder(s), not followed ({', '.join(map(str, linked_folders[:3]))})")
+        rank_zero_warn(
+            f"data.predict_source {source}: predicting {len(images)} images; skipped {' and '.join(skipped)}. "
+            f"Images are read from {', '.join(IMAGE_SUFFIXES)} files"
+        )
     # Outputs are named after the image without its suffix: a.png and a.jpg would overwrite each other.
     by_name: dict[Path, list[Path]] = {}
     for image in images:
@@ -86,11 +99,17 @@ class ImageFiles(Dataset):
 UNREADABLE_SIZE = (32, 32)
 
 
+#: EXIF orientations that turn an image by 90 degrees (its width and height swap when shown upright).
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
 def header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the image file's header, or None if it cannot be read."""
+    """(width, height) of the image as shown upright (see :func:`~bisenet_pl.data.io.read_image`),
+    from the file's header, or None if it cannot be read."""
     try:
         with Image.open(path) as image:
-            return image.size
+            width, height = image.size
+            return (height, width) if image.getexif().get(0x0112) in QUARTER_TURNS else (width, height)
     except OSError:
         return None
 
