@@ -93,7 +93,8 @@ def time_alternately(
 
 def _step_function(module, precision: str, batch: int, size: tuple[int, int], train: bool) -> Callable[[], None]:
     """One step of a copy of ``module``'s network in ``precision`` on random data: forward, the loss of
-    every head and backward when ``train``, else a forward pass without gradients."""
+    every head, backward and the module's optimiser (learning rate 0) when ``train``, else a forward
+    pass without gradients."""
     net = copy.deepcopy(module.net).train(train)
     channels_last = bool(module.hparams.get("channels_last"))
     if channels_last:
@@ -104,6 +105,8 @@ def _step_function(module, precision: str, batch: int, size: tuple[int, int], tr
         images = images.contiguous(memory_format=torch.channels_last)
     masks = torch.randint(0, module.num_classes, (batch, *size), generator=generator)
     dtype = torch.bfloat16 if precision == "bf16-mixed" else None
+    adamw = module.hparams.get("optimizer") == "adamw"
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.0) if adamw else torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None), torch.set_grad_enabled(train):
@@ -113,7 +116,8 @@ def _step_function(module, precision: str, batch: int, size: tuple[int, int], tr
                 loss = sum(module.criterion(logits, masks) for logits in outputs)
         if train:
             loss.backward()
-            net.zero_grad(set_to_none=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     return step
 
@@ -123,7 +127,7 @@ def measurement_key(module, batch: int, size: tuple[int, int], train: bool) -> s
     parts = [
         this_cpu(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads", type(module.net).__name__,
         hashlib.sha1(spec.encode()).hexdigest()[:10], f"{'train' if train else 'eval'} {batch}x{size[0]}x{size[1]}",
-        "channels-last" if module.hparams.get("channels_last") else "nchw",
+        "channels-last" if module.hparams.get("channels_last") else "nchw", f"{module.hparams.get('optimizer')} step",
     ]  # fmt: skip
     return " | ".join(parts)
 
