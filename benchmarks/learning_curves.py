@@ -28,13 +28,13 @@ def main(argv: list[str] | None = None) -> None:
         label, sep, folder = spec.rpartition("=")
         if not sep or not (Path(folder) / "metrics.csv").is_file():
             parser.error(f"{spec!r}: expected LABEL=RUN_DIR with RUN_DIR/metrics.csv")
+        if not metric_history(folder, args.metric)[1]:
+            parser.error(f"{folder}/metrics.csv has no {args.metric}")
         runs[label] = Path(folder)
     write_image(args.output, figure_to_array(learning_curves_figure(runs, args.metric, title=args.title)))
     print(f"| recipe | steps | minutes | {args.metric} (last) | best {args.metric} (step) |\n|---|---|---|---|---|")
     for label, folder in runs.items():
         steps, values = metric_history(folder, args.metric)
-        if not values:
-            parser.error(f"{folder}/metrics.csv has no {args.metric}")
         minutes = dict(zip(*metric_history(folder, "time/minutes")))
         best = max(range(len(values)), key=values.__getitem__)
         spent = f"{minutes[steps[-1]]:.1f}" if steps[-1] in minutes else "-"
