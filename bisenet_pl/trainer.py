@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.errors import check_options
+from bisenet_pl.files import atomic_write
 
 
 def auto_precision(accelerator: str = "auto") -> tuple[str, str]:
@@ -65,13 +68,30 @@ def check_trainer_options(options: dict) -> None:
     check_options("trainer", **checks)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writing, with local files written to a temporary file beside the
+    checkpoint and renamed into place: Lightning's own stages them in the system's temporary folder
+    and copies them across, which on a full disk left a truncated ``last.ckpt`` at the final path."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own way
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_write(Path(path)) as partial:
+            torch.save(checkpoint, partial)
+
+
 class Trainer(L.Trainer):
     """``lightning.Trainer``; ``precision="auto"`` is bf16-mixed or 16-mixed on a GPU and float32 on a
     CPU, said in a line (the command line resolves ``auto`` on a CPU by timing the run's own step
-    before it builds the Trainer). Numeric options are checked against their meaning before anything runs."""
+    before it builds the Trainer). Numeric options are checked against their meaning before anything runs,
+    and checkpoints are written atomically next to their final path (:class:`AtomicCheckpointIO`)."""
 
     def __init__(self, *args, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs) -> None:
         check_trainer_options(kwargs)
+        plugins = kwargs.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if precision == "auto":
             accelerator = kwargs.get("accelerator", "auto")
             precision, reason = auto_precision(accelerator if isinstance(accelerator, str) else "auto")

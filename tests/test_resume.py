@@ -1,5 +1,6 @@
 """A run killed mid-epoch and resumed with --ckpt_path last ends exactly as an uninterrupted one."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import build_cli
+from bisenet_pl.trainer import AtomicCheckpointIO, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("bisenet-pl")
@@ -65,3 +67,22 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, precision, capsy
     final_a = [line for line in straight.splitlines() if line.startswith("Validation at step 9")]
     final_b = [line for line in resumed.splitlines() if line.startswith("Validation at step 9")]
     assert final_a and final_a == final_b
+
+
+def test_a_checkpoint_that_fails_to_write_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """A full disk used to leave a truncated last.ckpt at the final path (Lightning staged the file in
+    the system's temporary folder and copied it across)."""
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    checkpoint_io = trainer.strategy.checkpoint_io
+    assert isinstance(checkpoint_io, AtomicCheckpointIO)
+    path = tmp_path / "last.ckpt"
+    checkpoint_io.save_checkpoint({"step": 1}, path)
+
+    def disk_full(obj, file):
+        Path(file).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint_io.save_checkpoint({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
