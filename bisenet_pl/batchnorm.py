@@ -110,7 +110,8 @@ class BatchNormRecalibration(Callback):
         if not self._reported:
             self._reported = True
             rank_zero_info(
-                f"BatchNorm statistics recomputed on {used} full-size training images in {time.perf_counter() - start:.1f} s "
+                f"BatchNorm statistics recomputed on {used} full-size training images in "
+                f"{time.perf_counter() - start:.1f} s "
                 "before each validation and checkpoint (--bn_recalibration.images)"
             )
 

@@ -36,7 +36,10 @@ TIME_RESERVE = 0.2
 
 def cache_path() -> Path:
     """``$BISENET_PL_CACHE`` or ``$XDG_CACHE_HOME/bisenet-pl`` (``~/.cache/bisenet-pl``), ``precision.json``."""
-    folder = os.environ.get("BISENET_PL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bisenet-pl"
+    folder = (
+        os.environ.get("BISENET_PL_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bisenet-pl"
+    )
     return Path(folder) / "precision.json"
 
 
@@ -106,10 +109,17 @@ def _step_function(module, precision: str, batch: int, size: tuple[int, int], tr
     masks = torch.randint(0, module.num_classes, (batch, *size), generator=generator)
     dtype = torch.bfloat16 if precision == "bf16-mixed" else None
     adamw = module.hparams.get("optimizer") == "adamw"
-    optimizer = torch.optim.AdamW(net.parameters(), lr=0.0) if adamw else torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
+    optimizer = (
+        torch.optim.AdamW(net.parameters(), lr=0.0)
+        if adamw
+        else torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
+    )
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None), torch.set_grad_enabled(train):
+        with (
+            torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None),
+            torch.set_grad_enabled(train),
+        ):
             outputs = net(images)
             outputs = outputs if isinstance(outputs, tuple) else (outputs,)
             if train:
@@ -181,7 +191,8 @@ def fastest_cpu_precision(
 ) -> PrecisionChoice:
     """The fastest of ``candidates`` for ``module``'s network at this batch and size on this CPU,
     from the cache when it was measured before, else measured now and cached."""
-    what = f"{'a training step' if train else 'a forward pass'} of {type(module.net).__name__} ({batch} x {size[0]}x{size[1]})"
+    step = "a training step" if train else "a forward pass"
+    what = f"{step} of {type(module.net).__name__} ({batch} x {size[0]}x{size[1]})"
     step_ms, cached = measured_step_ms(
         measurement_key(module, batch, size, train),
         lambda: {name: _step_function(module, name, batch, size, train) for name in candidates},

@@ -36,7 +36,9 @@ def logged(run: Path, metric: str) -> dict[int, float]:
     return {int(row["step"]): float(row[metric]) for row in rows if row.get(metric)}
 
 
-def full_size_statistics(module: SegmentationModule, datamodule: CamVidDataModule, images: int) -> dict[str, torch.Tensor]:
+def full_size_statistics(
+    module: SegmentationModule, datamodule: CamVidDataModule, images: int
+) -> dict[str, torch.Tensor]:
     fresh = copy.deepcopy(module)
     recalibrate_batchnorm(fresh, datamodule.full_size_batches(images, 2))
     return {name: norm.running_var for name, norm in batchnorm_layers(fresh).items()}
@@ -97,13 +99,17 @@ def test_recalibration_draws_no_random_numbers_and_counts_its_images():
         BatchNormRecalibration(images=-1)
 
 
-def test_full_size_batches_group_images_by_size_and_export_says_how_many_it_used(run_without_recalibration, tmp_path, capsys):
+def test_full_size_batches_group_images_by_size_and_export_says_how_many_it_used(
+    run_without_recalibration, tmp_path, capsys
+):
     root, run = run_without_recalibration
     datamodule = CamVidDataModule(root=str(root), batch_size=2, num_workers=0)
     batches = list(datamodule.full_size_batches(100, 2))
     assert [len(b) for b in batches] == [2, 2] and batches[0].shape[-2:] == (48, 64)  # the fifth alone is left out
     checkpoint = run / "checkpoints" / "last.ckpt"
-    main(["export", f"--ckpt_path={checkpoint}", "--format=weights", f"--output={tmp_path / 'w.pt'}", "--bn_images=100"])
+    main(
+        ["export", f"--ckpt_path={checkpoint}", "--format=weights", f"--output={tmp_path / 'w.pt'}", "--bn_images=100"]
+    )
     assert "recomputed BatchNorm statistics on 4 training images" in capsys.readouterr().out
 
 
@@ -112,7 +118,9 @@ def test_the_committed_runs_logged_what_their_exported_files_score(seed):
     """The README's evidence: three 400-step runs on CamVid whose last logged val and dev mIoU equal
     the score of their last checkpoint exported as a weights file and tested in float32 (within 0.5)."""
     run = REPO / "results" / "budget400_dev" / f"seed{seed}"
-    exported = dict(line.split() for line in (run / "exported_scores.txt").read_text().splitlines() if not line.startswith("#"))
+    exported = dict(
+        line.split() for line in (run / "exported_scores.txt").read_text().splitlines() if not line.startswith("#")
+    )
     for split in ("val", "dev"):
         curve = logged(run, f"{split}/mIoU")
         assert curve[max(curve)] == pytest.approx(float(exported[split]), abs=0.005)

@@ -35,7 +35,9 @@ def test_dev_sequences_move_whole_sequences_out_of_training(camvid_sequences):
 
 
 def test_setup_gives_the_training_loader_no_dev_image_and_validates_on_both(camvid_sequences):
-    dm = CamVidDataModule(root=str(camvid_sequences), dev_sequences=["0016E5"], batch_size=2, num_workers=0, crop_size=(32, 48))
+    dm = CamVidDataModule(
+        root=str(camvid_sequences), dev_sequences=["0016E5"], batch_size=2, num_workers=0, crop_size=(32, 48)
+    )
     dm.setup("fit")
     assert not any(image.name.startswith("0016E5_") for image, _ in dm.datasets["train"].samples)
     val, dev = dm.val_dataloader()
@@ -55,7 +57,9 @@ def test_dev_options_that_cannot_work_are_refused_in_words(camvid_sequences):
     with pytest.raises(DataError, match=r"dev_sequences=\['0006R1'\] \(the training sequences: 0001TP, 0006R0, 0016E5\): "
                        r"'0006R1_\*' matches none of the 9 training images"):  # fmt: skip
         CamVidDataModule(root=str(camvid_sequences), dev_sequences=["0006R1"]).split_samples("train")
-    with pytest.raises(DataError, match=r"data.dev_files=\['\*'\] holds out all 9 training images; nothing is left to train on"):
+    with pytest.raises(
+        DataError, match=r"data.dev_files=\['\*'\] holds out all 9 training images; nothing is left to train on"
+    ):
         CamVidDataModule(root=str(camvid_sequences), dev_files=["*"]).split_samples("train")
     with pytest.raises(ConfigError, match="give data.dev_sequences or data.dev_files, not both"):
         CamVidDataModule(root=str(camvid_sequences), dev_sequences=["0006R0"], dev_files=["0001TP_*"])
