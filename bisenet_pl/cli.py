@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import signal
 import sys
@@ -181,8 +180,8 @@ class BiSeNetCLI(LightningCLI):
         precision = {"32": "32-true", "bf16": "bf16-mixed", "16-mixed": "bf16-mixed"}.get(precision, precision)
         batch, size, _ = self._probe_shape()
         step_ms = fastest_cpu_precision(self.model, batch, size, candidates=(precision,)).step_ms[precision]
-        steps = steps_within(minutes, step_ms)
-        every = math.ceil(steps / 3)
+        every = max(1, steps_within(minutes, step_ms) // 3)
+        steps = 3 * every  # the third validation falls on the last step
         rank_zero_info(
             f"--train_minutes={minutes:g}: a training step of {batch} x {size[0]}x{size[1]} in {precision} takes {step_ms:.0f} ms "
             f"on this CPU, so max_steps={steps} ({TIME_RESERVE:.0%} of the time kept for validation, data and "

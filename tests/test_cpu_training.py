@@ -130,6 +130,10 @@ def test_train_minutes_sizes_the_schedule_from_the_measured_step(tmp_path, monke
     assert trainer.precision == "bf16-mixed" and trainer.max_steps == 1920 and trainer.val_check_interval == 640
     assert "--train_minutes=10: a training step of 2 x 32x48 in bf16-mixed takes 250 ms on this CPU, so max_steps=1920" in caplog.text
     assert build_cli([*args, "--trainer.precision=32"], run=False).trainer.max_steps == 960  # float32's step: 500 ms
+    odd = build_cli([*args, "--train_minutes=1"], run=False).trainer  # 192 steps fit: validated at 64, 128, 192
+    assert (odd.max_steps, odd.val_check_interval) == (192, 64)
+    uneven = build_cli([*args, "--train_minutes=1.01"], run=False).trainer  # 193 steps fit: cut to 3 x 64
+    assert (uneven.max_steps, uneven.val_check_interval) == (192, 64)
     with pytest.raises(ConfigError, match="--train_minutes must be > 0; got 0.0"):
         build_cli([*args, "--train_minutes=0"], run=False)
     assert steps_within(1, 60_000) == 1  # never zero steps
