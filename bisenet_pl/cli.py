@@ -34,7 +34,7 @@ from bisenet_pl.models.weights import (
 )
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.precision import TIME_RESERVE, fastest_cpu_precision, steps_within
-from bisenet_pl.trainer import Trainer, auto_precision
+from bisenet_pl.trainer import LastCheckpoint, Trainer, auto_precision
 from bisenet_pl.writer import SegmentationWriter
 
 TOOLS_HELP = """\
@@ -65,7 +65,7 @@ class BiSeNetCLI(LightningCLI):
             }
         )
         # last.ckpt every N steps, for --ckpt_path last after a crash (Lightning writes it atomically).
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "last_checkpoint.every_n_train_steps": 500,

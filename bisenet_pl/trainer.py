@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.errors import check_options
@@ -78,6 +79,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_write(Path(path)) as partial:
             torch.save(checkpoint, partial)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps, and at the end of training whatever the step:
+    Lightning's own writes it at the end only when it has not written it before, so a run of 1188
+    steps saved every 500 left a ``last.ckpt`` of step 1000."""
+
+    def __init__(self, *args, every_n_train_steps: int | None = None, **kwargs) -> None:
+        super().__init__(*args, every_n_train_steps=every_n_train_steps, **kwargs)
+        self.every_steps = every_n_train_steps
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        between_saves = self.every_steps and trainer.global_step % self.every_steps != 0
+        if self.save_last and between_saves and self.dirpath and not trainer.fast_dev_run:
+            trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
 
 
 class Trainer(L.Trainer):

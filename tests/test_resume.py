@@ -86,3 +86,15 @@ def test_a_checkpoint_that_fails_to_write_leaves_the_previous_one_whole(tmp_path
     with pytest.raises(OSError, match="No space left"):
         checkpoint_io.save_checkpoint({"step": 2}, path)
     assert torch.load(path, weights_only=True) == {"step": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_last_ckpt_holds_the_last_step_even_between_its_periodic_saves(tmp_path):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    out = tmp_path / "out"
+    build_cli([
+        "fit", "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--data.batch_size=2",
+        "--data.crop_size=[32,48]", "--trainer.precision=32", "--progress_bar.refresh_rate=0", "--trainer.max_steps=3",
+        "--trainer.limit_val_batches=0", "--last_checkpoint.every_n_train_steps=2", f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
+    ])  # fmt: skip
+    assert torch.load(next(out.rglob("last.ckpt")), weights_only=True)["global_step"] == 3  # not 2
