@@ -113,10 +113,12 @@ def test_an_export_never_overwrites_its_input_nor_a_file_nobody_named(tmp_path, 
 
 
 INTERRUPTED_EXPORT = """
-import os, sys, tempfile, time
+import os, signal, sys, tempfile, time
 from pathlib import Path
 from bisenet_pl import deploy
 from bisenet_pl.cli import main
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job inherits it ignored)
 
 folder, number = Path(sys.argv[1]), int(sys.argv[2])
 
