@@ -29,6 +29,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from bisenet_pl.errors import check_options
+
 BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -77,10 +79,11 @@ class BatchNormRecalibration(Callback):
     """
 
     def __init__(self, images: int = 64, batch_size: int | None = None) -> None:
-        if images < 0:
-            raise ValueError(f"bn_recalibration.images must be >= 0; got {images}")
-        if batch_size is not None and batch_size < 2:
-            raise ValueError(f"bn_recalibration.batch_size must be >= 2 (BatchNorm needs two images); got {batch_size}")
+        check_options(
+            "bn_recalibration",
+            images=(images, ">= 0", images >= 0),
+            batch_size=(batch_size, ">= 2 (BatchNorm needs two images)", batch_size is None or batch_size >= 2),
+        )
         self.images = images
         self.batch_size = batch_size
         self._recalibrated_at: int | None = None  # the global step the statistics describe
@@ -98,7 +101,7 @@ class BatchNormRecalibration(Callback):
     def _recalibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.images or trainer.sanity_checking or self._recalibrated_at == trainer.global_step:
             return
-        if not batchnorm_layers(pl_module):
+        if not batchnorm_layers(pl_module):  # nothing to recompute: spare the forward passes
             return
         datamodule = trainer.datamodule
         batch_size = self.batch_size or max(2, datamodule.batch_size)
