@@ -84,3 +84,26 @@ def test_fit_logs_val_and_dev_and_test_scores_the_dev_split(camvid_sequences, tm
     best = next(out.rglob("best-*.ckpt"))  # chosen on dev/mIoU
     cli = build_cli(["test", *common, f"--ckpt_path={best}", "--data.test_split=dev", "--trainer.logger=false"])
     assert "test/mIoU" in cli.trainer.callback_metrics
+
+
+def test_train_splits_train_on_train_and_val_for_a_release(camvid_sequences):
+    every = names(CamVidDataModule(root=str(camvid_sequences)).samples("train"))
+    val = names(CamVidDataModule(root=str(camvid_sequences)).samples("val"))
+    both = CamVidDataModule(root=str(camvid_sequences), train_splits=["train", "val"], batch_size=2, crop_size=(32, 48))
+    assert names(both.split_samples("train")) == every + val
+    with pytest.warns(UserWarning, match=r"val is trained on, so its scores measure fit"):
+        both.setup("fit")
+    assert len(both.datasets["train"]) == len(every) + len(val)
+    # The dev split still comes out of all of them, and only out of them.
+    held = CamVidDataModule(root=str(camvid_sequences), train_splits=["train", "val"], dev_sequences=["0006R0"])
+    train, dev = names(held.split_samples("train")), names(held.split_samples("dev"))
+    assert dev == [name for name in every + val if name.startswith("0006R0_")] and any(name in val for name in dev)
+    assert sorted(train + dev) == sorted(every + val) and not set(train) & set(dev)
+
+
+def test_train_splits_that_cannot_work_are_refused_in_words(camvid_sequences):
+    root = str(camvid_sequences)
+    with pytest.raises(ConfigError, match=r"data.train_splits must be a list of distinct splits that includes train, e.g. \[train, val\]; got \['val'\]"):
+        CamVidDataModule(root=root, train_splits=["val"])
+    with pytest.raises(ConfigError, match=r"includes data.test_split=test: the model would be tested on images it trained on"):
+        CamVidDataModule(root=root, train_splits=["train", "test"])

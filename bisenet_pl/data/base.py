@@ -27,7 +27,7 @@ from bisenet_pl.data.transforms import (
     to_tensors,
     train_transform,
 )
-from bisenet_pl.errors import DataError, check_options
+from bisenet_pl.errors import ConfigError, DataError, check_options
 
 Sample = tuple[Path, Path | None]
 LabelMap = Callable[[np.ndarray], np.ndarray]
@@ -223,6 +223,9 @@ class SegmentationDataModule(L.LightningDataModule):
             of training as the ``dev`` split: validated beside ``val`` and logged as ``dev/...``.
             Hold out whole sequences or places, so that dev measures what a test split of unseen
             scenes does; images of a sequence that stays in training are near-copies of its others.
+        train_splits: the splits training reads, e.g. ``[train, val]`` for the final run of a release
+            once its recipe and length are fixed on a dev split (the papers' train + val). Validation
+            still scores ``val`` then, as a check of fit, not of generalisation.
 
     Subclasses set ``num_classes``, ``class_names``, ``palette`` and implement ``samples``.
     """
@@ -252,8 +255,10 @@ class SegmentationDataModule(L.LightningDataModule):
         predict_source: str | None = None,
         cache_images: bool = False,
         dev_files: list[str] | None = None,
+        train_splits: list[str] = ("train",),
     ) -> None:
         super().__init__()
+        train_splits = list(train_splits)
         check_options(
             "data",
             crop_size=(list(crop_size), "[height, width], each >= 32", len(crop_size) == 2 and min(crop_size) >= 32),
@@ -274,7 +279,17 @@ class SegmentationDataModule(L.LightningDataModule):
             color_jitter=(color_jitter, "in [0, 1]", 0 <= color_jitter <= 1),
             blur=(blur, "a probability in [0, 1]", 0 <= blur <= 1),
             noise=(noise, "a share of the pixel range in [0, 1]", 0 <= noise <= 1),
+            train_splits=(
+                train_splits,
+                "a list of distinct splits that includes train, e.g. [train, val]",
+                "train" in train_splits and len(set(train_splits)) == len(train_splits) and "dev" not in train_splits,
+            ),
         )
+        if test_split in train_splits:
+            raise ConfigError(
+                f"data.train_splits={train_splits} includes data.test_split={test_split}: "
+                "the model would be tested on images it trained on"
+            )
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -294,6 +309,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.predict_source = Path(predict_source).expanduser() if predict_source else None
         self.cache_images = cache_images
         self.dev_files = list(dev_files) if dev_files else []
+        self.train_splits = train_splits
         self._scanned: set[str] = set()  # splits check_data already read through (validate)
         self._predict_source: PredictSource | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
@@ -318,15 +334,16 @@ class SegmentationDataModule(L.LightningDataModule):
         return ["val", "dev"] if self.dev_files else ["val"]
 
     def split_samples(self, split: str) -> list[Sample]:
-        """The samples of ``split`` with the dev split applied: ``train`` without the files that
-        match ``dev_files``, ``dev`` those files; other splits as :meth:`samples` gives them."""
+        """The samples of ``split`` as training and validation read them: ``train`` is every split
+        of ``train_splits`` without the files that match ``dev_files``, ``dev`` those files; other
+        splits as :meth:`samples` gives them."""
         if split not in ("train", "dev"):
             return self.samples(split)
+        train = [sample for name in self.train_splits for sample in self.samples(name)]
         if not self.dev_files:
             if split == "dev":
                 raise DataError("there is no dev split: choose its training images with data.dev_files (file-name patterns)")
-            return self.samples(split)
-        train = self.samples("train")
+            return train
         names = [image.name for image, _ in train]
         for pattern in self.dev_files:
             if not fnmatch.filter(names, pattern):
@@ -376,6 +393,10 @@ class SegmentationDataModule(L.LightningDataModule):
             self.check_splits([split for split in self.stage_splits(stage) if split not in self._scanned])
         if stage in ("fit", None):
             self.datasets["train"] = self.dataset("train", train=True)
+            if "val" in self.train_splits:
+                rank_zero_warn(
+                    f"data.train_splits={self.train_splits}: val is trained on, so its scores measure fit, not generalisation"
+                )
         if stage in ("fit", "validate", None):
             for split in self.val_splits:
                 self.datasets[split] = self.dataset(split)
