@@ -3,7 +3,8 @@
     python benchmarks/learning_curves.py --output docs/cpu_recipes.png \
         "SGD 0.05=outputs/a/lightning_logs/version_0" "AdamW 2e-3=outputs/b/lightning_logs/version_0"
 
-``--metric dev/mIoU`` plots the dev split instead (runs with ``data.dev_files``/``dev_sequences``).
+``--metric dev/mIoU`` plots the dev split instead (runs with ``data.dev_files``/``dev_sequences``);
+``--metric val/mIoU dev/mIoU`` (after the runs) plots both, one line style each.
 """
 
 from __future__ import annotations
@@ -21,24 +22,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR", help="a label and a folder holding metrics.csv")
     parser.add_argument("--output", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--title", default="")
-    parser.add_argument("--metric", default="val/mIoU", help="the logged metric to plot, e.g. dev/mIoU")
+    parser.add_argument(
+        "--metric", nargs="+", default=["val/mIoU"], help="the logged metrics to plot, e.g. dev/mIoU or val/mIoU dev/mIoU"
+    )
     args = parser.parse_args(argv)
     runs = {}
     for spec in args.runs:
         label, sep, folder = spec.rpartition("=")
         if not sep or not (Path(folder) / "metrics.csv").is_file():
             parser.error(f"{spec!r}: expected LABEL=RUN_DIR with RUN_DIR/metrics.csv")
-        if not metric_history(folder, args.metric)[1]:
-            parser.error(f"{folder}/metrics.csv has no {args.metric}")
+        for metric in args.metric:
+            if not metric_history(folder, metric)[1]:
+                parser.error(f"{folder}/metrics.csv has no {metric}")
         runs[label] = Path(folder)
     write_image(args.output, figure_to_array(learning_curves_figure(runs, args.metric, title=args.title)))
-    print(f"| recipe | steps | minutes | {args.metric} (last) | best {args.metric} (step) |\n|---|---|---|---|---|")
+    print("| recipe | metric | steps | minutes | last | best (step) |\n|---|---|---|---|---|---|")
     for label, folder in runs.items():
-        steps, values = metric_history(folder, args.metric)
         minutes = dict(zip(*metric_history(folder, "time/minutes")))
-        best = max(range(len(values)), key=values.__getitem__)
-        spent = f"{minutes[steps[-1]]:.1f}" if steps[-1] in minutes else "-"
-        print(f"| {label} | {steps[-1]} | {spent} | {100 * values[-1]:.2f} | {100 * values[best]:.2f} ({steps[best]}) |")
+        for metric in args.metric:
+            steps, values = metric_history(folder, metric)
+            best = max(range(len(values)), key=values.__getitem__)
+            spent = f"{minutes[steps[-1]]:.1f}" if steps[-1] in minutes else "-"
+            print(
+                f"| {label} | {metric} | {steps[-1]} | {spent} | {100 * values[-1]:.2f} | {100 * values[best]:.2f} ({steps[best]}) |"
+            )
     print(f"\nwrote {args.output}")
 
 

@@ -121,25 +121,32 @@ def figure_to_array(figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def learning_curves_figure(runs: dict[str, str | Path], metric: str = "val/mIoU", title: str = ""):
-    """Validation ``metric`` (in %) of CSV-logger runs against steps and against wall-clock
-    minutes of training (``time/minutes``, logged by the CLI's TrainingTime callback)."""
+def learning_curves_figure(runs: dict[str, str | Path], metric: str | Sequence[str] = "val/mIoU", title: str = ""):
+    """Validation metrics (in %) of CSV-logger runs against steps and against wall-clock minutes of
+    training (``time/minutes``, logged by the CLI's TrainingTime callback). Several metrics (e.g.
+    ``val/mIoU`` and ``dev/mIoU``) draw one line style each, a run keeping its colour."""
     from matplotlib.figure import Figure
 
     from bisenet_pl.results import metric_history
 
+    metrics = [metric] if isinstance(metric, str) else list(metric)
     figure = Figure(figsize=(11, 4), dpi=100, layout="constrained")
     by_step, by_time = figure.subplots(1, 2, sharey=True)
-    for label, run_dir in runs.items():
-        steps, values = metric_history(run_dir, metric)
-        (line,) = by_step.plot(steps, [100 * v for v in values], marker="o", markersize=3, label=label)
+    for index, (label, run_dir) in enumerate(runs.items()):
         minutes = dict(zip(*metric_history(run_dir, "time/minutes")))
-        timed = [(minutes[step], 100 * value) for step, value in zip(steps, values) if step in minutes]
-        if timed:
-            by_time.plot(*zip(*timed), marker="o", markersize=3, label=label, color=line.get_color())
+        for name, style in zip(metrics, ("-", "--", ":", "-.")):
+            steps, values = metric_history(run_dir, name)
+            if not steps:
+                continue
+            shown = label if len(metrics) == 1 else f"{label}: {name}"
+            colour = f"C{index % 10}"
+            by_step.plot(steps, [100 * v for v in values], style, marker="o", markersize=3, label=shown, color=colour)
+            timed = [(minutes[step], 100 * value) for step, value in zip(steps, values) if step in minutes]
+            if timed:
+                by_time.plot(*zip(*timed), style, marker="o", markersize=3, label=shown, color=colour)
     by_step.set_xlabel("training step")
     by_time.set_xlabel("minutes of training (validation included)")
-    by_step.set_ylabel(f"{metric} (%)")
+    by_step.set_ylabel(f"{', '.join(metrics)} (%)")
     for axes in (by_step, by_time):
         axes.grid(alpha=0.3)
     by_step.legend(fontsize=8)

@@ -1,12 +1,17 @@
 """The dev split: whole sequences (or files by pattern) held out of training and validated beside val."""
 
+from pathlib import Path
+
 import pytest
+from conftest import load_benchmark
 from synthetic import make_camvid_segnet, make_folder
 
 from bisenet_pl.cli import build_cli
 from bisenet_pl.data import CamVidDataModule, DataError, FolderDataModule
+from bisenet_pl.data.io import read_image
 from bisenet_pl.errors import ConfigError
 
+REPO = Path(__file__).resolve().parents[1]
 SEQUENCES = ("0001TP", "0006R0", "0016E5")
 
 
@@ -107,3 +112,12 @@ def test_train_splits_that_cannot_work_are_refused_in_words(camvid_sequences):
         CamVidDataModule(root=root, train_splits=["val"])
     with pytest.raises(ConfigError, match=r"includes data.test_split=test: the model would be tested on images it trained on"):
         CamVidDataModule(root=root, train_splits=["train", "test"])
+
+
+def test_learning_curves_plot_val_and_dev_of_a_committed_run(tmp_path, capsys):
+    run = REPO / "results" / "recipe_study_1000" / "baseline_seed42"
+    load_benchmark("learning_curves").main([f"baseline={run}", "--output", str(tmp_path / "curves.png"), "--metric", "val/mIoU", "dev/mIoU"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| baseline |")]
+    assert [row.split(" | ")[1] for row in rows] == ["val/mIoU", "dev/mIoU"]
+    assert rows[1].split(" | ")[4] == "34.45"  # the README's recipe-study baseline, dev at step 1000
+    assert read_image(tmp_path / "curves.png").shape[2] == 3
