@@ -33,7 +33,10 @@ lock: $(STAMP)
 	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras \
 		--no-emit-index-url --no-emit-find-links -c $(VENV)/torch-constraint.txt -o requirements.lock pyproject.toml
 
+# The linters first (seconds), then the suite.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	WANDB_MODE=disabled $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--title", default="")
     parser.add_argument(
-        "--metric", nargs="+", default=["val/mIoU"], help="the logged metrics to plot, e.g. dev/mIoU or val/mIoU dev/mIoU"
+        "--metric",
+        nargs="+",
+        default=["val/mIoU"],
+        help="the logged metrics to plot, e.g. dev/mIoU or val/mIoU dev/mIoU",
     )
     args = parser.parse_args(argv)
     runs = {}
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
             best = max(range(len(values)), key=values.__getitem__)
             spent = f"{minutes[steps[-1]]:.1f}" if steps[-1] in minutes else "-"
             print(
-                f"| {label} | {metric} | {steps[-1]} | {spent} | {100 * values[-1]:.2f} | {100 * values[best]:.2f} ({steps[best]}) |"
+                f"| {label} | {metric} | {steps[-1]} | {spent} | {100 * values[-1]:.2f} | {100 * values[best]:.2f} "
+                f"({steps[best]}) |"
             )
     print(f"\nwrote {args.output}")
 

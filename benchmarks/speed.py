@@ -21,8 +21,8 @@ import importlib.util
 import json
 import math
 import os
-import statistics
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -53,7 +53,14 @@ NETWORKS = {"v2": BiSeNetV2, "v1": BiSeNetV1}
 #: The papers' resolutions (H x W): Cityscapes at half and full size, CamVid at 720x960.
 PAPER_SIZES = ["512x1024", "720x960", "1024x2048"]
 PYTORCH_VARIANTS = ["reference", "channels_last", "folded", "folded+channels_last", "compile", "pytorch-bf16"]
-EXPORTED_VARIANTS = ["onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8", "openvino-int8+bf16"]
+EXPORTED_VARIANTS = [
+    "onnxruntime",
+    "onnxruntime-int8",
+    "openvino",
+    "openvino-bf16",
+    "openvino-int8",
+    "openvino-int8+bf16",
+]
 CPU_VARIANTS = ["reference", "folded+channels_last", "pytorch-bf16", *EXPORTED_VARIANTS]
 GPU_VARIANTS = ["reference", "channels_last", "folded+channels_last", "amp", "compile+amp"]
 #: Normalisation for networks without trained weights (ImageNet's); trained ones bring their own.
@@ -119,19 +126,28 @@ def pytorch_variant(variant: str, net: torch.nn.Module, mean, std, device: torch
 
     def logits(images: np.ndarray) -> torch.Tensor:
         batch = torch.from_numpy(images if nhwc else np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
             return model(batch).float()
 
-    return Variant(segment=lambda images: logits(images).argmax(dim=1), logits=lambda images: logits(images).cpu().numpy())
+    return Variant(
+        segment=lambda images: logits(images).argmax(dim=1), logits=lambda images: logits(images).cpu().numpy()
+    )
 
 
-def exported_files(net: torch.nn.Module, folder: Path, mean, std, calibration: list[np.ndarray] | None) -> dict[str, tuple[Path, Path]]:
+def exported_files(
+    net: torch.nn.Module, folder: Path, mean, std, calibration: list[np.ndarray] | None
+) -> dict[str, tuple[Path, Path]]:
     """The network exported as `bisenet-pl export --input uint8_nhwc` writes it, in fp32 and (given
     ``calibration``) int8: for each, a file of logits and one of class ids."""
     options = ExportOptions(image_input="uint8_nhwc", mean=mean, std=std, example_size=(64, 64))
     files = {"fp32": export_onnx(net, folder / "fp32.onnx", options=options)}
     if calibration is not None:
-        files["int8"] = save_onnx(quantize_onnx(files["fp32"], calibration, "uint8_nhwc", mean, std), folder / "int8.onnx")
+        files["int8"] = save_onnx(
+            quantize_onnx(files["fp32"], calibration, "uint8_nhwc", mean, std), folder / "int8.onnx"
+        )
     import onnx
 
     return {
@@ -174,15 +190,22 @@ def inference_rows(args, device: torch.device, folder: Path) -> list[dict]:
         if any(v in EXPORTED_VARIANTS for v in args.variants):
             files = exported_files(net, folder / name, mean, std, calibration)
         variants = {
-            v: exported_variant(v, files, torch.get_num_threads()) if v in EXPORTED_VARIANTS else pytorch_variant(v, net, mean, std, device)
+            v: exported_variant(v, files, torch.get_num_threads())
+            if v in EXPORTED_VARIANTS
+            else pytorch_variant(v, net, mean, std, device)
             for v in args.variants
         }
         scores = {}
         if ours and data is not None:
             start = time.perf_counter()
-            scores = mean_iou({v: (lambda image, run=variant.segment: np.asarray(run(image[None]))[0]) for v, variant in variants.items()},
+            scores = mean_iou({v: (lambda image, run=variant.segment: np.asarray(run(image[None]))[0]) for v,
+            variant in variants.items()},
                               data.val, data.num_classes, data.ignore_index)  # fmt: skip
-            print(f"scored {len(args.variants)} variants of {type(net).__name__} on {args.data_root} val in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            print(
+                f"scored {len(args.variants)} variants of {type(net).__name__} on {args.data_root} val in "
+                f"{time.perf_counter() - start:.0f} s",
+                file=sys.stderr,
+            )
         deployed = inference_network(net)
         for size in args.sizes:
             height, width = parse_size(size)
@@ -259,7 +282,9 @@ def scoring_data(args) -> ScoringData | None:
     if args.checkpoint:
         classes = read_weights_info(args.checkpoint).num_classes
         if classes != datamodule.num_classes:
-            raise SystemExit(f"--checkpoint {args.checkpoint} has {classes} classes; {args.data_root} has {datamodule.num_classes}")
+            raise SystemExit(
+                f"--checkpoint {args.checkpoint} has {classes} classes; {args.data_root} has {datamodule.num_classes}"
+            )
     val = datamodule.dataset("val")
     count = len(val) if args.val_images is None else min(args.val_images, len(val))
     return ScoringData(
@@ -268,7 +293,9 @@ def scoring_data(args) -> ScoringData | None:
     )  # fmt: skip
 
 
-def trained_normalisation(checkpoint: str | None, data: ScoringData | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def trained_normalisation(
+    checkpoint: str | None, data: ScoringData | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The trained network's mean and std: its weights file's, else the data's, else ImageNet's."""
     info = read_weights_info(checkpoint) if checkpoint else None
     if info is not None and info.mean is not None:
@@ -293,7 +320,9 @@ def recipe_options(config: Path) -> tuple[dict, str]:
     return model, str(recipe.get("trainer", {}).get("precision", "32-true"))
 
 
-def reference_ohem(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7, ignore_index: int = 255) -> torch.Tensor:
+def reference_ohem(
+    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7, ignore_index: int = 255
+) -> torch.Tensor:
     """OHEM cross-entropy as the reference computes it: boolean indexing, then top-k if too few."""
     min_kept = int((target != ignore_index).sum()) // 16
     losses = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none").flatten()
@@ -413,15 +442,22 @@ def training_table(args, device: torch.device) -> list[dict]:
 
     def recipe(candidate: str) -> str:
         chosen = " (auto's choice)" if len(considered) > 1 and candidate == precision else ""
-        return f"{args.train_config.name}: {candidate}{chosen}{', channels-last' if model_options.get('channels_last') else ''}"
+        return (
+            f"{args.train_config.name}: "
+            f"{candidate}{chosen}{', channels-last' if model_options.get('channels_last') else ''}"
+        )
 
     variants = {
-        "reference (plain loop, fp32, NCHW)": (with_torch_dropout(module()), lambda m, n: plain_block(m, n, reference=True)),
+        "reference (plain loop, fp32, NCHW)": (
+            with_torch_dropout(module()),
+            lambda m, n: plain_block(m, n, reference=True),
+        ),
         f"plain loop ({recipe(precision)})": (module(**model_options), lambda m, n: plain_block(m, n, reference=False)),
     }
     for candidate in considered:
         variants[f"LightningModule ({recipe(candidate)})"] = (
-            module(**model_options), lambda m, n, candidate=candidate: lightning_block(m, n, candidate)
+            module(**model_options),
+            lambda m, n, candidate=candidate: lightning_block(m, n, candidate),
         )
     for model, block in variants.values():  # untimed: first-call set-up of each way
         block(model.to(device), 1)
@@ -511,11 +547,19 @@ def main(argv: list[str] | None = None) -> None:
         "--train-config", type=Path, default=REPO / "configs" / "camvid_cpu.yaml",
         help="the recipe whose model options and precision the LightningModule runs with",
     )  # fmt: skip
-    parser.add_argument("--train-precision", help="instead of the recipe's, e.g. 32-true to see a CPU without native bf16")
+    parser.add_argument(
+        "--train-precision", help="instead of the recipe's, e.g. 32-true to see a CPU without native bf16"
+    )
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
-    parser.add_argument("--checkpoint", help="trained weights (a checkpoint, a weights file or a released name) instead of random ones")
-    parser.add_argument("--data-root", help="a CamVid-layout root: its val split scores each variant (with --checkpoint), its train split calibrates int8")
+    parser.add_argument(
+        "--checkpoint", help="trained weights (a checkpoint, a weights file or a released name) instead of random ones"
+    )
+    parser.add_argument(
+        "--data-root",
+        help="a CamVid-layout root: its val split scores each variant (with --checkpoint), its train split "
+        "calibrates int8",
+    )
     parser.add_argument("--val-images", type=int, help="score on the first N val images only (default: all)")
     parser.add_argument("--calibration-images", type=int, default=300, help="training images that calibrate int8")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as a JSON list of objects")

@@ -32,9 +32,15 @@ def predictions_figure(model: SegmentationModule, datamodule: CamVidDataModule, 
             prediction = class_scores(model.net, item["image"][None], model.evaluation)[0].argmax(0).byte().numpy()
         image = denormalize(item["image"], datamodule.mean, datamodule.std)
         ax.imshow(sample_panel(image, item["mask"].numpy(), prediction, datamodule.palette, model.ignore_index))
-        ax.set_title(f"{Path(item['path']).name}: image | ground truth | prediction | errors (red wrong, white void)", fontsize=10)
+        ax.set_title(
+            f"{Path(item['path']).name}: image | ground truth | prediction | errors (red wrong, white void)",
+            fontsize=10,
+        )
         ax.axis("off")
-    handles = [Patch(color=[c / 255 for c in colour], label=name) for name, colour in zip(model.class_names, datamodule.palette)]
+    handles = [
+        Patch(color=[c / 255 for c in colour], label=name)
+        for name, colour in zip(model.class_names, datamodule.palette)
+    ]
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=10, frameon=False)
     if title:
         figure.suptitle(title)
@@ -43,7 +49,9 @@ def predictions_figure(model: SegmentationModule, datamodule: CamVidDataModule, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default="bisenetv2_camvid", help="released weights, a weights file or a checkpoint")
+    parser.add_argument(
+        "--weights", default="bisenetv2_camvid", help="released weights, a weights file or a checkpoint"
+    )
     parser.add_argument("--data-root", type=Path, required=True, help="CamVid (its val split is drawn)")
     parser.add_argument("--images", type=int, nargs="+", default=[7, 38, 64, 93], help="val image indices")
     parser.add_argument("--output", type=Path, required=True, help="the PNG to write")

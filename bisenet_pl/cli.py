@@ -125,7 +125,9 @@ class BiSeNetCLI(LightningCLI):
         if self.subcommand == "predict" and arguments.get("return_predictions") is None:
             arguments["return_predictions"] = False  # the writer has written them; a video would fill memory
         if arguments.get("ckpt_path") == "last":
-            roots = [self.trainer.default_root_dir] + [logger.save_dir for logger in self.trainer.loggers if logger.save_dir]
+            roots = [self.trainer.default_root_dir] + [
+                logger.save_dir for logger in self.trainer.loggers if logger.save_dir
+            ]
             arguments["ckpt_path"] = str(find_last_checkpoint([Path(root) for root in roots]))
 
     before_fit = before_validate = before_test = before_predict = _before_subcommand
@@ -140,7 +142,9 @@ class BiSeNetCLI(LightningCLI):
         if config.get("enable_progress_bar") is False:  # e.g. logs written to a file
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         if config.get("logger") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, (LearningRateMonitor, ValidationImages, TrainingTime))]
+            callbacks = [
+                c for c in callbacks if not isinstance(c, (LearningRateMonitor, ValidationImages, TrainingTime))
+            ]
         subcommand_config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         minutes = subcommand_config.get("train_minutes")
         if minutes is not None and minutes <= 0:
@@ -183,7 +187,8 @@ class BiSeNetCLI(LightningCLI):
         every = max(1, steps_within(minutes, step_ms) // 3)
         steps = 3 * every  # the third validation falls on the last step
         rank_zero_info(
-            f"--train_minutes={minutes:g}: a training step of {batch} x {size[0]}x{size[1]} in {precision} takes {step_ms:.0f} ms "
+            f"--train_minutes={minutes:g}: a training step of {batch} x {size[0]}x{size[1]} in {precision} takes "
+            f"{step_ms:.0f} ms "
             f"on this CPU, so max_steps={steps} ({TIME_RESERVE:.0%} of the time kept for validation, data and "
             f"checkpoints), validating every {every} steps"
         )
@@ -220,15 +225,16 @@ def find_last_checkpoint(roots: list[Path]) -> Path:
     found = {path for root in roots for path in root.rglob("last*.ckpt")}
     if not found:
         where = ", ".join(str(root) for root in dict.fromkeys(roots))
-        raise ConfigError(f"--ckpt_path last: no last.ckpt under {where} (trainer.default_root_dir, logger save_dir) to resume from")
+        raise ConfigError(
+            f"--ckpt_path last: no last.ckpt under {where} (trainer.default_root_dir, logger save_dir) to resume from"
+        )
     return max(found, key=lambda path: path.stat().st_mtime)
 
 
 def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
     return BiSeNetCLI(
         SegmentationModule,
-        SegmentationDataModule,
-        # Lightning's Trainer plus --trainer.precision=auto (on a CPU the precision measured fastest: fastest_precision).
+        # Lightning's Trainer plus --trainer.precision=auto (on a CPU: the precision measured fastest).
         trainer_class=Trainer,
         subclass_mode_data=True,
         # The optimiser and schedule are the model's (the reference recipe), set as model options.
@@ -283,47 +289,94 @@ def export_command(args: list[str]) -> None:
     BatchNorm folded) as ONNX (dynamic batch and size), OpenVINO IR or TorchScript, in fp32, bf16 or
     calibrated int8, optionally from 8-bit images to class ids; or as a float16 weights file that
     ``--model.pretrained`` and ``SegmentationModule.from_pretrained`` load."""
-    from bisenet_pl.deploy import EXPORT_SUFFIXES, IMAGE_INPUTS, ExportOptions, compare_with_pytorch, describe_comparison
-    from bisenet_pl.deploy import export, inference_network
+    from bisenet_pl.deploy import (
+        EXPORT_SUFFIXES,
+        IMAGE_INPUTS,
+        ExportOptions,
+        compare_with_pytorch,
+        describe_comparison,
+        export,
+        inference_network,
+    )
     from bisenet_pl.deploy.export import check_format
     from bisenet_pl.deploy.runtime import backend_for
 
     parser = argparse.ArgumentParser(prog="bisenet-pl export", description=export_command.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt_path", help="a checkpoint written by bisenet-pl fit")
-    source.add_argument("--model.pretrained", dest="pretrained", help=f"released weights ({', '.join(RELEASED_WEIGHTS)}) or a weights file")
+    source.add_argument(
+        "--model.pretrained",
+        dest="pretrained",
+        help=f"released weights ({', '.join(RELEASED_WEIGHTS)}) or a weights file",
+    )
     parser.add_argument("--format", choices=[*EXPORT_SUFFIXES, "weights"], default="onnx")
-    parser.add_argument("--output", type=Path, help="default: the checkpoint's path (the weights' name here) with .onnx, .xml, .torchscript.pt or .pt")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="default: the checkpoint's path (the weights' name here) with .onnx, .xml, .torchscript.pt or .pt",
+    )
     parser.add_argument(
         "--precision", choices=["fp32", "bf16", "int8", "auto"], default="fp32",
         help="bf16: OpenVINO only; int8: calibrated on --calibration; auto (OpenVINO): fp32 or bf16, whichever runs "
         "the file faster on this CPU at --size (bf16 only within 1.0 val mIoU of fp32 with --score)",
     )  # fmt: skip
     parser.add_argument("--input", dest="image_input", choices=IMAGE_INPUTS, default="float",
-                        help="float: normalised images; uint8_nchw/uint8_nhwc: 8-bit RGB as read, normalised inside the model")  # fmt: skip
-    parser.add_argument("--labels", choices=["int32", "int64"], help="put the argmax in the graph: class ids of this type instead of logits")
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"), help="example input size for tracing (any size works after)")
+                        help="float: normalised images; uint8_nchw/uint8_nhwc: 8-bit RGB as read, normalised inside "
+                        "the model")  # fmt: skip
     parser.add_argument(
-        "--config", type=Path, help="the training config, for the data's normalisation and colours (default: the config.yaml fit saved beside the checkpoint)"
+        "--labels",
+        choices=["int32", "int64"],
+        help="put the argmax in the graph: class ids of this type instead of logits",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[512, 1024],
+        metavar=("H", "W"),
+        help="example input size for tracing (any size works after)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="the training config, for the data's normalisation and colours (default: the config.yaml fit saved "
+        "beside the checkpoint)",
     )
     parser.add_argument("--data.root", dest="data_root", help="the data's root instead of the config's")
     parser.add_argument(
         "--bn_images", type=int, default=0, metavar="N",
-        help="recompute BatchNorm statistics on N training images of the config's data at their full size first (0: keep the checkpoint's)",
+        help="recompute BatchNorm statistics on N training images of the config's data at their full size first (0: "
+        "keep the checkpoint's)",
     )  # fmt: skip
-    parser.add_argument("--calibration", type=Path, help="int8: a data config (its train split) or a folder of images; default: the training config")
-    parser.add_argument("--calibration_images", type=int, default=300, metavar="N", help="int8: how many images calibrate it")
-    parser.add_argument("--score", action="store_true", help="score the file and the PyTorch network (fp32) on the config's val split")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="int8: a data config (its train split) or a folder of images; default: the training config",
+    )
+    parser.add_argument(
+        "--calibration_images", type=int, default=300, metavar="N", help="int8: how many images calibrate it"
+    )
+    parser.add_argument(
+        "--score", action="store_true", help="score the file and the PyTorch network (fp32) on the config's val split"
+    )
     options = parser.parse_args(args)
     if options.bn_images < 0:
         raise ConfigError(f"--bn_images must be >= 0; got {options.bn_images}")
     if options.calibration_images < 1:
         raise ConfigError(f"--calibration_images must be >= 1; got {options.calibration_images}")
-    if options.format == "weights" and (options.precision, options.image_input, options.labels) != ("fp32", "float", None):
-        raise ConfigError("--format weights writes float16 weights: --precision, --input and --labels apply to onnx, openvino and torchscript")
+    if options.format == "weights" and (options.precision, options.image_input, options.labels) != (
+        "fp32",
+        "float",
+        None,
+    ):
+        raise ConfigError(
+            "--format weights writes float16 weights: --precision, --input and --labels apply to onnx, openvino and "
+            "torchscript"
+        )
     if options.precision == "auto" and options.format != "openvino":
         raise ConfigError(
-            "--precision auto chooses OpenVINO's inference precision (fp32 or bf16) by timing the file: use --format openvino "
+            "--precision auto chooses OpenVINO's inference precision (fp32 or bf16) by timing the file: use --format "
+            "openvino "
             "(ONNX Runtime computes fp32; int8 is --precision int8)"
         )
     if options.format != "weights":
@@ -333,7 +386,9 @@ def export_command(args: list[str]) -> None:
     if options.ckpt_path and not Path(source).is_file():
         raise ConfigError(f"--ckpt_path {source}: no such checkpoint")
     # A released name has no folder of its own to write beside: its outputs go to the current one.
-    output = options.output or (Path(source).with_suffix(suffix) if options.ckpt_path else Path(Path(source).stem + suffix))
+    output = options.output or (
+        Path(source).with_suffix(suffix) if options.ckpt_path else Path(Path(source).stem + suffix)
+    )
     check_export_output(output, weights_location(source), named=options.output is not None, format=options.format)
     check_writable(output.parent, "--output")
     if options.ckpt_path:
@@ -347,13 +402,23 @@ def export_command(args: list[str]) -> None:
     datamodule = datamodule_from_config(config, options.data_root) if config is not None else None
     no_data = f"no config.yaml beside {source}; {GIVE_CONFIG}"
     if datamodule is not None:
-        info.mean, info.std, info.palette = list(datamodule.mean), list(datamodule.std), [list(c) for c in datamodule.palette]
+        info.mean, info.std, info.palette = (
+            list(datamodule.mean),
+            list(datamodule.std),
+            [list(c) for c in datamodule.palette],
+        )
     if options.bn_images:
         if datamodule is None:
             raise ConfigError(f"--bn_images: {no_data}")
         datamodule.prepare_data()
-        used = recalibrate_batchnorm(module.net, datamodule.full_size_batches(options.bn_images, max(2, datamodule.batch_size)))
-        asked = "" if used == options.bn_images else f" (--bn_images {options.bn_images}; that is all the split has in batches of one size)"
+        used = recalibrate_batchnorm(
+            module.net, datamodule.full_size_batches(options.bn_images, max(2, datamodule.batch_size))
+        )
+        asked = (
+            ""
+            if used == options.bn_images
+            else f" (--bn_images {options.bn_images}; that is all the split has in batches of one size)"
+        )
         print(f"recomputed BatchNorm statistics on {used} training images of {datamodule.root} at full size{asked}")
     if options.format == "weights":
         if info.mean is None:
@@ -369,12 +434,17 @@ def export_command(args: list[str]) -> None:
     if options.score and datamodule is None:
         raise ConfigError(f"--score: {no_data}")
     written_precision = "fp32" if options.precision == "auto" else options.precision
-    export_options = ExportOptions(options.labels, options.image_input, info.mean, info.std, written_precision, tuple(options.size))
+    export_options = ExportOptions(
+        options.labels, options.image_input, info.mean, info.std, written_precision, tuple(options.size)
+    )
     calibration = None
     if options.precision == "int8":
         calibration = calibration_images(options.calibration, datamodule, options.calibration_images)
     export(module.net, output, options.format, options=export_options, calibration=calibration)
-    print(f"wrote {output} ({options.format} {options.precision}, {options.image_input} images in, {'labels ' + options.labels if options.labels else 'logits'} out, {what})")
+    print(
+        f"wrote {output} ({options.format} {options.precision}, {options.image_input} images in, "
+        f"{'labels ' + options.labels if options.labels else 'logits'} out, {what})"
+    )
     if options.format == "torchscript":
         return
     comparison = compare_with_pytorch(module.net, output, export_options, tuple(options.size))
@@ -382,7 +452,10 @@ def export_command(args: list[str]) -> None:
     if options.precision == "fp32":
         print(f"{runtime} agrees with PyTorch at {size} (a random image): {describe_comparison(comparison)}")
     else:
-        print(f"{runtime} {options.precision} against PyTorch fp32 at {size} (a random image): {describe_comparison(comparison)}")
+        print(
+            f"{runtime} {options.precision} against PyTorch fp32 at {size} (a random image): "
+            f"{describe_comparison(comparison)}"
+        )
     if options.precision == "auto":
         choose_openvino_precision(module.net, output, export_options, datamodule if options.score else None)
     elif options.score:
@@ -398,7 +471,9 @@ def check_export_output(output: Path, source: str, named: bool, format: str) -> 
         raise ConfigError(f"{existing[0]} exists already: give --output {output} to replace it, or another path")
 
 
-def choose_openvino_precision(net: torch.nn.Module, path: Path, options, datamodule: SegmentationDataModule | None) -> None:
+def choose_openvino_precision(
+    net: torch.nn.Module, path: Path, options, datamodule: SegmentationDataModule | None
+) -> None:
     """``export --precision auto``: time the written file in fp32 and bf16 at its example size, keep
     the faster (bf16 only if it loses at most 1.0 val mIoU when there is data to score on), and
     record the choice in the file for ``load_predictor``."""
@@ -438,12 +513,22 @@ def calibration_images(source: Path | None, datamodule: SegmentationDataModule |
                 raise ConfigError(f"--calibration {source}: no such data config or folder of images")
             datamodule = datamodule_from_config(source)
         if datamodule is None:
-            raise ConfigError(f"--precision int8 needs calibration images: give --calibration (a data config or a folder), or {GIVE_CONFIG}")
+            raise ConfigError(
+                "--precision int8 needs calibration images: give --calibration (a data config or a folder), or "
+                f"{GIVE_CONFIG}"
+            )
         datamodule.prepare_data()
         train = datamodule.dataset("train")
-        images, where = [train.load(i)[0] for i in fixed_subset(len(train), count)], f"the training split of {datamodule.root}"
+        images, where = (
+            [train.load(i)[0] for i in fixed_subset(len(train), count)],
+            f"the training split of {datamodule.root}",
+        )
     short = f" (--calibration_images {count}: that is all there are)" if len(images) < count else ""
-    gray = sum(1 for image in images if image.ndim == 3 and (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+    gray = sum(
+        1
+        for image in images
+        if image.ndim == 3 and (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+    )
     print(f"calibrating int8 on {len(images)} images of {where}{short}")
     if gray:
         print(f"note: {gray} of them are grayscale: int8 ranges calibrated on them may not fit colour images")
@@ -462,14 +547,24 @@ def score_export(
     val = datamodule.dataset("val")
     segmenters = {
         "file": predictor_segmenter(
-            load_predictor(path, precision=precision), options.image_input, bool(options.labels), options.mean, options.std
+            load_predictor(path, precision=precision),
+            options.image_input,
+            bool(options.labels),
+            options.mean,
+            options.std,
         ),
         "pytorch": pytorch_segmenter(net, options.mean, options.std),
     }
-    scores = mean_iou(segmenters, (val.load(i) for i in range(len(val))), datamodule.num_classes, datamodule.ignore_index)
+    scores = mean_iou(
+        segmenters, (val.load(i) for i in range(len(val))), datamodule.num_classes, datamodule.ignore_index
+    )
     loss = scores["pytorch"] - scores["file"]
     flag = f" (more than {MIOU_TOLERANCE} lost: check the calibration)" if loss > MIOU_TOLERANCE else ""
-    return f"val mIoU on {len(val)} images: the file {scores['file']:.2f}, PyTorch fp32 {scores['pytorch']:.2f}, {loss:+.2f} lost{flag}", loss
+    return (
+        f"val mIoU on {len(val)} images: the file {scores['file']:.2f}, PyTorch fp32 {scores['pytorch']:.2f}, "
+        f"{loss:+.2f} lost{flag}",
+        loss,
+    )
 
 
 TOOLS = {"stats": stats_command, "convert": convert_command, "export": export_command}

@@ -40,7 +40,10 @@ class CpuFeatures:
 
     def describe(self) -> str:
         """E.g. ``AMD EPYC (AVX512, bf16: AVX512_BF16, int8: AVX512_VNNI)``."""
-        return f"{self.name} ({self.vector}, bf16: {self.native_bf16 or 'emulated'}, int8: {self.int8_dot_product or 'no VNNI'})"
+        return (
+            f"{self.name} ({self.vector}, bf16: {self.native_bf16 or 'emulated'}, int8: "
+            f"{self.int8_dot_product or 'no VNNI'})"
+        )
 
 
 @cache
@@ -59,7 +62,9 @@ def cpu_features() -> CpuFeatures:
     except OSError:
         pass
     if not flags:  # no /proc/cpuinfo: what torch sees
-        flags = frozenset({"AMX": {"amx_tile", "amx_bf16"}, "AVX512_BF16": {"avx512_bf16"}}.get(native_bf16_feature(), set()))
+        flags = frozenset(
+            {"AMX": {"amx_tile", "amx_bf16"}, "AVX512_BF16": {"avx512_bf16"}}.get(native_bf16_feature(), set())
+        )
     return CpuFeatures(name, flags)
 
 

@@ -129,7 +129,9 @@ def _sliding_window_scores(net: nn.Module, images: torch.Tensor, protocol: Evalu
 
 
 @torch.no_grad()
-def class_scores(net: nn.Module, images: torch.Tensor, protocol: EvaluationProtocol = EvaluationProtocol()) -> torch.Tensor:
+def class_scores(
+    net: nn.Module, images: torch.Tensor, protocol: EvaluationProtocol = EvaluationProtocol()
+) -> torch.Tensor:
     """(N, C, H, W) scores at the images' size whose argmax over C is the prediction."""
     if protocol.is_plain:
         return main_logits(net, images)

@@ -123,7 +123,9 @@ class SaveConfigToLoggers(SaveConfigCallback):
             path.write_text(text)
 
 
-def log_images(loggers: Sequence[Logger], key: str, images: Sequence[np.ndarray], step: int, **wandb_options: list) -> list[Path]:
+def log_images(
+    loggers: Sequence[Logger], key: str, images: Sequence[np.ndarray], step: int, **wandb_options: list
+) -> list[Path]:
     """Send RGB images to loggers: W&B images (with ``wandb_options`` such as ``masks``),
     TensorBoard images, or PNG files under any other logger's ``log_dir/images``. Returns the files written."""
     written = []
@@ -246,8 +248,8 @@ class ConsoleReport(Callback):
             metrics = trainer.callback_metrics
             splits = [split for split in ("val", "dev") if f"{split}/mIoU" in metrics]
             scores = [
-                f"mIoU {100 * float(metrics[f'{split}/mIoU']):.2f}, pixel accuracy {100 * float(metrics[f'{split}/pixel_accuracy']):.2f}"
-                + (f" on {split}" if len(splits) > 1 else "")
+                f"mIoU {100 * float(metrics[f'{split}/mIoU']):.2f}, pixel accuracy "
+                f"{100 * float(metrics[f'{split}/pixel_accuracy']):.2f}" + (f" on {split}" if len(splits) > 1 else "")
                 for split in splits
             ]
             print(f"Validation at step {trainer.global_step}: {'; '.join(scores)}", flush=True)
@@ -282,7 +284,11 @@ class ProgressBar(RichProgressBar):
             return f"Epoch {current_epoch} · step {self.trainer.global_step}/{self.trainer.max_steps}"
         return super()._get_train_description(current_epoch)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._step_bounded() and self.progress is not None and self.train_progress_bar_id is not None:
-            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
+            self.progress.update(
+                self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch)
+            )

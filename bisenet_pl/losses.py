@@ -27,7 +27,9 @@ class CrossEntropy(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
 
     def pixel_losses(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index, reduction=reduction)
+        return F.cross_entropy(
+            logits.float(), target, weight=self.weight, ignore_index=self.ignore_index, reduction=reduction
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not (target != self.ignore_index).any():

@@ -19,7 +19,6 @@ from bisenet_pl.losses import LossName, build_loss
 from bisenet_pl.models.base import SegmentationNetwork, network_from_spec, network_spec
 from bisenet_pl.models.weights import check_checkpoint_fits, load_network_weights, read_state_dict, read_weights_info
 
-
 #: The longest warm-up a run gets, as a share of its steps: a warm-up as long as the run would
 #: never reach the learning rate nor decay it (1000 warm-up steps in a 400-step run).
 MAX_WARMUP_FRACTION = 0.1
@@ -36,7 +35,9 @@ class WarmupPolyLR:
     A callable object rather than a lambda so that it is saved with the scheduler state.
     """
 
-    def __init__(self, total_steps: int, warmup_steps: int = 1000, warmup_ratio: float = 0.1, power: float = 0.9) -> None:
+    def __init__(
+        self, total_steps: int, warmup_steps: int = 1000, warmup_ratio: float = 0.1, power: float = 0.9
+    ) -> None:
         self.total_steps = max(1, total_steps)
         self.warmup_steps = min(warmup_steps, max_warmup_steps(self.total_steps))
         self.warmup_ratio = warmup_ratio
@@ -134,7 +135,11 @@ class SegmentationModule(L.LightningModule):
             ohem_min_kept_fraction=(ohem_min_kept_fraction, "in [0, 1]", 0 <= ohem_min_kept_fraction <= 1),
             aux_weights=(aux_weights, "numbers >= 0", all(w >= 0 for w in _as_list(aux_weights))),
             class_weights=(class_weights, "numbers >= 0", all(w >= 0 for w in _as_list(class_weights or []))),
-            eval_crop_size=(list(eval_crop_size), "[height, width], each >= 1", len(eval_crop_size) == 2 and min(eval_crop_size) >= 1),
+            eval_crop_size=(
+                list(eval_crop_size),
+                "[height, width], each >= 1",
+                len(eval_crop_size) == 2 and min(eval_crop_size) >= 1,
+            ),
         )
         self.save_hyperparameters()
         if isinstance(net, dict):  # the spec saved in a checkpoint's hyperparameters
@@ -162,7 +167,11 @@ class SegmentationModule(L.LightningModule):
         self.aux_names, self.aux_weights = self._prune_aux_heads(aux_weights)
         try:
             self.evaluation = EvaluationProtocol(
-                eval_mode, tuple(eval_scales) if eval_scales else None, eval_flip, tuple(eval_crop_size), eval_crop_stride
+                eval_mode,
+                tuple(eval_scales) if eval_scales else None,
+                eval_flip,
+                tuple(eval_crop_size),
+                eval_crop_stride,
             )
         except ValueError as error:
             raise ConfigError(f"model.eval_*: {error}") from None
@@ -207,7 +216,9 @@ class SegmentationModule(L.LightningModule):
         names = list(self.net.aux_heads)
         weights = [float(aux_weights)] * len(names) if isinstance(aux_weights, (int, float)) else list(aux_weights)
         if len(weights) != len(names):
-            raise ConfigError(f"model.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}")
+            raise ConfigError(
+                f"model.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}"
+            )
         self.net.remove_aux_heads(name for name, weight in zip(names, weights) if weight == 0)
         kept = [(name, weight) for name, weight in zip(names, weights) if weight != 0]
         return [name for name, _ in kept], [weight for _, weight in kept]
@@ -361,7 +372,8 @@ class SegmentationModule(L.LightningModule):
         schedule = WarmupPolyLR(total_steps, hp.warmup_steps, hp.warmup_ratio, hp.poly_power)
         if schedule.warmup_steps < hp.warmup_steps:
             rank_zero_warn(
-                f"model.warmup_steps={hp.warmup_steps} is more than {MAX_WARMUP_FRACTION:.0%} of this run's {total_steps} "
+                f"model.warmup_steps={hp.warmup_steps} is more than {MAX_WARMUP_FRACTION:.0%} of this run's "
+                f"{total_steps} "
                 f"steps: warming up over {schedule.warmup_steps} steps instead (give model.warmup_steps <= "
                 f"{max_warmup_steps(total_steps)} to choose)"
             )

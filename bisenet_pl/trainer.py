@@ -46,14 +46,20 @@ TRAINER_OPTION_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "min_steps": (">= 0", lambda v: v >= 0),
     "max_epochs": ("-1 (no limit) or >= 0", lambda v: v >= -1),
     "min_epochs": (">= 0", lambda v: v >= 0),
-    "val_check_interval": ("a share of an epoch in (0, 1] or a number of steps >= 1", lambda v: _steps_or_fraction(v, zero=False)),
+    "val_check_interval": (
+        "a share of an epoch in (0, 1] or a number of steps >= 1",
+        lambda v: _steps_or_fraction(v, zero=False),
+    ),
     "check_val_every_n_epoch": (">= 1, or null to validate every val_check_interval steps", lambda v: v >= 1),
     "accumulate_grad_batches": (">= 1", lambda v: v >= 1),
     "gradient_clip_val": (">= 0", lambda v: v >= 0),
     "num_sanity_val_steps": ("-1 (all) or >= 0", lambda v: v >= -1),
     "log_every_n_steps": (">= 0", lambda v: v >= 0),
     **{
-        f"limit_{stage}_batches": ("a share in [0, 1] or a number of batches >= 0", lambda v: _steps_or_fraction(v, zero=True))
+        f"limit_{stage}_batches": (
+            "a share in [0, 1] or a number of batches >= 0",
+            lambda v: _steps_or_fraction(v, zero=True),
+        )
         for stage in ("train", "val", "test", "predict")
     },
 }

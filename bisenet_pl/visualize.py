@@ -75,7 +75,9 @@ def denormalize(image: torch.Tensor, mean: Sequence[float] | None, std: Sequence
     return (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
-def sample_panel(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, palette, ignore_index: int) -> np.ndarray:
+def sample_panel(
+    image: np.ndarray, target: np.ndarray, prediction: np.ndarray, palette, ignore_index: int
+) -> np.ndarray:
     """Image | ground truth overlay | prediction overlay | error map, side by side."""
     return np.concatenate(
         [
@@ -88,7 +90,9 @@ def sample_panel(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, 
     )
 
 
-def confusion_matrix_figure(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix"):
+def confusion_matrix_figure(
+    matrix: torch.Tensor | np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix"
+):
     """A matplotlib figure of a row-normalised confusion matrix (rows: ground truth)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
@@ -107,7 +111,15 @@ def confusion_matrix_figure(matrix: torch.Tensor | np.ndarray, class_names: Sequ
     axes.set_title(title)
     if len(class_names) <= 20:
         for (row, col), value in np.ndenumerate(normalised):
-            axes.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value > 0.5 else "black")
+            axes.text(
+                col,
+                row,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > 0.5 else "black",
+            )
     figure.colorbar(image, ax=axes, shrink=0.8)
     return figure
 

@@ -17,8 +17,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
 from bisenet_pl.data.io import write_image
-from bisenet_pl.files import atomic_write
 from bisenet_pl.errors import ConfigError, DataError
+from bisenet_pl.files import atomic_write
 from bisenet_pl.inference import probabilities as class_probabilities
 from bisenet_pl.visualize import colorize, denormalize, overlay, palette_for
 
@@ -73,7 +73,9 @@ class SegmentationWriter(BasePredictionWriter):
         self.outputs = list(outputs) if outputs is not None else ["labels", "colour", "overlay"]
         unknown = set(self.outputs) - set(get_args(Output))
         if unknown:
-            raise ConfigError(f"prediction_writer.outputs: unknown {sorted(unknown)}; choose from {', '.join(get_args(Output))}")
+            raise ConfigError(
+                f"prediction_writer.outputs: unknown {sorted(unknown)}; choose from {', '.join(get_args(Output))}"
+            )
         self.overlay_alpha = overlay_alpha
         self.cityscapes_submission = cityscapes_submission
         # (video, kind) -> the open writer, the file it writes, the final name it gets when complete
@@ -88,7 +90,8 @@ class SegmentationWriter(BasePredictionWriter):
             self.output_dir = Path(trainer.default_root_dir) / "predictions"
         if self.cityscapes_submission and pl_module.num_classes != 19:
             raise ConfigError(
-                f"prediction_writer.cityscapes_submission needs the 19 Cityscapes classes; the model has {pl_module.num_classes}"
+                "prediction_writer.cityscapes_submission needs the 19 Cityscapes classes; the model has "
+                f"{pl_module.num_classes}"
             )
         datamodule = trainer.datamodule
         self.palette = palette_for(datamodule, pl_module.num_classes)
@@ -106,7 +109,9 @@ class SegmentationWriter(BasePredictionWriter):
                 pass
         return Path(path.stem)
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ) -> None:
         labels = prediction["prediction"].to(torch.uint8).cpu().numpy()
         probabilities = None
         if "probabilities" in self.outputs:
@@ -121,7 +126,14 @@ class SegmentationWriter(BasePredictionWriter):
             image = denormalize(batch["image"][index], self.mean, self.std) if needs_image else None
             probs = probabilities[index].to(torch.float16).cpu().numpy() if probabilities is not None else None
             if "frame" in prediction:
-                self._write_frame(Path(path), int(prediction["frame"][index]), float(prediction["fps"][index]), labels[index], image, probs)
+                self._write_frame(
+                    Path(path),
+                    int(prediction["frame"][index]),
+                    float(prediction["fps"][index]),
+                    labels[index],
+                    image,
+                    probs,
+                )
             else:
                 self._write_image(Path(path), labels[index], image, probs)
             self.written += 1
@@ -134,17 +146,24 @@ class SegmentationWriter(BasePredictionWriter):
         if "colour" in self.outputs:
             write_image(out / "colour" / f"{name}.png", colorize(label, self.palette))
         if "overlay" in self.outputs:
-            write_image(out / "overlay" / f"{name}.jpg", overlay(image, colorize(label, self.palette), self.overlay_alpha))
+            write_image(
+                out / "overlay" / f"{name}.jpg", overlay(image, colorize(label, self.palette), self.overlay_alpha)
+            )
         if probs is not None:
             write_array(out / "probabilities" / f"{name}.npy", probs)
         if self._label_ids is not None:
             match = CITYSCAPES_ID.search(path.name)
             if match is None:
-                raise ConfigError(f"prediction_writer.cityscapes_submission: {path.name} is not named like a Cityscapes image (city_000000_000000_...)")
+                raise ConfigError(
+                    f"prediction_writer.cityscapes_submission: {path.name} is not named like a Cityscapes image "
+                    f"(city_000000_000000_...)"
+                )
             city = match.group(1)
             write_image(out / "cityscapes_submission" / city / f"{match.group(0)}.png", self._label_ids[label])
 
-    def _write_frame(self, video: Path, frame: int, fps: float, label: np.ndarray, image: np.ndarray | None, probs: np.ndarray | None) -> None:
+    def _write_frame(
+        self, video: Path, frame: int, fps: float, label: np.ndarray, image: np.ndarray | None, probs: np.ndarray | None
+    ) -> None:
         out = self.output_dir
         if "labels" in self.outputs:
             write_image(out / "labels" / video.stem / f"frame_{frame:06d}.png", label)

@@ -61,8 +61,14 @@ def test_ablations_change_the_architecture_as_described():
     assert half.semantic_branch.channels == {"stem": 32, "stage3": 64, "stage4": 128, "stage5": 256}
     assert half.semantic_branch.context_embedding.fuse.conv.out_channels == 128  # back to the detail width
     large = BiSeNetV2(19, width_multiplier=2.0, depth_multiplier=3.0)
-    assert [len(s) for s in (large.detail_branch.stage1, large.detail_branch.stage2, large.detail_branch.stage3)] == [4, 7, 7]
-    assert [len(s) for s in (large.semantic_branch.stage3, large.semantic_branch.stage4, large.semantic_branch.stage5)] == [4, 4, 10]
+    assert [len(s) for s in (large.detail_branch.stage1, large.detail_branch.stage2, large.detail_branch.stage3)] == [
+        4,
+        7,
+        7,
+    ]
+    assert [
+        len(s) for s in (large.semantic_branch.stage3, large.semantic_branch.stage4, large.semantic_branch.stage5)
+    ] == [4, 4, 10]
     assert large.detail_branch.out_channels == 256 and large.semantic_branch.channels["stage5"] == 256
     assert BiSeNetV2(19, branches="semantic").detail_branch is None
     assert BiSeNetV1(19, spatial_path=False).fusion is None

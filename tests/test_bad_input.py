@@ -42,7 +42,13 @@ def fit(config: str, root: Path, *extra: str) -> str:
         ("camvid.yaml", None, r"CamVid not found at .*nowhere"),
         ("cityscapes.yaml", None, r"Cityscapes split 'train' not found: expected .*nowhere/leftImg8bit/train"),
         ("folder.yaml", None, r"dataset folder .*nowhere does not exist"),
-        ("folder.yaml", lambda root: (root / "images" / "train").mkdir(parents=True) or (root / "masks" / "train").mkdir(parents=True), r"no images .* in .*images/train"),
+        (
+            "folder.yaml",
+            lambda root: (
+                (root / "images" / "train").mkdir(parents=True) or (root / "masks" / "train").mkdir(parents=True)
+            ),
+            r"no images .* in .*images/train",
+        ),
     ],
 )
 def test_missing_or_empty_data_root(tmp_path, config, make, expected, monkeypatch):
@@ -65,8 +71,14 @@ def test_label_without_image(tmp_path):
 @pytest.mark.parametrize(
     "damage,expected",
     [
-        (lambda root: write_gray(root / "trainannot/0001TP_000001.png", np.zeros((10, 12))), "0001TP_000001.png is 12x10 but image"),
-        (lambda root: write_gray(root / "trainannot/0001TP_000002.png", np.full(SIZE, 77)), "0001TP_000002.png holds values [77]"),
+        (
+            lambda root: write_gray(root / "trainannot/0001TP_000001.png", np.zeros((10, 12))),
+            "0001TP_000001.png is 12x10 but image",
+        ),
+        (
+            lambda root: write_gray(root / "trainannot/0001TP_000002.png", np.full(SIZE, 77)),
+            "0001TP_000002.png holds values [77]",
+        ),
         (lambda root: (root / "train/0001TP_000003.png").write_bytes(b"\x89PNG broken"), "cannot read image"),
     ],
 )
@@ -108,14 +120,20 @@ def test_options_that_do_not_fit(tmp_path):
         ("--data.hflip=2", "data.hflip must be a probability in [0, 1]; got 2.0"),
         ("--model.net.init_args.dropout=1.5", "model.net: dropout probability has to be between 0 and 1, but got 1.5"),
         # Trainer options: Lightning's ZeroDivisionError, a negative count it would accept, its own check.
-        ("--trainer.val_check_interval=0", "trainer.val_check_interval must be a share of an epoch in (0, 1] or a number of steps >= 1; got 0"),
+        (
+            "--trainer.val_check_interval=0",
+            "trainer.val_check_interval must be a share of an epoch in (0, 1] or a number of steps >= 1; got 0",
+        ),
         ("--trainer.val_check_interval=1.5", "trainer.val_check_interval must be a share of an epoch in (0, 1]"),
         ("--trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1; got 0"),
         ("--trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch must be >= 1"),
         ("--trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be >= 0; got -1"),
         ("--trainer.min_steps=-3", "trainer.min_steps must be >= 0; got -3"),
         ("--trainer.max_steps=-2", "trainer.max_steps must be -1 (no limit) or >= 0; got -2"),
-        ("--trainer.limit_train_batches=-1", "trainer.limit_train_batches must be a share in [0, 1] or a number of batches >= 0"),
+        (
+            "--trainer.limit_train_batches=-1",
+            "trainer.limit_train_batches must be a share in [0, 1] or a number of batches >= 0",
+        ),
         ("--trainer.devices=0", "`Trainer(devices='0')` value is not a valid input using cpu accelerator"),
         ("--trainer.max_time=abc", "`Timer(duration='abc')` is not a valid duration"),
     ],
@@ -140,7 +158,14 @@ def test_checkpoint_with_another_class_count(tmp_path):
           f"--trainer.logger.init_args.save_dir={out}"])  # fmt: skip
     checkpoint = next(out.rglob("last.ckpt"))
     folder = make_folder(tmp_path / "folder", num_classes=2)
-    message = error_of("validate", "--config", str(REPO / "configs" / "folder.yaml"), f"--data.root={folder}", *CPU, f"--ckpt_path={checkpoint}")
+    message = error_of(
+        "validate",
+        "--config",
+        str(REPO / "configs" / "folder.yaml"),
+        f"--data.root={folder}",
+        *CPU,
+        f"--ckpt_path={checkpoint}",
+    )
     assert "the checkpoint predicts 11 classes but this data has 2" in message and "--model.pretrained" in message
 
 
@@ -178,7 +203,14 @@ def test_unreadable_weight_files_are_one_line_everywhere(tmp_path, bad_weight_fi
 def test_a_state_dict_given_as_ckpt_path_points_to_pretrained(tmp_path, bad_weight_files):
     root = make_camvid_segnet(tmp_path / "camvid")
     state = bad_weight_files / "state.pth"
-    message = error_of("validate", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", *CPU, f"--ckpt_path={state}")
+    message = error_of(
+        "validate",
+        "--config",
+        str(REPO / "configs" / "camvid.yaml"),
+        f"--data.root={root}",
+        *CPU,
+        f"--ckpt_path={state}",
+    )
     assert "is not a checkpoint written by bisenet-pl fit" in message and f"--model.pretrained={state}" in message
 
 
@@ -236,7 +268,10 @@ def test_validation_images_of_different_sizes_are_batched_by_size(tmp_path, monk
     [
         ("--data.batch_size=abc", "--data.batch_size: Expected a <class 'int'>. Got value: abc"),
         ("--data.crop_size=[1,2,3]", "--data.crop_size: Expected a tuple with 2 elements. Got value: [1, 2, 3]"),
-        ("--model.eval_mode=foo", "--model.eval_mode: Expected a typing.Literal['ss', 'ssc', 'msf', 'mscf']. Got value: foo"),
+        (
+            "--model.eval_mode=foo",
+            "--model.eval_mode: Expected a typing.Literal['ss', 'ssc', 'msf', 'mscf']. Got value: foo",
+        ),
         ("--trainer.precision=fp8", "--trainer.precision: Expected <class 'int'> or typing.Literal["),
     ],
 )

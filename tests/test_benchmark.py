@@ -32,18 +32,26 @@ def test_speed_script_prints_both_tables_and_json(capsys, tmp_path):
     assert "| inference | BiSeNetV2 | 64x96 | 1 | reference | 3.35 |" in output and "| folded+channels_last |" in output
     assert "| train | BiSeNetV2 | 64x96 | 2 | reference (plain loop, fp32, NCHW) |" in output
     # precision auto: a row for each precision it measured, the fastest marked as its choice.
-    assert "| LightningModule (camvid_cpu.yaml: 32-true" in output and "| LightningModule (camvid_cpu.yaml: bf16-mixed" in output
+    assert (
+        "| LightningModule (camvid_cpu.yaml: 32-true" in output
+        and "| LightningModule (camvid_cpu.yaml: bf16-mixed" in output
+    )
     assert output.count("(auto's choice)") == 2  # its plain loop and its LightningModule row
     rows = json.loads((tmp_path / "speed.json").read_text())
     assert [row["kind"] for row in rows] == ["inference"] * 2 + ["train"] * 4
     for row in rows:
-        assert {"kind", "network", "size", "batch", "variant", "ms_per_batch", "images_per_s", "x_reference"} <= set(row)
-        assert row["ms_per_batch"] > 0 and row["images_per_s"] == pytest.approx(1000 * row["batch"] / row["ms_per_batch"])
+        assert {"kind", "network", "size", "batch", "variant", "ms_per_batch", "images_per_s", "x_reference"} <= set(
+            row
+        )
+        assert row["ms_per_batch"] > 0 and row["images_per_s"] == pytest.approx(
+            1000 * row["batch"] / row["ms_per_batch"]
+        )
     assert rows[0]["x_reference"] == 1.0 and rows[2]["x_reference"] == 1.0  # each table's reference row
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
-    ("--sizes", "0x0", "height and width must be at least 32"), ("--sizes", "7", "is not a size: expected HEIGHTxWIDTH"),
+    ("--sizes", "0x0", "height and width must be at least 32"), ("--sizes", "7",
+    "is not a size: expected HEIGHTxWIDTH"),
     ("--sizes", "abc", "is not a size"), ("--train-size", "64x", "is not a size"),
 ])  # fmt: skip
 def test_bad_sizes_are_one_line_errors(capsys, option, value, message):
@@ -68,13 +76,18 @@ def test_which_to_pick_is_computed_from_the_run():
         return {"kind": "inference", "network": "BiSeNetV2", "size": "512x1024", "variant": variant,
                 "ms_per_batch": ms, "x_reference": 400 / ms, "exact": exact} | scored  # fmt: skip
 
-    rows = [row("reference", 400, True, 65.9), row("onnxruntime", 130, True, 65.9), row("openvino-int8", 50, False, 64.0),
+    rows = [row("reference", 400, True, 65.9), row("onnxruntime", 130, True, 65.9), row("openvino-int8", 50, False,
+    64.0),
             row("openvino-bf16", 70, False, 65.8)]  # fmt: skip
     assert load_script().which_to_pick(rows) == [
-        "- BiSeNetV2 512x1024: exact: onnxruntime (130 ms, 3.08x); within 1.0 mIoU of fp32: openvino-bf16 (70 ms, 5.71x, mIoU 65.80)"
+        "- BiSeNetV2 512x1024: exact: onnxruntime (130 ms, 3.08x); within 1.0 mIoU of fp32: openvino-bf16 (70 ms, "
+        "5.71x, mIoU 65.80)"
     ]
     unscored = [row("reference", 400, True), row("openvino-int8", 50, False)]
-    assert "fastest (not scored: give --checkpoint and --data-root): openvino-int8" in load_script().which_to_pick(unscored)[0]
+    assert (
+        "fastest (not scored: give --checkpoint and --data-root): openvino-int8"
+        in load_script().which_to_pick(unscored)[0]
+    )
 
 
 def test_flops_and_percentiles():
@@ -85,7 +98,9 @@ def test_flops_and_percentiles():
     assert flops_large == pytest.approx(4 * flops_small, rel=0.02)  # FLOPs grow with the pixel count
     assert percentile([1, 2, 3, 4, 5], 50) == 3 and percentile([1, 2, 3, 4, 5], 90) == pytest.approx(4.6)
     calls = []
-    latencies = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, iterations=4, rounds=2)
+    latencies = measure_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, iterations=4, rounds=2
+    )
     assert set(latencies) == {"a", "b"} and calls.count("a") == calls.count("b") == 1 + 2 + 4  # warm-up, untimed, timed
     assert calls[2:5] == ["a"] * 3  # blocks: untimed call then 2 timed calls of one variant
 
@@ -100,7 +115,8 @@ def test_speed_script_scores_every_variant_with_weights_and_data(tmp_path):
     done = subprocess.run([
         sys.executable, str(script), "--networks", "v2", "--sizes", "64x96", "--variants", "reference", "onnxruntime",
         "openvino", "openvino-int8", "--iterations", "1", "--warmup", "0", "--skip-training", "--checkpoint",
-        "bisenetv2_camvid", "--data-root", str(camvid), "--calibration-images", "2", "--json", str(tmp_path / "speed.json"),
+        "bisenetv2_camvid", "--data-root", str(camvid), "--calibration-images", "2", "--json",
+        str(tmp_path / "speed.json"),
     ], capture_output=True, text=True, timeout=300, env=os.environ | {"WANDB_MODE": "disabled"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {row["variant"]: row for row in json.loads((tmp_path / "speed.json").read_text())}
@@ -121,5 +137,7 @@ def test_speed_script_takes_weights_without_data(tmp_path):
         "--warmup", "0", "--skip-training", "--checkpoint", "bisenetv2_camvid", "--json", str(tmp_path / "speed.json"),
     ])  # fmt: skip
     rows = json.loads((tmp_path / "speed.json").read_text())
-    assert [row["variant"] for row in rows] == ["reference", "folded+channels_last"] and all(row["exact"] for row in rows)
+    assert [row["variant"] for row in rows] == ["reference", "folded+channels_last"] and all(
+        row["exact"] for row in rows
+    )
     assert "miou" not in rows[0] and rows[0]["params_M"] == pytest.approx(3.34, abs=0.01)  # the 11-class network

@@ -39,11 +39,19 @@ def test_real_camvid_class_shares_match_the_dataset_readme():
 def test_bisenetv2_learns_real_camvid(tmp_path):
     L.seed_everything(0)
     dm = CamVidDataModule(
-        root=str(CAMVID_DIR), batch_size=4, num_workers=1, crop_size=(160, 224), scale_range=(0.5, 1.0), val_batch_size=4
+        root=str(CAMVID_DIR),
+        batch_size=4,
+        num_workers=1,
+        crop_size=(160, 224),
+        scale_range=(0.5, 1.0),
+        val_batch_size=4,
     )
-    module = SegmentationModule(net=BiSeNetV2, num_classes=11, ignore_index=255, class_names=dm.class_names, warmup_steps=10)
+    module = SegmentationModule(
+        net=BiSeNetV2, num_classes=11, ignore_index=255, class_names=dm.class_names, warmup_steps=10
+    )
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=STEPS, val_check_interval=STEPS, check_val_every_n_epoch=None, limit_val_batches=5, logger=False,
+        accelerator="cpu", max_steps=STEPS, val_check_interval=STEPS, check_val_every_n_epoch=None,
+        limit_val_batches=5, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
         num_sanity_val_steps=0,
     )  # fmt: skip

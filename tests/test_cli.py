@@ -62,15 +62,24 @@ def test_configs_are_the_documented_set():
 def test_every_config_fits(tmp_path, config, imagenet_cache, monkeypatch):
     root = DATASETS[config](tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    cli = build_cli(["fit", "--config", str(REPO / "configs" / config), f"--data.root={root}", "--trainer.fast_dev_run=true", *CPU])
+    cli = build_cli(
+        ["fit", "--config", str(REPO / "configs" / config), f"--data.root={root}", "--trainer.fast_dev_run=true", *CPU]
+    )
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
 
 
 def test_fit_then_test_prints_per_class_iou(tmp_path, capsys):
     root = make_camvid_segnet(tmp_path / "camvid")
     config = str(REPO / "configs" / "camvid.yaml")
-    common = [f"--data.root={root}", *CPU, f"--trainer.default_root_dir={tmp_path / 'out'}", f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"]
-    fitted = run("fit", "--config", config, *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2", cwd=tmp_path)
+    common = [
+        f"--data.root={root}",
+        *CPU,
+        f"--trainer.default_root_dir={tmp_path / 'out'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}",
+    ]
+    fitted = run(
+        "fit", "--config", config, *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2", cwd=tmp_path
+    )
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     checkpoints = sorted((tmp_path / "out").rglob("*.ckpt"))
     assert {p.name for p in checkpoints} >= {"last.ckpt"} and any(p.name.startswith("best-") for p in checkpoints)
@@ -105,10 +114,21 @@ def test_help_and_print_config(tmp_path, capsys):
 
 
 def test_missing_data_is_one_clear_line_in_the_shell(tmp_path):
-    missing = run("fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={tmp_path / 'nowhere'}", *CPU, cwd=tmp_path)
+    missing = run(
+        "fit",
+        "--config",
+        str(REPO / "configs" / "camvid.yaml"),
+        f"--data.root={tmp_path / 'nowhere'}",
+        *CPU,
+        cwd=tmp_path,
+    )
     assert missing.returncode != 0
     assert "Traceback" not in missing.stderr  # Lightning's info lines, then the one error line
-    assert missing.stderr.strip().splitlines()[-1].startswith(f"bisenet-pl: error: CamVid not found at {tmp_path / 'nowhere'}")
+    assert (
+        missing.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"bisenet-pl: error: CamVid not found at {tmp_path / 'nowhere'}")
+    )
 
 
 def test_stats_command(tmp_path, capsys):
@@ -130,8 +150,20 @@ def test_corrupt_label_in_a_worker_is_one_clear_line(tmp_path):
     write_gray(label, np.full((48, 64), 40))
     args = [a for a in CPU if not a.startswith("--data.num_workers")] + ["--data.num_workers=1"]
     with pytest.raises(SystemExit) as error:
-        main(["fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", "--trainer.max_steps=4", *args])
-    assert error.value.code == f"bisenet-pl: error: label {label} holds values [40] that are neither classes (0..10) nor void ([11])"
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "configs" / "camvid.yaml"),
+                f"--data.root={root}",
+                "--trainer.max_steps=4",
+                *args,
+            ]
+        )
+    assert (
+        error.value.code
+        == f"bisenet-pl: error: label {label} holds values [40] that are neither classes (0..10) nor void ([11])"
+    )
 
 
 def _logged(output: str, key: str) -> float:
@@ -146,13 +178,34 @@ def test_two_process_ddp_validation_equals_one_process(tmp_path):
     out = [f"--trainer.default_root_dir={tmp_path / 'out'}", f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"]
     ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
     cpu = [a for a in CPU if not a.startswith(("--trainer.devices", "--trainer.strategy"))]
-    fitted = run("fit", "--config", config, f"--data.root={root}", *cpu, *ddp, *out, "--trainer.max_steps=3", "--trainer.val_check_interval=3", cwd=tmp_path)
+    fitted = run(
+        "fit",
+        "--config",
+        config,
+        f"--data.root={root}",
+        *cpu,
+        *ddp,
+        *out,
+        "--trainer.max_steps=3",
+        "--trainer.val_check_interval=3",
+        cwd=tmp_path,
+    )
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     assert "Validation at step 3: mIoU" in fitted.stdout
     last = str(next((tmp_path / "out").rglob("last.ckpt")))
     scores = {}
     for name, devices in {"one": ["--trainer.devices=1"], "two": ddp}.items():
-        result = run("validate", "--config", config, f"--data.root={root}", *cpu, *devices, f"--ckpt_path={last}", "--trainer.logger=false", cwd=tmp_path)
+        result = run(
+            "validate",
+            "--config",
+            config,
+            f"--data.root={root}",
+            *cpu,
+            *devices,
+            f"--ckpt_path={last}",
+            "--trainer.logger=false",
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         scores[name] = {key: _logged(result.stdout, key) for key in ("val/mIoU", "val/pixel_accuracy", "val/IoU/Sky")}
     assert scores["one"] == pytest.approx(scores["two"], abs=1e-6)
@@ -174,7 +227,11 @@ def test_options_given_with_ckpt_path_win_over_the_checkpoint(tmp_path, monkeypa
     common += ["--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
     typed = build_cli(["validate", *common, "--model.eval_mode=msf", "--model.eval_scales=[0.5,1.0]"])
     assert typed.model.evaluation.mode == "msf" and typed.model.evaluation.scales == (0.5, 1.0)
-    assert type(typed.model.net.aggregation).__name__ == type(trained.model.net.aggregation).__name__ != "BilateralGuidedAggregation"  # the network as trained, though camvid.yaml names the default
+    assert (
+        type(typed.model.net.aggregation).__name__
+        == type(trained.model.net.aggregation).__name__
+        != "BilateralGuidedAggregation"
+    )  # the network as trained, though camvid.yaml names the default
     assert typed.model.hparams.ohem_threshold == 0.6  # not typed: the checkpoint's value
     untyped = build_cli(["test", *common])
     assert untyped.model.evaluation.mode == "ssc"

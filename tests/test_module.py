@@ -17,7 +17,9 @@ from bisenet_pl.module import SegmentationModule, WarmupPolyLR
 
 def numpy_scores(preds: np.ndarray, target: np.ndarray, num_classes: int, ignore: int):
     valid = target != ignore
-    confusion = np.bincount(num_classes * target[valid] + preds[valid], minlength=num_classes**2).reshape(num_classes, -1)
+    confusion = np.bincount(num_classes * target[valid] + preds[valid], minlength=num_classes**2).reshape(
+        num_classes, -1
+    )
     intersection = np.diag(confusion)
     union = confusion.sum(0) + confusion.sum(1) - intersection
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -52,7 +54,9 @@ def test_warmup_poly_schedule():
     assert schedule(550) == pytest.approx(0.5**0.9)
     assert schedule(1000) == 0.0
     values = [schedule(s) for s in range(1001)]
-    assert all(a <= b for a, b in zip(values[:100], values[1:101])) and all(a >= b for a, b in zip(values[100:], values[101:]))
+    assert all(a <= b for a, b in zip(values[:100], values[1:101])) and all(
+        a >= b for a, b in zip(values[100:], values[101:])
+    )
 
 
 def test_a_warmup_longer_than_the_run_is_capped_and_said(tmp_path):
@@ -62,7 +66,9 @@ def test_a_warmup_longer_than_the_run_is_capped_and_said(tmp_path):
     assert schedule.warmup_steps == 40 and schedule(40) == 1.0 and schedule(220) == pytest.approx(0.5**0.9)
     assert WarmupPolyLR(total_steps=20000, warmup_steps=1000).warmup_steps == 1000  # the reference's recipe is kept
     module = SegmentationModule(net=BiSeNetV2, num_classes=3, warmup_steps=1000)
-    with pytest.warns(UserWarning, match=r"model.warmup_steps=1000 is more than 10% of this run's 20 steps: warming up over 2 steps"):
+    with pytest.warns(
+        UserWarning, match=r"model.warmup_steps=1000 is more than 10% of this run's 20 steps: warming up over 2 steps"
+    ):
         trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=20)
     assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].warmup_steps == 2
 
@@ -103,7 +109,9 @@ def test_optimiser_groups_and_lr_follow_the_reference(tmp_path):
 def test_bisenetv1_fusion_trains_at_head_rate(tmp_path):
     module = SegmentationModule(net=BiSeNetV1, num_classes=3)
     trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
-    head_params = {id(p) for g in trainer.optimizers[0].param_groups if g["name"].startswith("head") for p in g["params"]}
+    head_params = {
+        id(p) for g in trainer.optimizers[0].param_groups if g["name"].startswith("head") for p in g["params"]
+    }
     assert {id(p) for p in module.net.fusion.parameters()} <= head_params
 
 
@@ -122,7 +130,8 @@ def test_zero_aux_weight_removes_the_head(tmp_path):
 
 @pytest.mark.parametrize(
     # 16-mixed needs a GPU: on the CPU Lightning runs it as bf16-mixed.
-    "precision,options", [("32", {}), ("bf16-mixed", {}), ("32", {"channels_last": True})]
+    "precision,options",
+    [("32", {}), ("bf16-mixed", {}), ("32", {"channels_last": True})],
 )
 def test_trains_and_validates(tmp_path, precision, options):
     module = SegmentationModule(net=BiSeNetV2, num_classes=3, class_names=["a", "b", "c"], loss="ohem+dice", **options)
@@ -158,8 +167,13 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
 
 
 def test_checkpoints_rebuild_their_network(tmp_path):
-    module = SegmentationModule(net=functools.partial(BiSeNetV1, backbone="resnet34"), num_classes=3, aux_weights=[1.0, 0.0])
-    assert module.hparams.net == {"class_path": "bisenet_pl.models.bisenetv1.BiSeNetV1", "init_args": {"backbone": "resnet34"}}
+    module = SegmentationModule(
+        net=functools.partial(BiSeNetV1, backbone="resnet34"), num_classes=3, aux_weights=[1.0, 0.0]
+    )
+    assert module.hparams.net == {
+        "class_path": "bisenet_pl.models.bisenetv1.BiSeNetV1",
+        "init_args": {"backbone": "resnet34"},
+    }
     assert module.aux_names == ["context8"]
     trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
     trainer.save_checkpoint(tmp_path / "model.ckpt")

@@ -34,7 +34,9 @@ class TinyNetwork(SegmentationNetwork):
 
     def __init__(self, num_classes: int, width: int = 8) -> None:
         super().__init__(num_classes)
-        self.body = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.head = Classifier(width, num_classes)
         self.aux_heads = nn.ModuleDict({"body": Classifier(width, num_classes)})
 
@@ -52,14 +54,28 @@ def test_a_third_network_trains_validates_exports_and_loads_through_the_cli(tmp_
     common = [
         "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", "--trainer.accelerator=cpu",
         "--trainer.precision=32", "--data.batch_size=2", "--data.num_workers=0", "--data.crop_size=[32,48]",
-        "--progress_bar.refresh_rate=0", f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+        "--progress_bar.refresh_rate=0", f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
     ]  # fmt: skip
     network = ["--model.net.class_path=test_network_contract.TinyNetwork", "--model.net.init_args.width=4"]
-    main(["fit", *common, *network, "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--last_checkpoint.every_n_train_steps=1"])
+    main(
+        [
+            "fit",
+            *common,
+            *network,
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--last_checkpoint.every_n_train_steps=1",
+        ]
+    )
     assert "Validation at step 2: mIoU" in capsys.readouterr().out
     checkpoint = next(out.rglob("last.ckpt"))
     loaded = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    assert isinstance(loaded.net, TinyNetwork) and loaded.net.body[0].out_channels == 4 and list(loaded.net.aux_heads) == ["body"]
+    assert (
+        isinstance(loaded.net, TinyNetwork)
+        and loaded.net.body[0].out_channels == 4
+        and list(loaded.net.aux_heads) == ["body"]
+    )
 
     main(["validate", *common, f"--ckpt_path={checkpoint}", "--data.test_split=val"])
     assert "val/mIoU" in capsys.readouterr().out
@@ -74,9 +90,21 @@ def test_a_third_network_trains_validates_exports_and_loads_through_the_cli(tmp_
     assert isinstance(SegmentationModule.from_pretrained(weights).net, TinyNetwork)
     # Fine-tuning from those weights: all of them load (aux heads aside: not in the file, trained afresh).
     with caplog.at_level(logging.INFO):
-        main(["fit", *common, *network, f"--model.pretrained={weights}", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
+        main(
+            [
+                "fit",
+                *common,
+                *network,
+                f"--model.pretrained={weights}",
+                "--trainer.max_steps=1",
+                "--trainer.limit_val_batches=0",
+            ]
+        )
     assert f"Loaded pretrained weights from {weights}" in caplog.text and "Re-initialised" not in caplog.text
-    assert "Kept fresh initialisation for 2 tensors not in the checkpoint (e.g. aux_heads.body.classifier.bias)" in caplog.text
+    assert (
+        "Kept fresh initialisation for 2 tensors not in the checkpoint (e.g. aux_heads.body.classifier.bias)"
+        in caplog.text
+    )
 
 
 def test_a_network_outside_the_contract_is_refused():
@@ -93,7 +121,9 @@ def test_the_contract_names_heads_classifiers_and_backbone():
     net = TinyNetwork(5)
     assert net.is_head_parameter("head.classifier.weight") and net.is_head_parameter("aux_heads.body.classifier.bias")
     assert not net.is_head_parameter("body.0.weight")
-    assert net.is_classifier_parameter("aux_heads.body.classifier.weight") and not net.is_classifier_parameter("body.1.weight")
+    assert net.is_classifier_parameter("aux_heads.body.classifier.weight") and not net.is_classifier_parameter(
+        "body.1.weight"
+    )
     net.remove_aux_heads(["body"])
     assert len(net.aux_heads) == 0
     with pytest.raises(ValueError, match="has no ImageNet backbone"):

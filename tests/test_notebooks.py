@@ -59,7 +59,9 @@ def test_notebook_runs_top_to_bottom(path, runs, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     notebook = nbformat.read(path, as_version=4)
     # Any cell error raises CellExecutionError and fails the test.
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     text = "\n".join(
         str(output.get("text", "")) + str(output.get("data", {}).get("text/markdown", ""))
         for cell in notebook.cells

@@ -15,8 +15,8 @@ from bisenet_pl.cli import main
 from bisenet_pl.data.io import read_image
 from bisenet_pl.data.predict import VideoFrames, find_images
 from bisenet_pl.data.transforms import eval_transform, to_tensors
-from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.errors import DataError
+from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,12 @@ def test_predict_a_folder_of_mixed_images(tmp_path):
 
 def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
     """A JPEG with an EXIF block saying how a viewer must turn it (6: 90 degrees clockwise)."""
-    entry = (0x0112).to_bytes(2, "little") + (3).to_bytes(2, "little") + (1).to_bytes(4, "little") + orientation.to_bytes(4, "little")
+    entry = (
+        (0x0112).to_bytes(2, "little")
+        + (3).to_bytes(2, "little")
+        + (1).to_bytes(4, "little")
+        + orientation.to_bytes(4, "little")
+    )
     tiff = b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + entry + (0).to_bytes(4, "little")
     exif = b"Exif\x00\x00" + tiff
     return jpeg[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + jpeg[2:]
@@ -106,11 +111,15 @@ def test_a_camera_turned_jpeg_is_predicted_upright_and_skipped_files_are_named(t
     (inputs / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     assert read_image(inputs / "turned.jpg").shape == (64, 48, 3)  # upright, as a viewer shows it
     out = tmp_path / "predictions"
-    skipped = r"predicting 1 images; skipped 1 file\(s\) that are not images it reads \(animation.gif\) and 1 linked folder\(s\), not followed"
+    skipped = (
+        r"predicting 1 images; skipped 1 file\(s\) that are not images it reads \(animation.gif\) and 1 linked "
+        r"folder\(s\), not followed"
+    )
     with pytest.warns(UserWarning, match=skipped):
         main([
             "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
-            f"--data.predict_source={inputs}", f"--ckpt_path={tmp_path / 'model.ckpt'}", f"--prediction_writer.output_dir={out}",
+            f"--data.predict_source={inputs}", f"--ckpt_path={tmp_path / 'model.ckpt'}",
+            f"--prediction_writer.output_dir={out}",
         ])  # fmt: skip
     assert cv2.imread(str(out / "labels" / "turned.png"), cv2.IMREAD_UNCHANGED).shape == (64, 48)
 
@@ -153,7 +162,9 @@ def test_cityscapes_submission_format(tmp_path):
         found = Path(official.getPrediction(args, str(ground_truth)))  # the benchmark's own lookup
         city = ground_truth.parent.name
         stem = ground_truth.name.replace("_gtFine_labelIds.png", "")
-        train_ids = cv2.imread(str(out / "labels" / "leftImg8bit" / "test" / city / f"{stem}_leftImg8bit.png"), cv2.IMREAD_UNCHANGED)
+        train_ids = cv2.imread(
+            str(out / "labels" / "leftImg8bit" / "test" / city / f"{stem}_leftImg8bit.png"), cv2.IMREAD_UNCHANGED
+        )
         label_ids = cv2.imread(str(found), cv2.IMREAD_UNCHANGED)
         assert found.parent.name == city and label_ids.dtype == np.uint8
         expected = np.vectorize(lambda t: trainId2label[int(t)].id)(train_ids)
@@ -181,7 +192,9 @@ def test_images_whose_outputs_would_collide_are_refused_naming_both(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("a.png", "a.jpg", "b.png"):
         write_rgb(folder / name, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
-    with pytest.raises(DataError, match=rf"{folder / 'a.jpg'} and {folder / 'a.png'} have the same name apart from the suffix"):
+    with pytest.raises(
+        DataError, match=rf"{folder / 'a.jpg'} and {folder / 'a.png'} have the same name apart from the suffix"
+    ):
         find_images(folder)
     (folder / "a.jpg").unlink()
     assert [p.name for p in find_images(folder)] == ["a.png", "b.png"]
@@ -191,7 +204,9 @@ def test_a_truncated_video_says_how_many_frames_were_read(tmp_path):
     video = write_video(tmp_path / "drive.avi", frames=12, codec="MJPG")
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
     frames = VideoFrames(video, eval_transform())
-    with pytest.warns(UserWarning, match=rf"video {video}: decoded (\d+) of the 12 frames its header announces") as caught:
+    with pytest.warns(
+        UserWarning, match=rf"video {video}: decoded (\d+) of the 12 frames its header announces"
+    ) as caught:
         decoded = len(list(frames))
     assert 0 < decoded < 12 and f"decoded {decoded} of the 12" in str(caught[0].message)
 
@@ -215,7 +230,9 @@ def test_a_corrupt_image_is_skipped_named_and_fails_the_run_at_its_end(tmp_path)
     with pytest.raises(SystemExit) as failed:
         main(args)
     message = str(failed.value.code)
-    assert message.startswith("bisenet-pl: error: 2 image(s) could not be read and were skipped (the 3 others were written)")
+    assert message.startswith(
+        "bisenet-pl: error: 2 image(s) could not be read and were skipped (the 3 others were written)"
+    )
     assert str(folder / "b.png") in message and str(folder / "e.png") in message
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.png", "c.png", "d.png"]  # the ones after b too
     # With data.validate the run stops before any work, listing both.

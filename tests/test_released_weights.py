@@ -39,7 +39,11 @@ def test_the_file_holds_float16_weights_of_bisenetv2_without_aux_heads():
     info = read_weights_info(WEIGHTS)
     assert info.network["class_path"] == "bisenet_pl.models.BiSeNetV2" and info.num_classes == 11
     assert info.class_names == list(CAMVID_CLASSES) and info.ignore_index == 255
-    assert info.mean == list(CAMVID_MEAN) and info.std == list(CAMVID_STD) and info.palette == [list(c) for c in CAMVID_PALETTE]
+    assert (
+        info.mean == list(CAMVID_MEAN)
+        and info.std == list(CAMVID_STD)
+        and info.palette == [list(c) for c in CAMVID_PALETTE]
+    )
     assert released_weights_path("bisenetv2_camvid").samefile(WEIGHTS)  # the package data is this file
 
 
@@ -94,7 +98,9 @@ def test_fit_fine_tunes_from_them(camvid, tmp_path):
     ])  # fmt: skip
     stored = released_state()
     # One step moved the network away from the weights it started from, which it had loaded.
-    changed = [k for k, v in cli.model.net.state_dict().items() if k in stored and not torch.equal(v, stored[k].to(v.dtype))]
+    changed = [
+        k for k, v in cli.model.net.state_dict().items() if k in stored and not torch.equal(v, stored[k].to(v.dtype))
+    ]
     assert changed and len(cli.model.net.aux_heads) == 4  # the aux heads are new, trained from scratch
 
 
@@ -116,7 +122,18 @@ def test_the_installed_package_carries_them(tmp_path):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes((REPO / part).read_bytes())
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
         check=True,
     )
     (wheel,) = (tmp_path / "dist").glob("bisenet_pl-*.whl")

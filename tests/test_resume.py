@@ -24,7 +24,8 @@ def fit_args(root: Path, out: Path, precision: str, *extra: str) -> list[str]:
         "--data.crop_size=[32,48]", "--data.val_batch_size=1", "--progress_bar.refresh_rate=0",
         # 4 steps per epoch; last.ckpt every 3 steps; validation every 3 steps.
         "--trainer.max_steps=9", "--trainer.val_check_interval=3", "--last_checkpoint.every_n_train_steps=3",
-        "--model.warmup_steps=2", f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *extra,
+        "--model.warmup_steps=2", f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+        *extra,
     ]  # fmt: skip
 
 
@@ -44,7 +45,9 @@ def newest_last(out: Path) -> dict:
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, precision, capsys):
     root = make_camvid_segnet(tmp_path / "camvid", {"train": 8, "val": 2, "test": 1})
-    killed = fit_in_a_process(root, tmp_path / "resumed", precision, "--trainer.callbacks+=synthetic.KillAtStep", "--trainer.callbacks.step=7")
+    killed = fit_in_a_process(
+        root, tmp_path / "resumed", precision, "--trainer.callbacks+=synthetic.KillAtStep", "--trainer.callbacks.step=7"
+    )
     assert killed.returncode == 3, killed.stderr[-3000:]  # died mid-epoch, after last.ckpt at step 6
     assert newest_last(tmp_path / "resumed")["global_step"] == 6
     last_before = max((tmp_path / "resumed").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -63,7 +66,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, precision, capsy
     groups_a, groups_b = a["optimizer_states"][0], b["optimizer_states"][0]
     assert [g["lr"] for g in groups_a["param_groups"]] == [g["lr"] for g in groups_b["param_groups"]]
     for index, state in groups_a["state"].items():
-        torch.testing.assert_close(groups_b["state"][index]["momentum_buffer"], state["momentum_buffer"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            groups_b["state"][index]["momentum_buffer"], state["momentum_buffer"], rtol=0, atol=1e-6
+        )
     final_a = [line for line in straight.splitlines() if line.startswith("Validation at step 9")]
     final_b = [line for line in resumed.splitlines() if line.startswith("Validation at step 9")]
     assert final_a and final_a == final_b
@@ -85,7 +90,9 @@ def test_a_checkpoint_that_fails_to_write_leaves_the_previous_one_whole(tmp_path
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
         checkpoint_io.save_checkpoint({"step": 2}, path)
-    assert torch.load(path, weights_only=True) == {"step": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert torch.load(path, weights_only=True) == {"step": 1} and sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.ckpt"
+    ]
 
 
 def test_last_ckpt_holds_the_last_step_even_between_its_periodic_saves(tmp_path):

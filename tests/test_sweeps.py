@@ -64,7 +64,14 @@ CASES = [
 
 def test_sweeps_cover_the_paper_ablations():
     names = {path.stem for path in SWEEPS}
-    assert {"v2_components", "v2_aggregation", "v2_boosters", "v2_semantic_width", "v1_components", "lr_aux_search"} <= names
+    assert {
+        "v2_components",
+        "v2_aggregation",
+        "v2_boosters",
+        "v2_semantic_width",
+        "v1_components",
+        "lr_aux_search",
+    } <= names
     for path in SWEEPS:
         sweep = yaml.safe_load(path.read_text())
         assert sweep["metric"] == {"name": "val/mIoU", "goal": "maximize"}, path.name

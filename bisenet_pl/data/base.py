@@ -69,9 +69,7 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def pair_by_stem(
-    image_dir: Path, label_dir: Path, label_suffix: str = "", image_suffix: str = ""
-) -> list[Sample]:
+def pair_by_stem(image_dir: Path, label_dir: Path, label_suffix: str = "", image_suffix: str = "") -> list[Sample]:
     """Pair ``image_dir/<stem><image_suffix>.*`` with ``label_dir/<stem><label_suffix>.*``.
 
     Raise :class:`DataError` naming the files that have no partner.
@@ -165,7 +163,9 @@ class SegmentationDataset(Dataset):
         except DataError as error:
             raise DataError(f"label {label_path} {error}") from None
         if mask.ndim != 2:
-            raise DataError(f"label {label_path} has {mask.shape[2]} channels; expected a single-channel class-id image")
+            raise DataError(
+                f"label {label_path} has {mask.shape[2]} channels; expected a single-channel class-id image"
+            )
         invalid = (mask >= self.num_classes) & (mask != self.ignore_index)
         if invalid.any():
             values = sorted(int(v) for v in np.unique(mask[invalid]))
@@ -263,7 +263,9 @@ class SegmentationDataModule(L.LightningDataModule):
             "data",
             crop_size=(list(crop_size), "[height, width], each >= 32", len(crop_size) == 2 and min(crop_size) >= 32),
             scale_range=(
-                list(scale_range), "[low, high] with 0 < low <= high", len(scale_range) == 2 and 0 < scale_range[0] <= scale_range[1]
+                list(scale_range),
+                "[low, high] with 0 < low <= high",
+                len(scale_range) == 2 and 0 < scale_range[0] <= scale_range[1],
             ),
             ignore_index=(ignore_index, "in 0..255 (masks are 8-bit)", 0 <= ignore_index <= 255),
             batch_size=(
@@ -342,7 +344,9 @@ class SegmentationDataModule(L.LightningDataModule):
         train = [sample for name in self.train_splits for sample in self.samples(name)]
         if not self.dev_files:
             if split == "dev":
-                raise DataError("there is no dev split: choose its training images with data.dev_files (file-name patterns)")
+                raise DataError(
+                    "there is no dev split: choose its training images with data.dev_files (file-name patterns)"
+                )
             return train
         names = [image.name for image, _ in train]
         for pattern in self.dev_files:
@@ -354,20 +358,31 @@ class SegmentationDataModule(L.LightningDataModule):
                 )
         held = [any(fnmatch.fnmatch(name, pattern) for pattern in self.dev_files) for name in names]
         if all(held):
-            raise DataError(f"{self.dev_option()} holds out all {len(train)} training images; nothing is left to train on")
+            raise DataError(
+                f"{self.dev_option()} holds out all {len(train)} training images; nothing is left to train on"
+            )
         return [sample for sample, dev in zip(train, held) if dev == (split == "dev")]
 
     def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
         """A dataset of ``split`` with the training or the evaluation pipeline."""
         transform = (
             train_transform(
-                self.crop_size, self.scale_range, self.ignore_index, self.mean, self.std, self.hflip, self.color_jitter,
-                self.blur, self.noise,
+                self.crop_size,
+                self.scale_range,
+                self.ignore_index,
+                self.mean,
+                self.std,
+                self.hflip,
+                self.color_jitter,
+                self.blur,
+                self.noise,
             )
             if train
             else eval_transform(self.mean, self.std)
         )
-        return SegmentationDataset(self.split_samples(split), self.num_classes, self.ignore_index, self.label_map(), transform)
+        return SegmentationDataset(
+            self.split_samples(split), self.num_classes, self.ignore_index, self.label_map(), transform
+        )
 
     def stage_splits(self, stage: str | None) -> list[str]:
         """The splits a trainer stage reads."""
@@ -395,7 +410,8 @@ class SegmentationDataModule(L.LightningDataModule):
             self.datasets["train"] = self.dataset("train", train=True)
             if "val" in self.train_splits:
                 rank_zero_warn(
-                    f"data.train_splits={self.train_splits}: val is trained on, so its scores measure fit, not generalisation"
+                    f"data.train_splits={self.train_splits}: val is trained on, so its scores measure fit, not "
+                    f"generalisation"
                 )
         if stage in ("fit", "validate", None):
             for split in self.val_splits:
@@ -412,9 +428,13 @@ class SegmentationDataModule(L.LightningDataModule):
     def _hold_in_memory(self, split: str) -> None:
         held = self.datasets[split].hold_in_memory(budget_bytes=free_memory_bytes() // 2)
         if held:
-            rank_zero_info(f"Holding the {len(self.datasets[split])} decoded {split} images in memory ({held / 2**20:.0f} MB)")
+            rank_zero_info(
+                f"Holding the {len(self.datasets[split])} decoded {split} images in memory ({held / 2**20:.0f} MB)"
+            )
         else:
-            rank_zero_warn(f"data.cache_images: the decoded {split} images do not fit in half the free memory; decoding each epoch")
+            rank_zero_warn(
+                f"data.cache_images: the decoded {split} images do not fit in half the free memory; decoding each epoch"
+            )
 
     def full_size_batches(self, count: int, batch_size: int) -> Iterator[torch.Tensor]:
         """``count`` training images (a fixed random subset), whole and unaugmented, stacked in
@@ -438,7 +458,9 @@ class SegmentationDataModule(L.LightningDataModule):
     def predict_reader(self) -> PredictSource:
         """The reader of ``predict_source`` (built once)."""
         if self._predict_source is None:
-            self._predict_source = PredictSource(self.predict_source, eval_transform(self.mean, self.std), self.val_batch_size)
+            self._predict_source = PredictSource(
+                self.predict_source, eval_transform(self.mean, self.std), self.val_batch_size
+            )
         return self._predict_source
 
     def check_splits(self, splits: Sequence[str]) -> None:
@@ -471,7 +493,8 @@ class SegmentationDataModule(L.LightningDataModule):
         dataset = self.datasets["train"]
         if len(dataset) < self.batch_size:
             raise DataError(
-                f"the training split of {self.root} has {len(dataset)} images, fewer than data.batch_size={self.batch_size}"
+                f"the training split of {self.root} has {len(dataset)} images, fewer than "
+                f"data.batch_size={self.batch_size}"
             )
         # Resumes mid-epoch exactly (see bisenet_pl.data.resume).
         return resumable_train_loader(dataset, self.batch_size, self.trainer, **self._loader_options())

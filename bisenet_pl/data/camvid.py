@@ -57,7 +57,9 @@ def colour_label_map(class_dict_csv: Path, ignore_index: int) -> LabelMap:
             try:
                 name, rgb = row["name"], (int(row["r"]), int(row["g"]), int(row["b"]))
             except (KeyError, ValueError) as error:
-                raise DataError(f"{class_dict_csv}: expected columns name,r,g,b with integer colours ({error})") from None
+                raise DataError(
+                    f"{class_dict_csv}: expected columns name,r,g,b with integer colours ({error})"
+                ) from None
             group = CAMVID_32_TO_11.get(name)
             if group is not None:
                 colour_to_class[(rgb[0] << 16) | (rgb[1] << 8) | rgb[2]] = CAMVID_CLASSES.index(group)
@@ -114,7 +116,13 @@ class CamVidDataModule(SegmentationDataModule):
         if dev_sequences:
             kwargs["dev_files"] = [f"{sequence}_*" for sequence in dev_sequences]
         super().__init__(
-            root, crop_size=crop_size, scale_range=scale_range, val_batch_size=val_batch_size, mean=mean, std=std, **kwargs
+            root,
+            crop_size=crop_size,
+            scale_range=scale_range,
+            val_batch_size=val_batch_size,
+            mean=mean,
+            std=std,
+            **kwargs,
         )
         self.dev_sequences = list(dev_sequences or [])
         self.layout = layout

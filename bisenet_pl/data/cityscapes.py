@@ -9,13 +9,17 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from bisenet_pl.data.base import LabelMap, Sample, SegmentationDataModule, lookup_table
 from bisenet_pl.errors import DataError
 
-_TRAIN_LABELS = sorted((label for label in CITYSCAPES_LABELS if 0 <= label.trainId < 255), key=lambda label: label.trainId)
+_TRAIN_LABELS = sorted(
+    (label for label in CITYSCAPES_LABELS if 0 <= label.trainId < 255), key=lambda label: label.trainId
+)
 CITYSCAPES_CLASSES = [label.name for label in _TRAIN_LABELS]
 CITYSCAPES_PALETTE = [tuple(label.color) for label in _TRAIN_LABELS]
 #: labelId -> trainId for the 19 classes, from the official label table.
 CITYSCAPES_ID_TO_TRAIN_ID = {label.id: label.trainId for label in _TRAIN_LABELS}
 #: Every other labelId is ignored (void, or not evaluated).
-CITYSCAPES_VOID_IDS = [label.id for label in CITYSCAPES_LABELS if label.id >= 0 and label.id not in CITYSCAPES_ID_TO_TRAIN_ID]
+CITYSCAPES_VOID_IDS = [
+    label.id for label in CITYSCAPES_LABELS if label.id >= 0 and label.id not in CITYSCAPES_ID_TO_TRAIN_ID
+]
 # The reference's normalisation statistics for Cityscapes (RGB, [0, 1]).
 CITYSCAPES_MEAN = (0.3257, 0.3690, 0.3223)
 CITYSCAPES_STD = (0.2112, 0.2148, 0.2115)
@@ -63,7 +67,10 @@ class CityscapesDataModule(SegmentationDataModule):
             else:
                 lonely.append(image)
         if lonely:
-            raise DataError(f"{len(lonely)} Cityscapes images without a gtFine labelIds file, e.g. {lonely[0]} (expected {label_root}/<city>/<stem>_gtFine_labelIds.png)")
+            raise DataError(
+                f"{len(lonely)} Cityscapes images without a gtFine labelIds file, e.g. {lonely[0]} (expected "
+                f"{label_root}/<city>/<stem>_gtFine_labelIds.png)"
+            )
         if not samples:
             raise DataError(f"no *_leftImg8bit.png images under {image_root}/<city>/")
         return samples

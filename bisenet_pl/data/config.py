@@ -29,6 +29,8 @@ def datamodule_from_config(path: str | Path, root: str | None = None) -> Segment
     try:
         config = parser.parse_object({"data": section})
     except Exception as error:  # jsonargparse's ArgumentError, in words
-        raise ConfigError(f"{path}: its data: section does not describe a DataModule ({str(error).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{path}: its data: section does not describe a DataModule ({str(error).splitlines()[0]})"
+        ) from None
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
     return instantiate(config).data

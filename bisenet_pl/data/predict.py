@@ -10,8 +10,8 @@ from pathlib import Path
 import albumentations as A
 import cv2
 import torch
-from PIL import Image
 from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from bisenet_pl.data.io import IMAGE_SUFFIXES, native_output_hidden, read_image
@@ -29,7 +29,9 @@ def find_images(source: Path) -> list[Path]:
     """The image files of ``source`` (one image, or a folder searched recursively), sorted."""
     if source.is_file():
         if source.suffix.lower() not in IMAGE_SUFFIXES:
-            raise DataError(f"data.predict_source {source} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video")
+            raise DataError(
+                f"data.predict_source {source} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video"
+            )
         return [source]
     if not source.is_dir():
         raise DataError(f"data.predict_source {source} does not exist")
@@ -43,7 +45,9 @@ def find_images(source: Path) -> list[Path]:
         skipped = [f"{len(others)} file(s) that are not images it reads ({', '.join(p.name for p in others[:3])}"
                    f"{', ...' if len(others) > 3 else ''})"] if others else []  # fmt: skip
         if linked_folders:
-            skipped.append(f"{len(linked_folders)} linked folder(s), not followed ({', '.join(map(str, linked_folders[:3]))})")
+            skipped.append(
+                f"{len(linked_folders)} linked folder(s), not followed ({', '.join(map(str, linked_folders[:3]))})"
+            )
         rank_zero_warn(
             f"data.predict_source {source}: predicting {len(images)} images; skipped {' and '.join(skipped)}. "
             f"Images are read from {', '.join(IMAGE_SUFFIXES)} files"
@@ -123,7 +127,9 @@ class SameSizeBatches(Sampler[list[int]]):
         for index, path in enumerate(paths):
             # An unreadable header: batched with the others like it, reported when it is written.
             groups.setdefault(header_size(path) or UNREADABLE_SIZE, []).append(index)
-        self.batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+        self.batches = [
+            group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)
+        ]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)

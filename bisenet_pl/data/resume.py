@@ -67,7 +67,9 @@ class ResumableDataLoader(DataLoader):
         self.batch_sampler.skip = done
 
 
-def resumable_train_loader(dataset: Dataset, batch_size: int, trainer: Any | None = None, **options) -> ResumableDataLoader:
+def resumable_train_loader(
+    dataset: Dataset, batch_size: int, trainer: Any | None = None, **options
+) -> ResumableDataLoader:
     """The training DataLoader: shuffled and augmented from (seed, epoch, position) only, and
     ``drop_last`` (a last batch of one would break BatchNorm on pooled maps). Its progress within
     an epoch is what ``trainer`` has trained on; this is where the loader reads Lightning's loop."""

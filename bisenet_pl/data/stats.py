@@ -41,7 +41,8 @@ class DatasetStatistics:
         sizes = ", ".join(f"{w}x{h} ({n})" for (h, w), n in self.sizes.most_common(5))
         lines = [
             f"images: {self.num_images}    sizes (WxH): {sizes}",
-            f"mean (RGB): [{', '.join(f'{m:.4f}' for m in self.mean)}]    std: [{', '.join(f'{s:.4f}' for s in self.std)}]",
+            f"mean (RGB): [{', '.join(f'{m:.4f}' for m in self.mean)}]    std: "
+            f"[{', '.join(f'{s:.4f}' for s in self.std)}]",
             f"ignored pixels: {self.ignored_pixels / max(1, total):.4f}",
             f"{'class':<16}{'share':>8}{'median-freq weight':>20}",
         ]

@@ -44,10 +44,15 @@ def pytorch_segmenter(net: nn.Module, mean: Sequence[float], std: Sequence[float
 
 
 def mean_iou(
-    segmenters: dict[str, Segmenter], samples: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int, ignore_index: int
+    segmenters: dict[str, Segmenter],
+    samples: Iterable[tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    ignore_index: int,
 ) -> dict[str, float]:
     """mIoU (0-100) of each segmenter over ``samples`` (RGB image, HxW mask) in one pass over them."""
-    metrics = {name: MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index) for name in segmenters}
+    metrics = {
+        name: MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index) for name in segmenters
+    }
     seen = 0
     for image, mask in samples:
         target = torch.from_numpy(mask.astype(np.int64))[None]

@@ -42,7 +42,9 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if self.image_input != "float" and (self.mean is None or self.std is None):
-            raise ConfigError(f"8-bit input ({self.image_input}) needs the training data's mean and std: give the training config")
+            raise ConfigError(
+                f"8-bit input ({self.image_input}) needs the training data's mean and std: give the training config"
+            )
 
     def network(self, net: nn.Module) -> nn.Module:
         return deployable(net, labels=self.labels, image_input=self.image_input, mean=self.mean, std=self.std)
@@ -59,7 +61,9 @@ def export_onnx(
     """Export to fp32 ONNX with dynamic batch, height and width (input ``images``, output ``logits``
     or ``labels``). ``options`` (8-bit input, ...) replace ``example_size`` and ``labels``."""
     options = options or ExportOptions(labels=labels, example_size=example_size)
-    model = ExportOptions(None, options.image_input, options.mean, options.std).network(net)  # the argmax is added below
+    model = ExportOptions(None, options.image_input, options.mean, options.std).network(
+        net
+    )  # the argmax is added below
     images = example_images(net, options.example_size, options.image_input)
     spatial = (1, 2) if options.image_input == "uint8_nhwc" else (2, 3)
     dynamic = {0: torch.export.Dim.DYNAMIC, spatial[0]: torch.export.Dim.DYNAMIC, spatial[1]: torch.export.Dim.DYNAMIC}
@@ -150,7 +154,10 @@ def check_format(format: str, precision: str) -> None:
     if format == "torchscript" and precision != "fp32":
         raise ConfigError(f"TorchScript export is fp32; {precision} needs --format onnx or openvino")
     if format == "onnx" and precision == "bf16":
-        raise ConfigError("bf16 is an OpenVINO inference precision: use --format openvino (ONNX Runtime's CPU kernels are fp32 or int8)")
+        raise ConfigError(
+            "bf16 is an OpenVINO inference precision: use --format openvino (ONNX Runtime's CPU kernels are fp32 or "
+            "int8)"
+        )
 
 
 def export(
@@ -170,7 +177,9 @@ def export(
     if format == "torchscript":
         return export_torchscript(net, path, options=options)
     if options.precision == "int8" and calibration is None:
-        raise ConfigError("int8 needs calibration images: give --calibration (a data config or a folder of training images)")
+        raise ConfigError(
+            "int8 needs calibration images: give --calibration (a data config or a folder of training images)"
+        )
     if format == "onnx" and options.precision == "fp32":
         return export_onnx(net, path, options=options)
     import onnx
@@ -180,9 +189,13 @@ def export(
         onnx_path = export_onnx(net, Path(scratch) / "float.onnx", options=replace(options, labels=None))
         if options.precision == "int8":
             mean, std = options.mean or (0, 0, 0), options.std or (1, 1, 1)
-            onnx_path = save_onnx(quantize_onnx(onnx_path, calibration, options.image_input, mean, std), Path(scratch) / "int8.onnx")
+            onnx_path = save_onnx(
+                quantize_onnx(onnx_path, calibration, options.image_input, mean, std), Path(scratch) / "int8.onnx"
+            )
         if options.labels:
-            onnx_path = save_onnx(append_argmax(onnx.load(str(onnx_path)), options.labels), Path(scratch) / "labels.onnx")
+            onnx_path = save_onnx(
+                append_argmax(onnx.load(str(onnx_path)), options.labels), Path(scratch) / "labels.onnx"
+            )
         if format == "onnx":
             os.replace(onnx_path, path)
             return path

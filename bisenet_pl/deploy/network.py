@@ -4,7 +4,7 @@ into the convolutions, optionally the image normalisation in front and the argma
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -83,7 +83,9 @@ class DeployedNetwork(nn.Module):
         self.labels = {"int32": torch.int32, "int64": torch.int64}[labels] if labels else None
         if image_input != "float":
             self.register_buffer("mean", 255.0 * torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-            self.register_buffer("inverse_std", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)))
+            self.register_buffer(
+                "inverse_std", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+            )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.image_input == "uint8_nhwc":
@@ -105,7 +107,9 @@ def input_channels(net: nn.Module) -> int:
     return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
-def example_images(net: nn.Module, size: tuple[int, int], image_input: ImageInput = "float", batch: int = 1, seed: int = 0) -> torch.Tensor:
+def example_images(
+    net: nn.Module, size: tuple[int, int], image_input: ImageInput = "float", batch: int = 1, seed: int = 0
+) -> torch.Tensor:
     """Random images of ``size`` (H, W) in the layout and type ``image_input`` names."""
     generator = torch.Generator().manual_seed(seed)
     channels, (height, width) = input_channels(net), size

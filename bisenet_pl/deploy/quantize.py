@@ -56,7 +56,9 @@ def quantize_onnx(
     if not images:
         raise ConfigError("int8 calibration needs at least one image; got none")
     input_name = model.graph.input[0].name
-    classifier = [node.name for node in model.graph.node if node.op_type == "Conv"][-1]  # nodes are in topological order
+    classifier = [node.name for node in model.graph.node if node.op_type == "Conv"][
+        -1
+    ]  # nodes are in topological order
     quantized = nncf.quantize(
         model,
         nncf.Dataset(images, lambda image: {input_name: model_input(image, image_input, mean, std)}),
@@ -64,7 +66,9 @@ def quantize_onnx(
         ignored_scope=nncf.IgnoredScope(names=[classifier], types=["Resize"], validate=False),
         # One scale per activation tensor: ONNX Runtime's int8 convolution takes no other.
         advanced_parameters=nncf.AdvancedQuantizationParameters(
-            activations_quantization_params=nncf.quantization.advanced_parameters.QuantizationParameters(per_channel=False)
+            activations_quantization_params=nncf.quantization.advanced_parameters.QuantizationParameters(
+                per_channel=False
+            )
         ),
     )
     return quantized

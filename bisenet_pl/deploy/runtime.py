@@ -64,7 +64,9 @@ class OnnxRuntimePredictor(Predictor):
             self.session = onnx_session(path, threads)
         except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"{path} is not a model ONNX Runtime can load (truncated, or another kind of file): {reason}") from None
+            raise ConfigError(
+                f"{path} is not a model ONNX Runtime can load (truncated, or another kind of file): {reason}"
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
 
     @cached_property
@@ -100,7 +102,9 @@ class OpenVinoPredictor(Predictor):
         self.core = openvino.Core()
         weights = Path(path).with_suffix(".bin")
         if Path(path).suffix.lower() == ".xml" and not weights.is_file():
-            raise ConfigError(f"{path}: its weights {weights} are missing (OpenVINO IR is the .xml and the .bin beside it)")
+            raise ConfigError(
+                f"{path}: its weights {weights} are missing (OpenVINO IR is the .xml and the .bin beside it)"
+            )
         try:
             self.model = self.core.read_model(str(path))
         except RuntimeError:
@@ -120,12 +124,18 @@ class OpenVinoPredictor(Predictor):
         """The file's input shape for images of ``height`` x ``width`` (its layout: NHWC or NCHW)."""
         shape = self.model.inputs[0].get_partial_shape()
         channels_last = shape[3].is_static and shape[3].get_length() in (1, 3)
-        return (batch, height, width, shape[3].get_length()) if channels_last else (batch, shape[1].get_length(), height, width)
+        return (
+            (batch, height, width, shape[3].get_length())
+            if channels_last
+            else (batch, shape[1].get_length(), height, width)
+        )
 
     def example_input(self, height: int, width: int) -> np.ndarray:
         """A random image batch of one, in the file's layout and input type."""
         images = np.random.default_rng(0).integers(0, 256, self.input_shape(height, width), dtype=np.uint8)
-        return images if self.model.inputs[0].get_element_type().to_string() == "u8" else images.astype(np.float32) / 255
+        return (
+            images if self.model.inputs[0].get_element_type().to_string() == "u8" else images.astype(np.float32) / 255
+        )
 
     @cached_property
     def precision(self) -> str:
@@ -171,7 +181,10 @@ def fastest_openvino_precision(
     weights = path.with_suffix(".bin")
     if weights.is_file():
         digest.update(weights.read_bytes())
-    key = f"openvino {openvino.__version__} | {this_cpu()} | {threads or 'all'} threads | {digest.hexdigest()[:16]} | {size[0]}x{size[1]}"
+    key = (
+        f"openvino {openvino.__version__} | {this_cpu()} | {threads or 'all'} threads | {digest.hexdigest()[:16]} "
+        f"| {size[0]}x{size[1]}"
+    )
 
     def steps() -> dict[str, Callable[[], object]]:
         runs = {}

@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bisenet_pl.models.layers import ConvBNAct, SegmentHead, check_batch_size, resize_to
 from bisenet_pl.models.base import SegmentationNetwork
+from bisenet_pl.models.layers import ConvBNAct, SegmentHead, check_batch_size, resize_to
 from bisenet_pl.models.resnet import IMAGENET_URLS, ResNet, ResNetName, load_backbone_weights
 
 #: Auxiliary head positions in forward-output order: the context path's 1/8 and 1/16 outputs.
@@ -197,7 +197,11 @@ class BiSeNetV1(SegmentationNetwork):
         context = self.context_path
         for module in (context.global_context, context.refine32, self.fusion):
             attention = getattr(module, "attention", module)
-            if isinstance(attention, ConvBNAct) and isinstance(attention.bn, nn.BatchNorm2d) and attention.conv.kernel_size == (1, 1):
+            if (
+                isinstance(attention, ConvBNAct)
+                and isinstance(attention.bn, nn.BatchNorm2d)
+                and attention.conv.kernel_size == (1, 1)
+            ):
                 return attention.bn
         return None
 

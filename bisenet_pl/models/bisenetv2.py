@@ -41,7 +41,9 @@ Aggregation = Literal["bga", "sum", "concat"]
 class DetailBranch(nn.Module):
     """Wide, shallow branch keeping spatial detail: three stages of 3x3 convs to 1/8."""
 
-    def __init__(self, in_channels: int = 3, channels: Sequence[int] = DETAIL_CHANNELS, depths: Sequence[int] = DETAIL_DEPTHS) -> None:
+    def __init__(
+        self, in_channels: int = 3, channels: Sequence[int] = DETAIL_CHANNELS, depths: Sequence[int] = DETAIL_DEPTHS
+    ) -> None:
         super().__init__()
         stages = []
         for out_channels, depth in zip(channels, depths, strict=True):
@@ -268,7 +270,9 @@ class BiSeNetV2(SegmentationNetwork):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"BiSeNetV2 aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
         if branches == "detail" and aux_heads:
-            raise ValueError("BiSeNetV2 with branches='detail' has no semantic branch for booster heads: set aux_heads to []")
+            raise ValueError(
+                "BiSeNetV2 with branches='detail' has no semantic branch for booster heads: set aux_heads to []"
+            )
         self.branches = branches
         detail_channels = [self._channels(c * width_multiplier, "width_multiplier") for c in DETAIL_CHANNELS]
         semantic_channels = [
@@ -278,7 +282,9 @@ class BiSeNetV2(SegmentationNetwork):
         detail_depths = [scaled_depth(d, depth_multiplier) for d in DETAIL_DEPTHS]
         semantic_depths = [scaled_depth(d, depth_multiplier) for d in SEMANTIC_DEPTHS]
         features = detail_channels[-1]
-        self.detail_branch = DetailBranch(in_channels, detail_channels, detail_depths) if branches != "semantic" else None
+        self.detail_branch = (
+            DetailBranch(in_channels, detail_channels, detail_depths) if branches != "semantic" else None
+        )
         self.semantic_branch = (
             SemanticBranch(in_channels, semantic_channels, semantic_depths, expansion, out_channels=features)
             if branches != "detail"
@@ -301,7 +307,9 @@ class BiSeNetV2(SegmentationNetwork):
     def _channels(value: float, option: str) -> int:
         channels = round(value)
         if channels < 2 or abs(channels - value) > 1e-6:
-            raise ValueError(f"BiSeNetV2 {option} gives {value:g} channels; choose it so that every width is a whole number >= 2")
+            raise ValueError(
+                f"BiSeNetV2 {option} gives {value:g} channels; choose it so that every width is a whole number >= 2"
+            )
         return channels
 
     def reset_parameters(self) -> None:

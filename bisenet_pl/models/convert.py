@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from bisenet_pl.errors import ConfigError
+
 _V2_STAGES = {"3": "stage3", "4": "stage4", "5_4": "stage5"}
 _V2_AUX = {"2": "stem", "3": "stage3", "4": "stage4", "5_4": "stage5"}
 _CONV_BN = {"0": "conv", "1": "bn"}
@@ -22,16 +23,30 @@ _V2_RULES: list[tuple[str, str]] = [
     (r"segment\.S1S2\.conv\.(conv|bn)", r"semantic_branch.stem.conv.\1"),
     (r"segment\.S1S2\.left\.(\d)\.(conv|bn)", r"semantic_branch.stem.conv_path.\1.\2"),
     (r"segment\.S1S2\.fuse\.(conv|bn)", r"semantic_branch.stem.fuse.\1"),
-    (r"segment\.S(3|4|5_4)\.(\d+)\.conv1\.(conv|bn)", lambda m: f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.gather.{m[3]}"),
+    (
+        r"segment\.S(3|4|5_4)\.(\d+)\.conv1\.(conv|bn)",
+        lambda m: f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.gather.{m[3]}",
+    ),
     # The stride-2 layer's first depthwise conv is "dwconv1", the stride-1 layer's only one "dwconv".
-    (r"segment\.S(3|4|5_4)\.(\d+)\.dwconv1?\.([01])", lambda m: f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.expand.{_CONV_BN[m[3]]}"),
-    (r"segment\.S(3|4|5_4)\.(\d+)\.dwconv2\.([01])", lambda m: f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.depthwise.{_CONV_BN[m[3]]}"),
-    (r"segment\.S(3|4|5_4)\.(\d+)\.conv2\.([01])", lambda m: f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.project.{_CONV_BN[m[3]]}"),
+    (
+        r"segment\.S(3|4|5_4)\.(\d+)\.dwconv1?\.([01])",
+        lambda m: f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.expand.{_CONV_BN[m[3]]}",
+    ),
+    (
+        r"segment\.S(3|4|5_4)\.(\d+)\.dwconv2\.([01])",
+        lambda m: f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.depthwise.{_CONV_BN[m[3]]}",
+    ),
+    (
+        r"segment\.S(3|4|5_4)\.(\d+)\.conv2\.([01])",
+        lambda m: f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.project.{_CONV_BN[m[3]]}",
+    ),
     (
         r"segment\.S(3|4|5_4)\.(\d+)\.shortcut\.([0-3])",
-        lambda m: f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.shortcut."
-        + ("depthwise." if m[3] in "01" else "pointwise.")
-        + ("conv" if m[3] in "02" else "bn"),
+        lambda m: (
+            f"semantic_branch.{_V2_STAGES[m[1]]}.{m[2]}.shortcut."
+            + ("depthwise." if m[3] in "01" else "pointwise.")
+            + ("conv" if m[3] in "02" else "bn")
+        ),
     ),
     (r"segment\.S5_5\.bn", "semantic_branch.context_embedding.norm"),
     (r"segment\.S5_5\.conv_gap\.(conv|bn)", r"semantic_branch.context_embedding.pooled_conv.\1"),

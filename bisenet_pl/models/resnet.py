@@ -138,7 +138,11 @@ def load_backbone_weights(backbone: ResNet, weights: str | Path) -> None:
     every other tensor must match, or a ``ConfigError`` names the differences.
     """
     source = IMAGENET_URLS[backbone.name] if str(weights) == "imagenet" else weights
-    state = {k.removeprefix("module."): v for k, v in read_state_dict(source).items() if not k.startswith(("fc.", "module.fc."))}
+    state = {
+        k.removeprefix("module."): v
+        for k, v in read_state_dict(source).items()
+        if not k.startswith(("fc.", "module.fc."))
+    }
     diff = compare_state_dicts(backbone.state_dict(), state)
     if diff.missing or diff.unexpected or diff.wrong_shape:
         raise ConfigError(

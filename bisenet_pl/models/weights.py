@@ -18,7 +18,6 @@ from bisenet_pl.files import atomic_write
 from bisenet_pl.models.base import SegmentationNetwork
 from bisenet_pl.models.convert import convert_coincheung_state_dict, detect_coincheung_architecture
 
-
 #: Weights released with the package, by name (``--model.pretrained=bisenetv2_camvid``): the
 #: repository's ``weights/`` folder, installed as the package data ``bisenet_pl.weights``.
 RELEASED_WEIGHTS = ("bisenetv2_camvid",)
@@ -60,7 +59,10 @@ def read_checkpoint(source: str | Path) -> object:
         if path.is_dir():
             raise ConfigError(f"{path} is a folder, not a weights file: give the .pt, .pth or .ckpt file itself")
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist (expected a local .pt/.pth file, an http(s):// or file:// URL, or released weights: {', '.join(RELEASED_WEIGHTS)})")
+            raise FileNotFoundError(
+                f"weights file {path} does not exist (expected a local .pt/.pth file, an http(s):// or file:// URL, "
+                f"or released weights: {', '.join(RELEASED_WEIGHTS)})"
+            )
         state = load_file(path)
     return state
 
@@ -147,7 +149,10 @@ def save_inference_weights(state_dict: Mapping[str, torch.Tensor], info: Weights
     """Write ``state_dict`` (a network's, aux heads already dropped) for inference: floating-point
     tensors in float16, with ``info`` beside them as plain data. The file loads wherever a state
     dict does (``--model.pretrained``) and tells :func:`read_weights_info` what it fits."""
-    state = {key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu() for key, value in state_dict.items()}
+    state = {
+        key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu()
+        for key, value in state_dict.items()
+    }
     payload = {"format": WEIGHTS_FORMAT, "state_dict": state} | {
         key: getattr(info, key) for key in WeightsInfo.__dataclass_fields__
     }
@@ -182,7 +187,11 @@ def load_network_weights(net: SegmentationNetwork, source: str | Path, classes_f
     one-line :class:`ConfigError` otherwise).
     """
     state = read_state_dict(source)
-    damaged = [key for key, value in state.items() if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+    damaged = [
+        key
+        for key, value in state.items()
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
     if damaged:
         raise ConfigError(
             f"{source}: {len(damaged)} tensor(s) hold NaN or infinite values (e.g. {damaged[0]}): the file is damaged "
@@ -224,7 +233,9 @@ def load_network_weights(net: SegmentationNetwork, source: str | Path, classes_f
     return report
 
 
-def check_checkpoint_fits(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], classifier_key: str, num_classes: int) -> None:
+def check_checkpoint_fits(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], classifier_key: str, num_classes: int
+) -> None:
     """Refuse in words a checkpoint (``--ckpt_path``) whose tensors do not fit the module's."""
     wrong = compare_state_dicts(expected, given).wrong_shape
     if classifier_key in wrong:
