@@ -24,6 +24,7 @@ from bisenet_pl.errors import ConfigError, UserError
 from bisenet_pl.files import atomic_write, check_writable
 from bisenet_pl.loggers import ConsoleReport, ProgressBar, SaveConfigToLoggers, TrainingTime, ValidationImages
 from bisenet_pl.models import convert_coincheung_state_dict
+from bisenet_pl.models.hub import save_pretrained
 from bisenet_pl.models.weights import (
     RELEASED_WEIGHTS,
     check_lightning_checkpoint,
@@ -309,7 +310,13 @@ def export_command(args: list[str]) -> None:
         dest="pretrained",
         help=f"released weights ({', '.join(RELEASED_WEIGHTS)}) or a weights file",
     )
-    parser.add_argument("--format", choices=[*EXPORT_SUFFIXES, "weights"], default="onnx")
+    parser.add_argument(
+        "--format",
+        choices=[*EXPORT_SUFFIXES, "weights", "hub"],
+        default="onnx",
+        help="weights: a float16 weights file; hub: a folder in the Hugging Face Hub's layout (config.json, "
+        "model.safetensors, README.md)",
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -364,14 +371,11 @@ def export_command(args: list[str]) -> None:
         raise ConfigError(f"--bn_images must be >= 0; got {options.bn_images}")
     if options.calibration_images < 1:
         raise ConfigError(f"--calibration_images must be >= 1; got {options.calibration_images}")
-    if options.format == "weights" and (options.precision, options.image_input, options.labels) != (
-        "fp32",
-        "float",
-        None,
-    ):
+    weights_only = options.format in ("weights", "hub")
+    if weights_only and (options.precision, options.image_input, options.labels) != ("fp32", "float", None):
         raise ConfigError(
-            "--format weights writes float16 weights: --precision, --input and --labels apply to onnx, openvino and "
-            "torchscript"
+            f"--format {options.format} writes the network's weights: --precision, --input and --labels apply to "
+            "onnx, openvino and torchscript"
         )
     if options.precision == "auto" and options.format != "openvino":
         raise ConfigError(
@@ -379,9 +383,9 @@ def export_command(args: list[str]) -> None:
             "openvino "
             "(ONNX Runtime computes fp32; int8 is --precision int8)"
         )
-    if options.format != "weights":
+    if not weights_only:
         check_format(options.format, "fp32" if options.precision == "auto" else options.precision)
-    suffix = EXPORT_SUFFIXES.get(options.format, ".pt")
+    suffix = {"weights": ".pt", "hub": "", **EXPORT_SUFFIXES}[options.format]
     source = options.ckpt_path or options.pretrained
     if options.ckpt_path and not Path(source).is_file():
         raise ConfigError(f"--ckpt_path {source}: no such checkpoint")
@@ -420,13 +424,19 @@ def export_command(args: list[str]) -> None:
             else f" (--bn_images {options.bn_images}; that is all the split has in batches of one size)"
         )
         print(f"recomputed BatchNorm statistics on {used} training images of {datamodule.root} at full size{asked}")
-    if options.format == "weights":
+    if weights_only:
         if info.mean is None:
-            raise ConfigError(f"--format weights: {no_data}")
+            raise ConfigError(f"--format {options.format}: {no_data}")
         info.training |= {"source": Path(source).name}
         if options.bn_images:
             info.training["batchnorm_images"] = used
-        save_inference_weights(inference_network(module.net, fold=False).state_dict(), info, output)
+        state = inference_network(module.net, fold=False).state_dict()
+        if options.format == "hub":
+            dataset = type(datamodule).__name__.removesuffix("DataModule") if datamodule is not None else None
+            save_pretrained(state, info, output, results=info.training.get("results"), dataset=dataset)
+            print(f"wrote {output}/ (config.json, model.safetensors, README.md; {what})")
+            return
+        save_inference_weights(state, info, output)
         print(f"wrote {output} (float16 weights, {output.stat().st_size / 2**20:.1f} MiB, {what})")
         return
     if options.image_input != "float" and info.mean is None:

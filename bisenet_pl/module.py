@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -17,7 +18,14 @@ from bisenet_pl.errors import ConfigError, NonFiniteLossError, check_options
 from bisenet_pl.inference import EvalMode, EvaluationProtocol, class_scores
 from bisenet_pl.losses import LossName, build_loss
 from bisenet_pl.models.base import SegmentationNetwork, network_from_spec, network_spec
-from bisenet_pl.models.weights import check_checkpoint_fits, load_network_weights, read_state_dict, read_weights_info
+from bisenet_pl.models.hub import save_pretrained
+from bisenet_pl.models.weights import (
+    WeightsInfo,
+    check_checkpoint_fits,
+    load_network_weights,
+    read_state_dict,
+    read_weights_info,
+)
 
 #: The longest warm-up a run gets, as a share of its steps: a warm-up as long as the run would
 #: never reach the learning rate nor decay it (1000 warm-up steps in a 400-step run).
@@ -189,6 +197,7 @@ class SegmentationModule(L.LightningModule):
         #: The last epoch's confusion matrix per stage (rows: target, columns: prediction).
         self.confusion_matrices: dict[str, torch.Tensor] = {}
         self._weights_loaded = False  # setup() runs once per trainer call; load once
+        self.weights_info: WeightsInfo | None = None
         self._compiled = False
 
     @classmethod
@@ -209,7 +218,28 @@ class SegmentationModule(L.LightningModule):
         module = cls(net=info.network, num_classes=info.num_classes, pretrained=str(source), **options)
         module.load_pretrained(source, classes_from_file=True)
         module._weights_loaded = True
+        module.weights_info = info  # its data's normalisation and colours, for save_pretrained
         return module.eval()
+
+    def save_pretrained(self, directory: str | Path, **card) -> Path:
+        """Write the network (aux heads dropped) to ``directory`` in the Hugging Face Hub's layout
+        (:func:`bisenet_pl.models.hub.save_pretrained`; ``card``: its ``results``, ``dataset`` and
+        ``description``), loadable with :meth:`from_pretrained`. The normalisation and colours are
+        those of the weights this module was loaded from, else of the trainer's datamodule."""
+        info = copy.deepcopy(self.weights_info) if self.weights_info else WeightsInfo()
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None:
+            info.mean, info.std = list(datamodule.mean), list(datamodule.std)
+            info.palette = [list(colour) for colour in datamodule.palette]
+        if info.mean is None or info.std is None:
+            raise ConfigError(
+                "save_pretrained needs the training data's normalisation: load the module with from_pretrained, or "
+                "save it while a trainer with its datamodule is attached"
+            )
+        info.network, info.num_classes = self.hparams.net, self.num_classes
+        info.ignore_index, info.class_names = self.ignore_index, list(self.class_names)
+        state = {key: value for key, value in self.net.state_dict().items() if not key.startswith("aux_heads.")}
+        return save_pretrained(state, info, directory, **card)
 
     def _prune_aux_heads(self, aux_weights: float | Sequence[float]) -> tuple[list[str], list[float]]:
         """Match weights to the network's aux heads; drop zero-weight heads entirely."""

@@ -9,6 +9,8 @@ import torch
 
 # Nothing in the tests may wait on a network.
 os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="bisenet-pl-test-hub-cache-")
 # precision=auto measures once per shape: in the tests, into a cache of their own.
 os.environ["BISENET_PL_CACHE"] = tempfile.mkdtemp(prefix="bisenet-pl-test-cache-")
 

@@ -70,7 +70,11 @@ def assert_network_holds_released_weights(net: torch.nn.Module) -> None:
 
 @pytest.fixture(scope="module")
 def camvid(tmp_path_factory):
-    return make_camvid_segnet(tmp_path_factory.mktemp("released") / "camvid", {"train": 2, "val": 2, "test": 2})
+    return make_camvid_segnet(
+        tmp_path_factory.mktemp("released") / "camvid",
+        {"train": 2, "val": 2, "test": 2},
+        sequences=("0001TP", "0006R0"),
+    )
 
 
 def cli_args(subcommand: str, camvid: Path, tmp_path: Path) -> list[str]:
@@ -174,3 +178,9 @@ def test_the_predictions_picture_draws_them(camvid, tmp_path):
     )
     picture = read_image(tmp_path / "val.jpg")
     assert picture.shape[0] > 2 * 48 and picture.shape[1] > 4 * 64  # two rows of four panels, and a legend
+    # A held-out sequence instead (one synthetic training frame is of 0006R0).
+    load_benchmark("val_predictions").main(
+        ["--data-root", str(camvid), "--split", "dev", "--dev-sequences", "0006R0", "--images", "0",
+         "--output", str(tmp_path / "dev.jpg")]
+    )  # fmt: skip
+    assert read_image(tmp_path / "dev.jpg").shape[0] < picture.shape[0]  # one row

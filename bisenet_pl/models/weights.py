@@ -17,6 +17,7 @@ from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import atomic_write
 from bisenet_pl.models.base import SegmentationNetwork
 from bisenet_pl.models.convert import convert_coincheung_state_dict, detect_coincheung_architecture
+from bisenet_pl.models.hub import CONFIG_NAME, WEIGHTS_NAME, download, is_repo_id, read_hub_folder
 
 #: Weights released with the package, by name (``--model.pretrained=bisenetv2_camvid``): the
 #: repository's ``weights/`` folder, installed as the package data ``bisenet_pl.weights``.
@@ -40,9 +41,12 @@ def weights_location(source: str | Path) -> str:
 
 def read_checkpoint(source: str | Path) -> object:
     """A weights file or checkpoint as stored, from a local path, a released name or a URL (cached
-    in torch.hub's directory). Loading uses ``weights_only=True``: a file that needs arbitrary code
-    is refused."""
+    in torch.hub's directory); a folder in the Hub's layout or a Hub repository ``org/name``
+    (:mod:`bisenet_pl.models.hub`) as a weights file would hold it. Loading uses
+    ``weights_only=True``: a file that needs arbitrary code is refused."""
     source = weights_location(source)
+    if is_repo_id(source):
+        return {"format": WEIGHTS_FORMAT, **read_hub_folder(download(source))}
     if urlparse(source).scheme in ("http", "https", "file"):
         try:
             state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True, progress=False)
@@ -57,7 +61,12 @@ def read_checkpoint(source: str | Path) -> object:
     else:
         path = Path(source).expanduser()
         if path.is_dir():
-            raise ConfigError(f"{path} is a folder, not a weights file: give the .pt, .pth or .ckpt file itself")
+            if (path / CONFIG_NAME).exists() or (path / WEIGHTS_NAME).exists():
+                return {"format": WEIGHTS_FORMAT, **read_hub_folder(path)}
+            raise ConfigError(
+                f"{path} is a folder, not a weights file: give the .pt, .pth or .ckpt file itself, or a folder "
+                f"holding {CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
         if not path.is_file():
             raise FileNotFoundError(
                 f"weights file {path} does not exist (expected a local .pt/.pth file, an http(s):// or file:// URL, "
