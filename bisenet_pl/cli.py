@@ -42,10 +42,12 @@ TOOLS_HELP = """\
 Other commands:
   bisenet-pl stats --config CONFIG [--split train]   dataset statistics (sizes, class shares, mean/std, weights)
   bisenet-pl convert REFERENCE.pth OUTPUT.pth         convert a CoinCheung/BiSeNet checkpoint to this layout
-  bisenet-pl export --ckpt_path CKPT | --model.pretrained WEIGHTS [--format onnx|openvino|torchscript|weights]
+  bisenet-pl export --ckpt_path CKPT | --model.pretrained WEIGHTS [--format onnx|openvino|torchscript|weights|hub]
                     [--precision fp32|bf16|int8] [--input float|uint8_nhwc|uint8_nchw] [--labels int32|int64]
                                                       a deployable network (BN folded, aux heads dropped),
                                                       or float16 weights for --model.pretrained
+  bisenet-pl demo [--model.pretrained WEIGHTS | --ckpt_path CKPT] [--port 7860]
+                                                      a page on 127.0.0.1 that segments uploaded images and videos
 """
 
 
@@ -251,6 +253,32 @@ def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
             "exit_on_error": False,  # main() reports parse errors as one line
         },
     )
+
+
+def demo_command(args: list[str]) -> None:
+    """``bisenet-pl demo``: a page on this machine (Gradio) that segments an uploaded image or video."""
+    from bisenet_pl.demo import DemoModel, build_app
+
+    parser = argparse.ArgumentParser(prog="bisenet-pl demo", description=demo_command.__doc__)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--ckpt_path", help="a checkpoint written by bisenet-pl fit")
+    source.add_argument(
+        "--model.pretrained",
+        dest="pretrained",
+        default="bisenetv2_camvid",
+        help=f"released weights ({', '.join(RELEASED_WEIGHTS)}), a weights file or a Hub folder or org/name",
+    )
+    parser.add_argument("--config", type=Path, help="a checkpoint's training config (default: fit's config.yaml)")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to serve on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=7860)
+    options = parser.parse_args(args)
+    if options.ckpt_path:
+        check_lightning_checkpoint(options.ckpt_path)
+    model = DemoModel.load(options.ckpt_path or options.pretrained, options.config)
+    try:
+        build_app(model).launch(server_name=options.host, server_port=options.port, max_file_size="50mb")
+    finally:
+        model.close()
 
 
 def stats_command(args: list[str]) -> None:
@@ -577,7 +605,7 @@ def score_export(
     )
 
 
-TOOLS = {"stats": stats_command, "convert": convert_command, "export": export_command}
+TOOLS = {"stats": stats_command, "convert": convert_command, "export": export_command, "demo": demo_command}
 
 
 def stop_on_sigterm(signum, frame) -> None:
