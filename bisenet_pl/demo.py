@@ -132,6 +132,10 @@ class DemoModel:
         )
         return f'<div id="legend">{swatches}</div>'
 
+    def scratch_folder(self) -> Path:
+        """A new folder for one answer's files, removed with the rest by :meth:`close`."""
+        return Path(tempfile.mkdtemp(dir=self._scratch.name))
+
     def close(self) -> None:
         self._scratch.cleanup()
 
@@ -207,7 +211,7 @@ def build_app(model: DemoModel):
             result = model.segment(image, runtime)
         except (DataError, ConfigError) as error:
             raise gr.Error(str(error)) from None
-        labels_path = Path(tempfile.mkdtemp(prefix="bisenet-pl-demo-labels-")) / f"{Path(path).stem}_labels.png"
+        labels_path = model.scratch_folder() / f"{Path(path).stem}_labels.png"
         write_image(labels_path, result.labels)
         height, width = result.labels.shape
         message = f"**{runtime}**: {result.milliseconds:.0f} ms for the network on {width}x{height} pixels."
@@ -218,7 +222,7 @@ def build_app(model: DemoModel):
     def on_video(path: str | None, runtime: str):
         if not path:
             raise gr.Error("Upload a video first.")
-        output = Path(tempfile.mkdtemp(prefix="bisenet-pl-demo-video-")) / f"{Path(path).stem}_overlay.webm"
+        output = model.scratch_folder() / f"{Path(path).stem}_overlay.webm"
         try:
             if not is_video(path):
                 raise DataError(f"{Path(path).name} is not a video this page reads (mp4, avi, mov, mkv, webm)")

@@ -150,11 +150,10 @@ def test_a_real_browser_uploads_an_image_and_sees_the_overlay(page, camvid_image
     try:
         driver.get(page)
         wait = WebDriverWait(driver, 180)  # a cold Chromium start on a busy 2-core machine is slow
-        upload = wait.until(
-            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#upload input[type=file]"))
-        )
-        upload.send_keys(str(camvid_image))
-        wait.until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, "#upload"), camvid_image.name))
+        wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#segment")))
+        driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(camvid_image))
+        # The page shows the uploaded file's stem and suffix apart.
+        wait.until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, "#upload"), camvid_image.stem))
         driver.find_element(By.CSS_SELECTOR, "#segment").click()
         wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#overlay img")))
         wait.until(
