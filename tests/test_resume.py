@@ -4,13 +4,16 @@ import errno
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from synthetic import make_camvid_segnet
+from torch.utils.data import TensorDataset
 
 from bisenet_pl.cli import build_cli
+from bisenet_pl.data.resume import resumable_train_loader
 from bisenet_pl.trainer import AtomicCheckpointIO, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,3 +108,15 @@ def test_last_ckpt_holds_the_last_step_even_between_its_periodic_saves(tmp_path)
         f"--trainer.logger.init_args.save_dir={out}",
     ])  # fmt: skip
     assert torch.load(next(out.rglob("last.ckpt")), weights_only=True)["global_step"] == 3  # not 2
+
+
+def test_resuming_on_a_changed_training_split_says_so():
+    images = TensorDataset(torch.zeros(10, 1))
+    loader = resumable_train_loader(images, batch_size=2)
+    assert loader.state_dict() == {"epoch": 0, "batches_done": 0, "images": 10}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.load_state_dict({"epoch": 1, "batches_done": 2, "images": 10})  # the same split: silent
+    with pytest.warns(UserWarning, match=r"the training split had 12 images when the checkpoint was saved and has 10"):
+        loader.load_state_dict({"epoch": 1, "batches_done": 2, "images": 12})
+    assert loader.batch_sampler.sampler.epoch == 1 and loader.batch_sampler.skip == 2

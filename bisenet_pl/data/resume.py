@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 
@@ -57,10 +58,17 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         sampler = self.batch_sampler.sampler
-        return {"epoch": sampler.epoch, "batches_done": self.progress() if self.progress is not None else 0}
+        done = self.progress() if self.progress is not None else 0
+        return {"epoch": sampler.epoch, "batches_done": done, "images": len(self.dataset)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         epoch, done = state["epoch"], state["batches_done"]
+        saved = state.get("images", len(self.dataset))  # checkpoints before this key: not known
+        if saved != len(self.dataset):
+            rank_zero_warn(
+                f"the training split had {saved} images when the checkpoint was saved and has {len(self.dataset)} "
+                f"now: resuming at epoch {epoch}, batch {done}, of a different order than the run would have had"
+            )
         if done >= len(self):  # saved at the end of an epoch: the next one starts afresh
             epoch, done = epoch + 1, 0
         self.batch_sampler.sampler.set_epoch(epoch)
