@@ -46,6 +46,8 @@ Other commands:
                     [--precision fp32|bf16|int8] [--input float|uint8_nhwc|uint8_nchw] [--labels int32|int64]
                                                       a deployable network (BN folded, aux heads dropped),
                                                       or float16 weights for --model.pretrained
+  bisenet-pl sweep sweeps/NAME.yaml [--seeds N] [--count N] [-- FIT ARGS]
+                                                      a W&B sweep file's runs, here, in turn (no server needed)
   bisenet-pl demo [--model.pretrained WEIGHTS | --ckpt_path CKPT] [--port 7860]
                                                       a page on 127.0.0.1 that segments uploaded images and videos
 """
@@ -279,6 +281,24 @@ def demo_command(args: list[str]) -> None:
         build_app(model).launch(server_name=options.host, server_port=options.port, max_file_size="50mb")
     finally:
         model.close()
+
+
+def sweep_command(args: list[str]) -> None:
+    """``bisenet-pl sweep``: run a W&B sweep file's runs here, in turn, without a W&B server."""
+    from bisenet_pl.sweep import run_sweep, summary
+
+    parser = argparse.ArgumentParser(
+        prog="bisenet-pl sweep", description=sweep_command.__doc__, epilog="Arguments after -- go to every run."
+    )
+    parser.add_argument("sweep", type=Path, help="a sweep file (sweeps/*.yaml), the one wandb agent reads")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per combination, with seeds 42, 1, 2, ...")
+    parser.add_argument("--count", type=int, help="how many runs a random search draws")
+    parser.add_argument("--output", type=Path, help="where the run folders go (default: outputs/sweeps/NAME)")
+    parser.add_argument("--metric", default="val/mIoU", help="the metric of the closing table")
+    extra = args[args.index("--") + 1 :] if "--" in args else []
+    options = parser.parse_args(args[: args.index("--")] if "--" in args else args)
+    folders = run_sweep(options.sweep, options.seeds, options.count, options.output, extra)
+    print(summary(folders, options.metric))
 
 
 def stats_command(args: list[str]) -> None:
@@ -605,7 +625,13 @@ def score_export(
     )
 
 
-TOOLS = {"stats": stats_command, "convert": convert_command, "export": export_command, "demo": demo_command}
+TOOLS = {
+    "stats": stats_command,
+    "convert": convert_command,
+    "export": export_command,
+    "demo": demo_command,
+    "sweep": sweep_command,
+}
 
 
 def stop_on_sigterm(signum, frame) -> None:
