@@ -120,8 +120,8 @@ def agent_arguments(parameters: dict) -> list[str]:
 
 
 def run_command(sweep: dict, run: SweepRun, folder: Path, extra: Sequence[str]) -> list[str]:
-    """The run's command line: the sweep's command with the run's arguments, its seed, its folder,
-    both loggers (CSV and W&B offline) and ``extra``; ``--ckpt_path=last`` to continue an interrupted run."""
+    """The run's command line: the sweep's command with ``extra`` and the run's arguments, its seed,
+    its folder and both loggers (CSV and W&B offline); ``--ckpt_path=last`` to continue an interrupted run."""
     group = next(
         (part.split("=", 1)[1] for part in sweep["command"] if part.startswith("--trainer.logger.init_args.group=")),
         sweep.get("name", "sweep"),
@@ -141,13 +141,16 @@ def run_command(sweep: dict, run: SweepRun, folder: Path, extra: Sequence[str]) 
         }
     }
     (folder / "loggers.yaml").write_text(yaml.safe_dump(loggers, sort_keys=False))
+    # ``extra`` before the swept arguments: a config given there must not undo a swept value.
     command = []
     for part in sweep["command"][2:]:
-        command += agent_arguments(run.parameters) if part == "${args}" else [part]
+        command += [*extra, *agent_arguments(run.parameters)] if part == "${args}" else [part]
     command += [
-        f"--config={folder / 'loggers.yaml'}", f"--seed_everything={run.seed}", f"--trainer.default_root_dir={folder}",
-        "--trainer.enable_progress_bar=false", *extra,
-    ]  # fmt: skip
+        f"--config={folder / 'loggers.yaml'}",
+        f"--seed_everything={run.seed}",
+        f"--trainer.default_root_dir={folder}",
+        "--trainer.enable_progress_bar=false",
+    ]
     if list(folder.rglob("last.ckpt")):
         command.append("--ckpt_path=last")
     return ["fit", *command]
