@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> None:
         label, sep, folder = spec.rpartition("=")
         if not sep or not (Path(folder) / "metrics.csv").is_file():
             parser.error(f"{spec!r}: expected LABEL=RUN_DIR with RUN_DIR/metrics.csv")
-        for metric in args.metric:
-            if not metric_history(folder, metric)[1]:
-                parser.error(f"{folder}/metrics.csv has no {metric}")
+        if not any(metric_history(folder, metric)[1] for metric in args.metric):
+            parser.error(f"{folder}/metrics.csv has none of {', '.join(args.metric)}")
         runs[label] = Path(folder)
     write_image(args.output, figure_to_array(learning_curves_figure(runs, args.metric, title=args.title)))
     print("| recipe | metric | steps | minutes | last | best (step) |\n|---|---|---|---|---|---|")
@@ -44,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         minutes = dict(zip(*metric_history(folder, "time/minutes")))
         for metric in args.metric:
             steps, values = metric_history(folder, metric)
+            if not values:
+                continue  # a run without this split (e.g. no dev split)
             best = max(range(len(values)), key=values.__getitem__)
             spent = f"{minutes[steps[-1]]:.1f}" if steps[-1] in minutes else "-"
             print(
