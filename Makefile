@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lock clean
+.PHONY: setup test demo lock clean notebooks
 
 setup: $(STAMP)
 
@@ -53,3 +53,7 @@ demo: $(STAMP)
 		--data.root=$(CAMVID) --data.download=$(if $(wildcard $(CAMVID)/trainannot),false,true) \
 		--data.dev_sequences=[0006R0] --train_minutes=$(DEMO_MINUTES) \
 		--trainer.default_root_dir=outputs/demo --trainer.logger.init_args.save_dir=outputs/demo
+
+# The notebooks committed with their outputs, regenerated on the real data.
+notebooks: $(STAMP)
+	BISENET_DATA_ROOT=$(abspath $(CAMVID)) $(BIN)/python notebooks/execute.py notebooks/01_dataset.ipynb
