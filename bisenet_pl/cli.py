@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.batchnorm import BatchNormRecalibration, recalibrate_batchnorm
+from bisenet_pl.compat import subcommand_parser
 from bisenet_pl.data import SegmentationDataModule, dataset_statistics
 from bisenet_pl.data.base import fixed_subset
 from bisenet_pl.data.config import datamodule_from_config
@@ -110,7 +111,7 @@ class BiSeNetCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self._model_as_parsed is not None:  # a subcommand (run=False parses no subcommand)
             subcommand, typed = self._model_as_parsed
-            restore_user_model_options(typed, self.config[subcommand].model, self._subcommand_parsers[subcommand])
+            restore_user_model_options(typed, self.config[subcommand].model, subcommand_parser(self, subcommand))
 
     def _before_subcommand(self) -> None:
         # Before the trainer creates log folders: bad data or an unwritable output leaves nothing behind.
@@ -137,28 +138,19 @@ class BiSeNetCLI(LightningCLI):
 
     before_fit = before_validate = before_test = before_predict = _before_subcommand
 
-    # The one private override: instantiate_trainer (public) gathers the callbacks and hands them
-    # here, the only place to drop some before Lightning's Trainer refuses them (a ModelCheckpoint
-    # with enable_checkpointing=False). Checked against Lightning 2.6.6.
-    def _instantiate_trainer(self, config: dict, callbacks: list):
-        # Switching checkpointing or logging off also switches off the callbacks added above for them.
-        if config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        if config.get("enable_progress_bar") is False:  # e.g. logs written to a file
-            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        if config.get("logger") is False:
-            callbacks = [
-                c for c in callbacks if not isinstance(c, (LearningRateMonitor, ValidationImages, TrainingTime))
-            ]
+    def instantiate_trainer(self, **kwargs):
+        # precision=auto and --train_minutes resolved here, as Trainer arguments that override the
+        # config's (switched-off callbacks are left out by the Trainer itself: without_switched_off).
         subcommand_config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        config = {**subcommand_config.get("trainer", {}), **kwargs}
         minutes = subcommand_config.get("train_minutes")
         if minutes is not None and minutes <= 0:
             raise ConfigError(f"--train_minutes must be > 0; got {minutes}")
         if config.get("precision") == "auto":
-            config = {**config, "precision": self.fastest_precision(config.get("accelerator", "auto"))}
+            kwargs["precision"] = self.fastest_precision(config.get("accelerator", "auto"))
         if minutes is not None and self.subcommand in (None, "fit"):
-            config = config | self.schedule_for_minutes(minutes, config)
-        return super()._instantiate_trainer(config, callbacks)
+            kwargs |= self.schedule_for_minutes(minutes, {**config, **kwargs})
+        return super().instantiate_trainer(**kwargs)
 
     def _cpu_training(self, accelerator: object) -> bool:
         return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())

@@ -17,6 +17,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
+from bisenet_pl.compat import TRAIN_DESCRIPTION
 from bisenet_pl.data.io import write_image
 from bisenet_pl.inference import main_logits
 from bisenet_pl.visualize import confusion_matrix_figure, denormalize, figure_to_array, palette_for, sample_panel
@@ -154,6 +155,8 @@ class ValidationImages(Callback):
         confusion_matrix: also show the row-normalised confusion matrix.
     """
 
+    needs_logger = True  # Trainer(logger=False) leaves it out
+
     def __init__(self, num_samples: int = 4, confusion_matrix: bool = True) -> None:
         self.num_samples = num_samples
         self.confusion_matrix = confusion_matrix
@@ -216,6 +219,8 @@ class TrainingTime(Callback):
     every validation, so that learning curves can be drawn against time as well as steps. The
     count is saved in checkpoints and continues when a run resumes."""
 
+    needs_logger = True  # Trainer(logger=False) leaves it out
+
     def __init__(self) -> None:
         self.minutes_before = 0.0  # of earlier runs this one resumes
         self._start: float | None = None
@@ -277,18 +282,19 @@ class ProgressBar(RichProgressBar):
     def _step_bounded(self) -> bool:
         return self.trainer.max_epochs in (None, -1) and self.trainer.max_steps > 0
 
-    # A private method of RichProgressBar: it has no public hook for the description of the training
-    # bar. Checked against Lightning 2.6.6; if it is renamed, the bar falls back to Lightning's text.
-    def _get_train_description(self, current_epoch: int) -> str:
+    def train_description(self, current_epoch: int) -> str:
+        """The training bar's text (RichProgressBar asks for it through compat.TRAIN_DESCRIPTION)."""
         if self._step_bounded():
             return f"Epoch {current_epoch} · step {self.trainer.global_step}/{self.trainer.max_steps}"
-        return super()._get_train_description(current_epoch)
+        return getattr(super(), TRAIN_DESCRIPTION)(current_epoch)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._step_bounded() and self.progress is not None and self.train_progress_bar_id is not None:
-            self.progress.update(
-                self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch)
-            )
+            self.progress.update(self.train_progress_bar_id, description=self.train_description(trainer.current_epoch))
+
+
+# RichProgressBar builds the training bar's text in a private method, with no public hook.
+setattr(ProgressBar, TRAIN_DESCRIPTION, ProgressBar.train_description)

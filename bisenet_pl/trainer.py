@@ -8,11 +8,11 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from bisenet_pl.compat import PRECISION_INPUT
 from bisenet_pl.errors import check_options
 from bisenet_pl.files import atomic_write
 
@@ -103,14 +103,34 @@ class LastCheckpoint(ModelCheckpoint):
             trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
 
 
+def needs_logger(callback: Callback) -> bool:
+    """Callbacks that only feed loggers: Lightning's LearningRateMonitor, and ours that say so."""
+    return isinstance(callback, LearningRateMonitor) or getattr(callback, "needs_logger", False)
+
+
+def without_switched_off(callbacks: Callback | list[Callback], options: dict) -> list[Callback]:
+    """``callbacks`` without those for what ``options`` switch off: checkpoints
+    (``enable_checkpointing=False``), the progress bar, logging (``logger=False``). The command line
+    adds them to every run; Lightning would refuse a ModelCheckpoint with checkpointing off."""
+    callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+    off = [
+        (options.get("enable_checkpointing") is False, lambda c: isinstance(c, ModelCheckpoint)),
+        (options.get("enable_progress_bar") is False, lambda c: isinstance(c, ProgressBar)),
+        (options.get("logger") is False, needs_logger),
+    ]
+    return [c for c in callbacks if not any(switched and matches(c) for switched, matches in off)]
+
+
 class Trainer(L.Trainer):
     """``lightning.Trainer``; ``precision="auto"`` is bf16-mixed or 16-mixed on a GPU and float32 on a
     CPU, said in a line (the command line resolves ``auto`` on a CPU by timing the run's own step
     before it builds the Trainer). Numeric options are checked against their meaning before anything runs,
     and checkpoints are written atomically next to their final path (:class:`AtomicCheckpointIO`)."""
 
-    def __init__(self, *args, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs) -> None:
+    def __init__(self, *args, precision: PRECISION_INPUT | Literal["auto"] | None = None, **kwargs) -> None:
         check_trainer_options(kwargs)
+        if kwargs.get("callbacks"):
+            kwargs["callbacks"] = without_switched_off(kwargs["callbacks"], kwargs)
         plugins = kwargs.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):

@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
+from bisenet_pl.compat import batches_done
+
 
 class SeededShuffleSampler(DistributedSampler):
     """Shuffles with ``seed + epoch`` (sharded across processes under DDP) and yields
@@ -85,6 +87,5 @@ def resumable_train_loader(
     batches = SkippingBatchSampler(sampler, batch_size, drop_last=True)
     loader = ResumableDataLoader(dataset, batch_sampler=batches, **options)
     if trainer is not None:
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        loader.progress = lambda: progress.processed
+        loader.progress = batches_done(trainer)
     return loader

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bisenet_pl.compat import ONNX_REGISTRATION_LOGGER
 from bisenet_pl.deploy.network import ImageInput, LabelDtype, deployable, example_images
 from bisenet_pl.deploy.quantize import quantize_onnx
 from bisenet_pl.deploy.runtime import PRECISION_RT_INFO, Backend, Precision, import_openvino, load_predictor
@@ -68,7 +69,7 @@ def export_onnx(
     spatial = (1, 2) if options.image_input == "uint8_nhwc" else (2, 3)
     dynamic = {0: torch.export.Dim.DYNAMIC, spatial[0]: torch.export.Dim.DYNAMIC, spatial[1]: torch.export.Dim.DYNAMIC}
     # torch's exporter logs a line for each torchvision operator it cannot register: noise here.
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registration = logging.getLogger(ONNX_REGISTRATION_LOGGER)
     level = registration.level
     registration.setLevel(logging.ERROR)
     with warnings.catch_warnings():

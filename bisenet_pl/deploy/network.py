@@ -29,17 +29,18 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     """
     if module.training:
         raise ValueError("fold_batchnorm needs a network in eval mode (it folds the running statistics)")
-    for parent in module.modules():
-        names = list(parent._modules)
+    for parent in list(module.modules()):
+        children = dict(parent.named_children())
+        names = list(children)
         pairs = []
         if isinstance(parent, nn.Sequential):
             pairs += [(a, b) for a, b in zip(names, names[1:])]
         pairs += [(f"conv{name[2:]}", name) for name in names if name.startswith("bn") and f"conv{name[2:]}" in names]
         for conv_name, bn_name in pairs:
-            conv, bn = parent._modules.get(conv_name), parent._modules.get(bn_name)
+            conv, bn = children.get(conv_name), children.get(bn_name)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                parent._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
-                parent._modules[bn_name] = nn.Identity().eval()
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))  # a child replaced in place, by name
+                setattr(parent, bn_name, nn.Identity().eval())
     return module
 
 

@@ -1,0 +1,30 @@
+"""Every private Lightning or torch name this project uses, in one place; ``tests/test_compat.py``
+checks each, so an upgrade that renames one fails there, by name, instead of somewhere downstream.
+Checked against lightning 2.6.6 and torch 2.13.0, the versions pyproject.toml allows and the tests run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+from lightning.fabric.connector import _PRECISION_INPUT as PRECISION_INPUT  # the Trainer's precision values
+
+__all__ = ["ONNX_REGISTRATION_LOGGER", "PRECISION_INPUT", "TRAIN_DESCRIPTION", "batches_done", "subcommand_parser"]
+
+#: The logger of torch's ONNX exporter that reports each operator it cannot register (silenced in export).
+ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+#: RichProgressBar's method for the training bar's text: it has no public hook for it.
+TRAIN_DESCRIPTION = "_get_train_description"
+
+
+def batches_done(trainer: L.Trainer) -> Callable[[], int]:
+    """How many batches of the current epoch ``trainer``'s fit loop has processed, read when called
+    (the loader runs ahead by its prefetching; Lightning's loop progress is the count to resume from)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    return lambda: progress.processed
+
+
+def subcommand_parser(cli, subcommand: str):
+    """The jsonargparse parser a LightningCLI built for ``subcommand``."""
+    return cli._subcommand_parsers[subcommand]

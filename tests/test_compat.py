@@ -1,0 +1,42 @@
+"""The private Lightning and torch names of bisenet_pl/compat.py, each checked against the installed
+versions: an upgrade that renames one fails here, by name."""
+
+import importlib.util
+import inspect
+import typing
+
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from bisenet_pl import compat
+from bisenet_pl.loggers import ProgressBar
+from bisenet_pl.trainer import Trainer
+
+
+def test_the_trainers_precision_values_are_a_literal_of_the_known_names():
+    values = set()
+    for part in typing.get_args(compat.PRECISION_INPUT):
+        values |= set(typing.get_args(part))
+    assert {"32-true", "bf16-mixed", "16-mixed", "64-true"} <= values
+
+
+def test_the_onnx_exporters_registration_logger_is_a_module_of_torch():
+    assert importlib.util.find_spec(compat.ONNX_REGISTRATION_LOGGER) is not None
+
+
+def test_rich_progress_bar_still_builds_its_training_text_in_the_named_method():
+    method = getattr(RichProgressBar, compat.TRAIN_DESCRIPTION)
+    assert list(inspect.signature(method).parameters) == ["self", "current_epoch"]
+    # and calls it itself when it makes the training bar, so ProgressBar's version is the one shown
+    assert f"self.{compat.TRAIN_DESCRIPTION}(" in inspect.getsource(RichProgressBar.on_train_epoch_start)
+    assert getattr(ProgressBar, compat.TRAIN_DESCRIPTION) is ProgressBar.train_description
+
+
+def test_the_fit_loop_counts_the_batches_of_an_epoch(tmp_path):
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    assert compat.batches_done(trainer)() == 0
+
+
+def test_the_cli_keeps_a_parser_per_subcommand():
+    # LightningCLI fills the dict when it adds its subcommands; subcommand_parser reads it.
+    assert "self._subcommand_parsers[subcommand] = subcommand_parser" in inspect.getsource(LightningCLI)
