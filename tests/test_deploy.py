@@ -177,7 +177,7 @@ def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
     [
         (["--format=onnx", "--precision=bf16"], "bf16 is an OpenVINO inference precision"),
         (["--format=torchscript", "--precision=int8"], "TorchScript export is fp32"),
-        (["--format=weights", "--precision=int8"], "--format weights writes float16 weights"),
+        (["--format=weights", "--precision=int8"], "--format weights writes the network's weights: --precision"),
         (["--precision=int8"], "--precision int8 needs calibration images"),
         (["--precision=int8", "--calibration={empty}"], "the folder holds no images"),
         (["--precision=int8", "--calibration={missing}"], "no such data config or folder of images"),
