@@ -153,13 +153,13 @@ def read_upload(path: str | Path) -> tuple[np.ndarray, list[str]]:
             f"{name} is {size[0]}x{size[1]} pixels; the page segments images of up to {MAX_PIXELS // 2**20} "
             "megapixels: scale it down first"
         )
-    with Image.open(path) as opened:
-        mode = opened.mode
+    with Image.open(path) as opened:  # the header only: what read_image converts away
+        mode, transparent = opened.mode, "transparency" in opened.info
     image = read_image(path)
     notes = []
     if mode in ("L", "LA", "I;16", "1"):
         notes.append("a grayscale image: the network was trained on colour images, so expect worse results")
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in Image.open(path).info):
+    if mode in ("RGBA", "LA", "PA") or transparent:
         notes.append("its transparency was dropped")
     return image, notes
 

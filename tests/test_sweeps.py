@@ -1,54 +1,34 @@
 """Every W&B sweep file runs through the CLI: each grid combination, a sample of each search,
 with the agent's own argument formatting and --trainer.fast_dev_run, without a W&B server."""
 
-import itertools
-import math
 import random
 from pathlib import Path
 
 import pytest
 import yaml
 from synthetic import make_camvid_segnet
-from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from bisenet_pl.cli import build_cli
+from bisenet_pl.sweep import agent_arguments, draw
+from bisenet_pl.sweep import parameter_sets as sweep_parameter_sets
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 SEARCH_SAMPLES = 2
 
 
-def draw(spec: dict, rng: random.Random):
-    """One value of a W&B parameter spec (the distributions the sweep files use)."""
-    if "value" in spec:
-        return spec["value"]
-    if "values" in spec:
-        return rng.choice(spec["values"])
-    low, high = spec["min"], spec["max"]
-    distribution = spec.get("distribution", "uniform")
-    if distribution == "log_uniform_values":
-        return math.exp(rng.uniform(math.log(low), math.log(high)))
-    if distribution == "uniform":
-        return rng.uniform(low, high)
-    if distribution == "int_uniform":
-        return rng.randint(low, high)
-    raise AssertionError(f"the test does not know W&B distribution {distribution!r}")
-
-
 def parameter_sets(sweep: dict) -> list[dict]:
-    """Every combination of a grid; a seeded sample of a random or Bayesian search."""
-    parameters = sweep["parameters"]
+    """Every combination of a grid; a seeded sample of a random or Bayesian search (bisenet-pl sweep
+    draws the same way; a Bayesian search it leaves to the agent, so the sample is drawn here)."""
     if sweep["method"] == "grid":
-        names = list(parameters)
-        choices = [spec["values"] if "values" in spec else [spec["value"]] for spec in parameters.values()]
-        return [dict(zip(names, combination)) for combination in itertools.product(*choices)]
+        return sweep_parameter_sets(sweep)
     rng = random.Random(0)
-    return [{name: draw(spec, rng) for name, spec in parameters.items()} for _ in range(SEARCH_SAMPLES)]
+    return [{name: draw(spec, rng) for name, spec in sweep["parameters"].items()} for _ in range(SEARCH_SAMPLES)]
 
 
 def agent_command(sweep: dict, parameters: dict) -> list[str]:
     """The command line the W&B agent runs, formatted by the agent's own code."""
-    args = create_sweep_command_args({"args": {name: {"value": value} for name, value in parameters.items()}})["args"]
+    args = agent_arguments(parameters)
     command = []
     for part in sweep["command"]:
         command += args if part == "${args}" else [part]
