@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,66 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(cell(v, c) for v, c in zip(row, columns)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of an ablation table: the config values its runs share (flattened keys), and the paper's
+    figure for the same row where the paper has one (its own dataset and schedule; say which where shown)."""
+
+    label: str
+    config: dict[str, Any]
+    paper: float | None = None
+
+    def runs(self, runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [run for run in runs if all(run["config"].get(k, _MISSING) == v for k, v in self.config.items())]
+
+
+_MISSING = object()
+
+
+def variant_summary(runs: Sequence[dict[str, Any]], variant: Variant, metric: str, which: str = "last") -> dict:
+    """A variant's runs (one per seed) in one row: each seed's ``which`` (last or best) ``metric`` in
+    percent, their mean and their spread (max - min); NaN where no run matches."""
+    runs = sorted(variant.runs(runs), key=lambda run: run["config"].get("seed_everything") or 0)
+    values = [100 * run[f"{which} {metric}"] for run in runs]
+    return {
+        "variant": variant.label,
+        "seeds": [run["config"].get("seed_everything") for run in runs],
+        "values": values,
+        "mean": statistics.fmean(values) if values else math.nan,
+        "spread": max(values) - min(values) if len(values) > 1 else math.nan,
+        "paper": variant.paper,
+    }
+
+
+def _v2(**init_args: Any) -> dict[str, Any]:
+    return {"model.net.class_path": "bisenet_pl.models.BiSeNetV2"} | {
+        f"model.net.init_args.{name}": value for name, value in init_args.items()
+    }
+
+
+#: The study of sweeps/cpu_study.yaml as the papers tabulate it. Paper figures: Cityscapes val mIoU,
+#: BiSeNetV2 Table 1 (from scratch, no booster unless said) and BiSeNetV1's ResNet-18 row (ImageNet-
+#: pretrained, which ours is not), copied from the papers by hand.
+BOOSTERS = ["stem", "stage3", "stage4", "stage5"]
+CPU_STUDY = {
+    "BiSeNetV2 components (no boosters)": [
+        Variant("detail branch only", _v2(branches="detail", aux_heads=[]), 62.35),
+        Variant("semantic branch only", _v2(branches="semantic", aux_heads=[]), 64.68),
+        Variant("both branches, BGA", _v2(branches="both", aggregation="bga", aux_heads=[]), 69.67),
+    ],
+    "BiSeNetV2 aggregation (no boosters)": [
+        Variant("sum", _v2(branches="both", aggregation="sum", aux_heads=[]), 68.60),
+        Variant("concatenation", _v2(branches="both", aggregation="concat", aux_heads=[]), 68.93),
+        Variant("BGA", _v2(branches="both", aggregation="bga", aux_heads=[]), 69.67),
+    ],
+    "BiSeNetV2 boosters (both branches, BGA)": [
+        Variant("none", _v2(branches="both", aggregation="bga", aux_heads=[]), 69.67),
+        Variant("all four", _v2(branches="both", aggregation="bga", aux_heads=BOOSTERS), 73.19),
+    ],
+    "BiSeNetV1 against BiSeNetV2": [
+        Variant("BiSeNetV1, ResNet-18", {"model.net.class_path": "bisenet_pl.models.BiSeNetV1"}, 74.8),
+        Variant("BiSeNetV2", _v2(branches="both", aggregation="bga", aux_heads=BOOSTERS), 73.4),
+    ],
+}

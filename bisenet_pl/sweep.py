@@ -17,6 +17,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from bisenet_pl.errors import ConfigError
 
 #: The seeds of ``--seeds N``: the first N (42 first, as in every config of this project).
 SEEDS = (42, 1, 2, 3, 4, 5, 6, 7, 8, 9)
-DONE = "done"  # the marker a finished run leaves in its folder
+DONE = "done"  # the marker a finished run leaves in its folder (holding its minutes)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class SweepRun:
 
 
 def format_value(value) -> str:
+    if isinstance(value, dict):  # a whole component (class_path + init_args): its class, then its arguments
+        named = "class_path" in value
+        arguments = value.get("init_args") or {} if named else value
+        parts = [str(value["class_path"]).rpartition(".")[2]] if named else []
+        return ",".join(parts + [f"{key}={format_value(item)}" for key, item in arguments.items()])
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list | tuple):
@@ -182,11 +188,14 @@ def run_sweep(
         command = run_command(sweep, run, folder, extra)
         resumed = " (continuing from its last.ckpt)" if command[-1] == "--ckpt_path=last" else ""
         print(f"[{number}/{len(runs)}] {run.name}{resumed}: log in {folder / 'fit.log'}", flush=True)
+        started = time.monotonic()
         with open(folder / "fit.log", "a") as log:
             finished = subprocess.run([str(program), *command], stdout=log, stderr=subprocess.STDOUT, env=environment)
         if finished.returncode != 0:
             raise ConfigError(f"sweep run {run.name} failed (exit {finished.returncode}): see {folder / 'fit.log'}")
-        (folder / DONE).write_text("")
+        minutes = (time.monotonic() - started) / 60
+        (folder / DONE).write_text(f"{minutes:.1f} minutes (this call's part of the run)\n")
+        print(f"[{number}/{len(runs)}] {run.name}: finished in {minutes:.1f} minutes", flush=True)
     return folders
 
 

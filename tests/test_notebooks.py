@@ -1,6 +1,7 @@
 """The notebooks run top to bottom on tiny data; 01 is committed with its outputs on CamVid (make notebooks)."""
 
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -9,7 +10,7 @@ from nbclient import NotebookClient
 from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import build_cli
-from bisenet_pl.results import ablation_table, collect_local_runs, markdown_table
+from bisenet_pl.results import CPU_STUDY, ablation_table, collect_local_runs, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -17,15 +18,17 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Synthetic CamVid and two short CamVid runs that differ in the aggregation (an ablation)."""
+    """Synthetic CamVid with a dev sequence, and two short runs of two rows of the study's aggregation table
+    (sum and BGA, no boosters)."""
     root = tmp_path_factory.mktemp("notebooks")
-    camvid = make_camvid_segnet(root / "camvid", {"train": 2, "val": 2, "test": 1})
+    camvid = make_camvid_segnet(root / "camvid", {"train": 4, "val": 2, "test": 1}, sequences=("0001TP", "0006R0"))
     for aggregation in ("bga", "sum"):
         build_cli([
             "fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}",
             "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32", "--data.batch_size=2",
             "--data.num_workers=0", "--data.crop_size=[32,48]", "--progress_bar.refresh_rate=0",
             "--trainer.max_steps=2", "--trainer.val_check_interval=1", "--val_images.num_samples=0",
+            "--data.dev_sequences=[0006R0]", "--model.net.init_args.aux_heads=[]",
             f"--model.net.init_args.aggregation={aggregation}",
             f"--trainer.default_root_dir={root / 'outputs'}", f"--trainer.logger.init_args.save_dir={root / 'outputs'}",
         ])  # fmt: skip
@@ -34,16 +37,25 @@ def runs(tmp_path_factory):
 
 def test_notebooks_are_numbered_and_committed_as_make_notebooks_leaves_them():
     assert [p.name for p in NOTEBOOKS] == ["01_dataset.ipynb", "02_results.ipynb", "03_ablations.ipynb"]
-    executed = {"01_dataset.ipynb"}  # by make notebooks, on the real data; the others have no outputs yet
+    executed = {"01_dataset.ipynb", "02_results.ipynb", "03_ablations.ipynb"}  # by make notebooks, on real data
     for path in NOTEBOOKS:
         code = [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
         if path.name in executed:
             assert all(cell.execution_count is not None for cell in code), f"{path.name}: run make notebooks"
         else:
             assert all(not cell.outputs and cell.execution_count is None for cell in code), path.name
-    cells = nbformat.read(NOTEBOOKS[0], as_version=4).cells
-    text = "".join(str(o.get("text", "")) for cell in cells for o in cell.get("outputs", []))
-    assert "367 training images, 11 classes" in text  # executed on CamVid itself, not on test data
+    texts = {path.stem: outputs_text(nbformat.read(path, as_version=4)) for path in NOTEBOOKS}
+    assert "367 training images, 11 classes" in texts["01_dataset"]  # executed on CamVid itself, not on test data
+    assert "bisenetv2_camvid: BiSeNetV2, 11 classes" in texts["02_results"]  # on the released weights
+    assert "14 runs from ../results/cpu_study" in texts["03_ablations"]  # on the committed study
+
+
+def outputs_text(notebook) -> str:
+    return "\n".join(
+        str(output.get("text", "")) + str(output.get("data", {}).get("text/markdown", ""))
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
 
 
 def test_local_runs_make_an_ablation_table(runs):
@@ -63,25 +75,44 @@ def test_notebook_runs_top_to_bottom(path, runs, monkeypatch):
     monkeypatch.setenv("BISENET_RUNS_DIR", str(runs["outputs"]))
     monkeypatch.setenv("BISENET_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    notebook = execute(path)
+    text, images = outputs_text(notebook), figures_in(notebook)
+    figures, expected = {
+        "01_dataset": (4, r"2 training images, 11 classes"),
+        "02_results": (4, r"mIoU"),
+        "03_ablations": (2, r"\| sum \| \d+\.\d\d \(42\) \|"),  # a row of the study's table: one seed, on dev
+    }[path.stem]
+    assert images == figures, f"{path.name} drew {images} figures"
+    assert re.search(expected, text), expected
+    if path.stem == "03_ablations":
+        assert "2 runs from" in text and "compared on their last dev/mIoU" in text
+        assert "**BiSeNetV2 aggregation (no boosters)**" in text and "**BiSeNetV1 against" not in text
+
+
+def test_the_ablations_notebook_reads_the_committed_study(monkeypatch):
+    """03 by default, as make notebooks runs it: the committed runs of sweeps/cpu_study.yaml, every table filled."""
+    monkeypatch.delenv("BISENET_RUNS_DIR", raising=False)
+    monkeypatch.delenv("BISENET_WANDB_PROJECT", raising=False)
+    notebook = execute(REPO / "notebooks" / "03_ablations.ipynb")
+    text = outputs_text(notebook)
+    assert "14 runs from ../results/cpu_study, compared on their last dev/mIoU" in text
+    assert text.count("no run") == 0 and figures_in(notebook) == 2
+    for title in CPU_STUDY:
+        assert f"**{title}**" in text
+
+
+def execute(path: Path):
     notebook = nbformat.read(path, as_version=4)
     # Any cell error raises CellExecutionError and fails the test.
     NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
-    text = "\n".join(
-        str(output.get("text", "")) + str(output.get("data", {}).get("text/markdown", ""))
-        for cell in notebook.cells
-        for output in cell.get("outputs", [])
-    )
-    images = sum(
+    return notebook
+
+
+def figures_in(notebook) -> int:
+    return sum(
         bool({"image/png", "image/jpeg"} & set(output.get("data", {})))
         for cell in notebook.cells
         for output in cell.get("outputs", [])
     )
-    figures, expected = {
-        "01_dataset": (4, "2 training images, 11 classes"),
-        "02_results": (4, "mIoU"),
-        "03_ablations": (2, "| aggregation | best val/mIoU |"),
-    }[path.stem]
-    assert images == figures, f"{path.name} drew {images} figures"
-    assert expected in text
