@@ -17,6 +17,7 @@ same machine and the same weights. The exported variants are the files `bisenet-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -37,10 +38,12 @@ import torch.nn.functional as F
 import yaml
 
 from bisenet_pl.benchmark import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
-from bisenet_pl.data.base import SegmentationDataset
-from bisenet_pl.deploy import DeployedNetwork, export_onnx, inference_network, load_predictor, quantize_onnx
+from bisenet_pl.data.base import SegmentationDataModule
+from bisenet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from bisenet_pl.deploy import DeployedNetwork, inference_network, load_predictor
 from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou
-from bisenet_pl.deploy.export import ExportOptions, append_argmax, save_onnx
+from bisenet_pl.deploy.calibration import calibration_images as export_calibration_images
+from bisenet_pl.deploy.export import ExportOptions, export
 from bisenet_pl.files import atomic_write
 from bisenet_pl.hardware import cpu_features
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
@@ -63,8 +66,6 @@ EXPORTED_VARIANTS = [
 ]
 CPU_VARIANTS = ["reference", "folded+channels_last", "pytorch-bf16", *EXPORTED_VARIANTS]
 GPU_VARIANTS = ["reference", "channels_last", "folded+channels_last", "amp", "compile+amp"]
-#: Normalisation for networks without trained weights (ImageNet's); trained ones bring their own.
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -140,20 +141,19 @@ def pytorch_variant(variant: str, net: torch.nn.Module, mean, std, device: torch
 def exported_files(
     net: torch.nn.Module, folder: Path, mean, std, calibration: list[np.ndarray] | None
 ) -> dict[str, tuple[Path, Path]]:
-    """The network exported as `bisenet-pl export --input uint8_nhwc` writes it, in fp32 and (given
-    ``calibration``) int8: for each, a file of logits and one of class ids."""
-    options = ExportOptions(image_input="uint8_nhwc", mean=mean, std=std, example_size=(64, 64))
-    files = {"fp32": export_onnx(net, folder / "fp32.onnx", options=options)}
-    if calibration is not None:
-        files["int8"] = save_onnx(
-            quantize_onnx(files["fp32"], calibration, "uint8_nhwc", mean, std), folder / "int8.onnx"
-        )
-    import onnx
-
-    return {
-        precision: (path, save_onnx(append_argmax(onnx.load(str(path)), "int64"), path.with_suffix(".labels.onnx")))
-        for precision, path in files.items()
-    }
+    """The network as `bisenet-pl export --format onnx --input uint8_nhwc [--precision int8] [--labels int64]`
+    writes it, by the same function and (int8) from the same calibration images: for each precision, a file
+    of logits and one of class ids."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for precision in ["fp32"] + (["int8"] if calibration is not None else []):
+        written = []
+        for labels in (None, "int64"):
+            options = ExportOptions(labels, "uint8_nhwc", mean, std, precision, example_size=(64, 64))
+            path = folder / f"{precision}{'.labels' if labels else ''}.onnx"
+            written.append(export(net, path, "onnx", options=options, calibration=calibration))
+        files[precision] = (written[0], written[1])
+    return files
 
 
 def exported_variant(variant: str, files: dict[str, tuple[Path, Path]], threads: int) -> Variant:
@@ -264,7 +264,7 @@ class ScoringData(NamedTuple):
     """``--data-root``'s val samples (RGB image, mask) to score, its train split to calibrate on."""
 
     val: list[tuple[np.ndarray, np.ndarray]]
-    train: SegmentationDataset
+    datamodule: SegmentationDataModule
     num_classes: int
     ignore_index: int
     mean: tuple[float, ...]
@@ -288,7 +288,7 @@ def scoring_data(args) -> ScoringData | None:
     val = datamodule.dataset("val")
     count = len(val) if args.val_images is None else min(args.val_images, len(val))
     return ScoringData(
-        [val.load(i) for i in range(count)], datamodule.dataset("train"), datamodule.num_classes,
+        [val.load(i) for i in range(count)], datamodule, datamodule.num_classes,
         datamodule.ignore_index, datamodule.mean, datamodule.std,
     )  # fmt: skip
 
@@ -304,13 +304,15 @@ def trained_normalisation(
 
 
 def calibration_images(args, data: ScoringData | None) -> list[np.ndarray]:
-    """``--calibration-images`` training images in a fixed random order, or random images (for
-    speed alone: int8 accuracy is then not scored) without ``--data-root``."""
-    generator = np.random.default_rng(0)
+    """The images `bisenet-pl export --precision int8` calibrates on (the same subset of the training
+    split, by the same function), or random images (for speed alone: int8 accuracy is then not scored)
+    without ``--data-root``."""
     if data is None:
         height, width = parse_size(args.sizes[0])
+        generator = np.random.default_rng(0)
         return [generator.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)]
-    return [data.train.load(int(i))[0] for i in generator.permutation(len(data.train))[: args.calibration_images]]
+    with contextlib.redirect_stdout(sys.stderr):  # its line about what it read; the table goes to stdout
+        return export_calibration_images(None, data.datamodule, args.calibration_images)
 
 
 def recipe_options(config: Path) -> tuple[dict, str]:

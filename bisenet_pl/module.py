@@ -2,63 +2,26 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
 from bisenet_pl.errors import ConfigError, NonFiniteLossError, check_options
 from bisenet_pl.inference import EvalMode, EvaluationProtocol, class_scores
 from bisenet_pl.losses import LossName, build_loss
-from bisenet_pl.models.base import SegmentationNetwork, network_from_spec, network_spec
-from bisenet_pl.models.hub import save_pretrained
+from bisenet_pl.metrics import epoch_results, segmentation_metrics
+from bisenet_pl.models.base import build_network, network_spec
 from bisenet_pl.models.weights import (
-    WeightsInfo,
     check_checkpoint_fits,
-    load_network_weights,
-    read_state_dict,
-    read_weights_info,
 )
-
-#: The longest warm-up a run gets, as a share of its steps: a warm-up as long as the run would
-#: never reach the learning rate nor decay it (1000 warm-up steps in a 400-step run).
-MAX_WARMUP_FRACTION = 0.1
+from bisenet_pl.optim import OptimizerName, optimizer_and_schedule
+from bisenet_pl.pretrained import PretrainedWeights
 
 
-def max_warmup_steps(total_steps: int) -> int:
-    return int(total_steps * MAX_WARMUP_FRACTION)
-
-
-class WarmupPolyLR:
-    """LR factor per step: exponential warm-up from ``warmup_ratio`` to 1 over ``warmup_steps``,
-    then poly(``power``) decay to 0 at ``total_steps`` (the reference's WarmupPolyLrScheduler).
-
-    A callable object rather than a lambda so that it is saved with the scheduler state.
-    """
-
-    def __init__(
-        self, total_steps: int, warmup_steps: int = 1000, warmup_ratio: float = 0.1, power: float = 0.9
-    ) -> None:
-        self.total_steps = max(1, total_steps)
-        self.warmup_steps = min(warmup_steps, max_warmup_steps(self.total_steps))
-        self.warmup_ratio = warmup_ratio
-        self.power = power
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.warmup_ratio ** (1 - step / self.warmup_steps)
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return max(0.0, 1 - progress) ** self.power
-
-
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(PretrainedWeights, L.LightningModule):
     """BiSeNet training and evaluation.
 
     Args:
@@ -111,7 +74,7 @@ class SegmentationModule(L.LightningModule):
         ohem_min_kept_fraction: float = 1 / 16,
         class_weights: list[float] | None = None,
         aux_weights: float | list[float] = 1.0,
-        optimizer: Literal["sgd", "adamw"] = "sgd",
+        optimizer: OptimizerName = "sgd",
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -130,39 +93,11 @@ class SegmentationModule(L.LightningModule):
         eval_crop_stride: float = 2 / 3,
     ) -> None:
         super().__init__()
-        check_options(
-            "model",
-            lr=(lr, "> 0", lr > 0),
-            momentum=(momentum, "in [0, 1)", 0 <= momentum < 1),
-            weight_decay=(weight_decay, ">= 0", weight_decay >= 0),
-            head_lr_multiplier=(head_lr_multiplier, "> 0", head_lr_multiplier > 0),
-            warmup_steps=(warmup_steps, ">= 0", warmup_steps >= 0),
-            warmup_ratio=(warmup_ratio, "in (0, 1]", 0 < warmup_ratio <= 1),
-            poly_power=(poly_power, ">= 0", poly_power >= 0),
-            ohem_threshold=(ohem_threshold, "in (0, 1)", 0 < ohem_threshold < 1),
-            ohem_min_kept_fraction=(ohem_min_kept_fraction, "in [0, 1]", 0 <= ohem_min_kept_fraction <= 1),
-            aux_weights=(aux_weights, "numbers >= 0", all(w >= 0 for w in _as_list(aux_weights))),
-            class_weights=(class_weights, "numbers >= 0", all(w >= 0 for w in _as_list(class_weights or []))),
-            eval_crop_size=(
-                list(eval_crop_size),
-                "[height, width], each >= 1",
-                len(eval_crop_size) == 2 and min(eval_crop_size) >= 1,
-            ),
-        )
         self.save_hyperparameters()
-        if isinstance(net, dict):  # the spec saved in a checkpoint's hyperparameters
-            net = network_from_spec(net)
+        check_module_options(self.hparams)
         if not isinstance(self.hparams.net, dict):  # plain data in checkpoints, not a pickled callable
             self.hparams.net = network_spec(net)
-        try:
-            self.net = net(num_classes)
-        except ValueError as error:  # the networks check their own options (widths, branches, dropout, ...)
-            raise ConfigError(f"model.net: {error}") from None
-        if not isinstance(self.net, SegmentationNetwork):
-            raise ConfigError(
-                f"model.net builds a {type(self.net).__name__}, not a bisenet_pl.models.SegmentationNetwork: "
-                "derive the network from it (its docstring says what the module relies on)"
-            )
+        self.net = build_network(net, num_classes)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
@@ -172,7 +107,7 @@ class SegmentationModule(L.LightningModule):
             raise ConfigError(f"model.class_weights has {len(class_weights)} values for {num_classes} classes")
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.criterion = build_loss(loss, ignore_index, ohem_threshold, ohem_min_kept_fraction, weights)
-        self.aux_names, self.aux_weights = self._prune_aux_heads(aux_weights)
+        self.aux_names, self.aux_weights = self.net.keep_weighted_aux_heads(aux_weights)
         try:
             self.evaluation = EvaluationProtocol(
                 eval_mode,
@@ -183,102 +118,19 @@ class SegmentationModule(L.LightningModule):
             )
         except ValueError as error:
             raise ConfigError(f"model.eval_*: {error}") from None
-        metrics = MetricCollection(
-            {
-                "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index),
-                "IoU": MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index),
-                "pixel_accuracy": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index),
-                "confusion_matrix": MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index),
-            }
-        )
+        metrics = segmentation_metrics(num_classes, ignore_index)
         self.val_metrics = metrics.clone(prefix="val/")
         self.dev_metrics = metrics.clone(prefix="dev/")  # a held-out split validated beside val
         self.test_metrics = metrics.clone(prefix="test/")
         #: The last epoch's confusion matrix per stage (rows: target, columns: prediction).
         self.confusion_matrices: dict[str, torch.Tensor] = {}
-        self._weights_loaded = False  # setup() runs once per trainer call; load once
-        self.weights_info: WeightsInfo | None = None
         self._compiled = False
-
-    @classmethod
-    def from_pretrained(cls, source: str | Path, **options) -> SegmentationModule:
-        """A module in eval mode, in one call, from released weights (``"bisenetv2_camvid"``), a file
-        of ``bisenet-pl export --format weights`` or a checkpoint of ``bisenet-pl fit``: the network,
-        the class count and names and the ignored label come from the file; ``options`` are the other
-        arguments (``eval_mode="msf"``, ...). Aux heads are not built unless ``aux_weights`` is given.
-        """
-        info = read_weights_info(source)
-        if info.network is None or info.num_classes is None:
-            raise ConfigError(
-                f"{source} does not say which network it fits (a plain state dict): build "
-                "SegmentationModule(net=..., num_classes=..., pretrained=...) instead"
-            )
-        known = {"ignore_index": info.ignore_index, "class_names": info.class_names}
-        options = {"aux_weights": 0.0} | {k: v for k, v in known.items() if v is not None} | options
-        module = cls(net=info.network, num_classes=info.num_classes, pretrained=str(source), **options)
-        module.load_pretrained(source, classes_from_file=True)
-        module._weights_loaded = True
-        module.weights_info = info  # its data's normalisation and colours, for save_pretrained
-        return module.eval()
-
-    def save_pretrained(self, directory: str | Path, **card) -> Path:
-        """Write the network (aux heads dropped) to ``directory`` in the Hugging Face Hub's layout
-        (:func:`bisenet_pl.models.hub.save_pretrained`; ``card``: its ``results``, ``dataset`` and
-        ``description``), loadable with :meth:`from_pretrained`. The normalisation and colours are
-        those of the weights this module was loaded from, else of the trainer's datamodule."""
-        info = copy.deepcopy(self.weights_info) if self.weights_info else WeightsInfo()
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        if datamodule is not None:
-            info.mean, info.std = list(datamodule.mean), list(datamodule.std)
-            info.palette = [list(colour) for colour in datamodule.palette]
-        if info.mean is None or info.std is None:
-            raise ConfigError(
-                "save_pretrained needs the training data's normalisation: load the module with from_pretrained, or "
-                "save it while a trainer with its datamodule is attached"
-            )
-        info.network, info.num_classes = self.hparams.net, self.num_classes
-        info.ignore_index, info.class_names = self.ignore_index, list(self.class_names)
-        state = {key: value for key, value in self.net.state_dict().items() if not key.startswith("aux_heads.")}
-        return save_pretrained(state, info, directory, **card)
-
-    def _prune_aux_heads(self, aux_weights: float | Sequence[float]) -> tuple[list[str], list[float]]:
-        """Match weights to the network's aux heads; drop zero-weight heads entirely."""
-        names = list(self.net.aux_heads)
-        weights = [float(aux_weights)] * len(names) if isinstance(aux_weights, (int, float)) else list(aux_weights)
-        if len(weights) != len(names):
-            raise ConfigError(
-                f"model.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}"
-            )
-        self.net.remove_aux_heads(name for name, weight in zip(names, weights) if weight == 0)
-        kept = [(name, weight) for name, weight in zip(names, weights) if weight != 0]
-        return [name for name, _ in kept], [weight for _, weight in kept]
-
-    # Weights.
-    def prepare_data(self) -> None:
-        # Download remote weights once per node (rank 0) into the torch.hub cache.
-        backbone = self.hparams.backbone_weights
-        for source in (self.hparams.pretrained, self.net.backbone_weights_url(backbone) if backbone else None):
-            if source and "://" in source:
-                read_state_dict(source)
 
     def setup(self, stage: str) -> None:
         crop_size = getattr(self.trainer.datamodule, "crop_size", None) if self._trainer else None
         if stage == "fit" and crop_size:  # the model summary's FLOPs and sizes: one training crop
             self.example_input_array = torch.zeros(1, 3, *crop_size)
-        if self._weights_loaded:
-            return
-        self._weights_loaded = True
-        if self.hparams.backbone_weights and stage == "fit" and not self.hparams.pretrained:
-            self.net.load_backbone_weights(self.hparams.backbone_weights)
-            rank_zero_info(f"Loaded backbone weights from {self.hparams.backbone_weights}")
-        if self.hparams.pretrained:
-            self.load_pretrained(self.hparams.pretrained)
-
-    def load_pretrained(self, source: str | Path, classes_from_file: bool = False) -> None:
-        """Initialise the network from a checkpoint of ours, a state dict, or a CoinCheung .pth
-        (see :func:`bisenet_pl.models.weights.load_network_weights`)."""
-        for line in load_network_weights(self.net, source, classes_from_file):
-            rank_zero_info(line)
+        self.load_initial_weights(stage)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Dropout draws from the global RNG: a resumed run continues its stream exactly.
@@ -358,12 +210,7 @@ class SegmentationModule(L.LightningModule):
         }
 
     def _log_epoch_metrics(self, metrics: MetricCollection, stage: str) -> None:
-        results = metrics.compute()
-        metrics.reset()
-        self.confusion_matrices[stage] = results.pop(f"{stage}/confusion_matrix").cpu()
-        per_class = results.pop(f"{stage}/IoU")
-        scalars = dict(results)
-        scalars.update({f"{stage}/IoU/{name}": iou for name, iou in zip(self.class_names, per_class)})
+        scalars, self.confusion_matrices[stage] = epoch_results(metrics, stage, self.class_names)
         # Already reduced over processes by torchmetrics: every rank holds the same values.
         self.log_dict(scalars, sync_dist=True, add_dataloader_idx=False)
 
@@ -375,41 +222,37 @@ class SegmentationModule(L.LightningModule):
         self._log_epoch_metrics(self.test_metrics, "test")
 
     # Optimisation.
-    def configure_optimizers(self):
-        hp = self.hparams
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(h, d): [] for h in (False, True) for d in (False, True)}
-        for name, param in self.net.named_parameters():
-            if not param.requires_grad:
-                continue
-            is_head = self.net.is_head_parameter(name)
-            decays = param.ndim > 1  # no decay on BatchNorm parameters and biases
-            groups[(is_head, decays)].append(param)
-        param_groups = [
-            {
-                "params": params,
-                "lr": hp.lr * (hp.head_lr_multiplier if is_head else 1.0),
-                "weight_decay": hp.weight_decay if decays else 0.0,
-                "name": f"{'head' if is_head else 'body'}{'' if decays else '_no_decay'}",
-            }
-            for (is_head, decays), params in groups.items()
-            if params
-        ]
-        if hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(param_groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        schedule = WarmupPolyLR(total_steps, hp.warmup_steps, hp.warmup_ratio, hp.poly_power)
-        if schedule.warmup_steps < hp.warmup_steps:
-            rank_zero_warn(
-                f"model.warmup_steps={hp.warmup_steps} is more than {MAX_WARMUP_FRACTION:.0%} of this run's "
-                f"{total_steps} "
-                f"steps: warming up over {schedule.warmup_steps} steps instead (give model.warmup_steps <= "
-                f"{max_warmup_steps(total_steps)} to choose)"
-            )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def configure_optimizers(self) -> dict:
+        options = ("optimizer", "lr", "momentum", "weight_decay", "head_lr_multiplier", "warmup_steps", "warmup_ratio")
+        recipe = {name: self.hparams[name] for name in options} | {"poly_power": self.hparams.poly_power}
+        return optimizer_and_schedule(self.net, int(self.trainer.estimated_stepping_batches), **recipe)
 
 
 def _as_list(value: float | Sequence[float]) -> list[float]:
     return [value] if isinstance(value, (int, float)) else list(value)
+
+
+#: The range of each numeric option of the module: (in words, test).
+OPTION_RANGES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "lr": ("> 0", lambda v: v > 0),
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "head_lr_multiplier": ("> 0", lambda v: v > 0),
+    "warmup_steps": (">= 0", lambda v: v >= 0),
+    "warmup_ratio": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "poly_power": (">= 0", lambda v: v >= 0),
+    "ohem_threshold": ("in (0, 1)", lambda v: 0 < v < 1),
+    "ohem_min_kept_fraction": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "aux_weights": ("numbers >= 0", lambda v: all(w >= 0 for w in _as_list(v))),
+    "class_weights": ("numbers >= 0", lambda v: all(w >= 0 for w in _as_list(v or []))),
+    "eval_crop_size": ("[height, width], each >= 1", lambda v: len(v) == 2 and min(v) >= 1),
+}
+
+
+def check_module_options(options: Mapping) -> None:
+    """The module's numeric options in their ranges (a one-line error naming the option otherwise)."""
+    checks = {}
+    for name, (words, test) in OPTION_RANGES.items():
+        value = list(options[name]) if name == "eval_crop_size" else options[name]
+        checks[name] = (value, words, test(value))
+    check_options("model", **checks)

@@ -31,8 +31,8 @@ from bisenet_pl.data import (
     dataset_statistics,
     download_camvid,
 )
-from bisenet_pl.data.base import read_label
 from bisenet_pl.data.camvid import CAMVID_CLASSES
+from bisenet_pl.data.io import read_label
 from bisenet_pl.data.transforms import seed_worker_transforms
 
 

@@ -16,7 +16,7 @@ from conftest import trained_like
 from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import main
-from bisenet_pl.deploy import export_onnx, fold_batchnorm, inference_network, onnx_session
+from bisenet_pl.deploy import ExportOptions, export_onnx, fold_batchnorm, inference_network, onnx_session
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.models.weights import released_weights_path
 from bisenet_pl.module import SegmentationModule
@@ -44,7 +44,7 @@ def test_folding_batchnorm_keeps_the_outputs(cls):
 
 def test_onnx_logits_match_pytorch_at_any_batch_and_size(tmp_path):
     net = trained_like(BiSeNetV2(num_classes=5))
-    path = export_onnx(net, tmp_path / "v2.onnx", example_size=(64, 96))
+    path = export_onnx(net, tmp_path / "v2.onnx", ExportOptions(example_size=(64, 96)))
     session = onnx_session(path)
     assert [i.name for i in session.get_inputs()] == ["images"] and [o.name for o in session.get_outputs()] == [
         "logits"
@@ -100,6 +100,27 @@ def test_export_command_torchscript(checkpoint, tmp_path):
     images = torch.randn(3, 3, 96, 128)  # another batch and size than traced
     with torch.no_grad():
         torch.testing.assert_close(scripted(images), net(images), rtol=1e-4, atol=1e-4)
+
+
+def test_export_reads_its_input_once(checkpoint, tmp_path, monkeypatch):
+    """Checked, described and loaded from one read of the file (it may be a download)."""
+    path, _ = checkpoint
+    reads, load = [], torch.load
+    monkeypatch.setattr(
+        torch, "load", lambda file, *args, **kwargs: reads.append(str(file)) or load(file, *args, **kwargs)
+    )
+    main(
+        [
+            "export",
+            f"--ckpt_path={path}",
+            "--format=torchscript",
+            f"--output={tmp_path / 'net.pt'}",
+            "--size",
+            "64",
+            "96",
+        ]
+    )
+    assert reads == [str(path)]
 
 
 def test_export_command_refuses_a_missing_checkpoint(tmp_path):
@@ -184,7 +205,7 @@ def test_a_channels_last_network_exports_to_onnx(tmp_path):
     """The export's copy returns to the default memory format: channels-last weights made
     torch.export's dynamic batch, height and width fail its shape guards."""
     net = trained_like(BiSeNetV2(num_classes=5)).to(memory_format=torch.channels_last)
-    session = onnx_session(export_onnx(net, tmp_path / "cl.onnx", example_size=(64, 96)))
+    session = onnx_session(export_onnx(net, tmp_path / "cl.onnx", ExportOptions(example_size=(64, 96))))
     images = torch.randn(2, 3, 80, 112)
     (logits,) = session.run(None, {"images": images.numpy()})
     with torch.no_grad():

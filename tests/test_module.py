@@ -12,7 +12,8 @@ from synthetic import make_folder
 
 from bisenet_pl.data import FolderDataModule
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2, SegmentationNetwork
-from bisenet_pl.module import SegmentationModule, WarmupPolyLR
+from bisenet_pl.module import SegmentationModule
+from bisenet_pl.optim import WarmupPolyLR
 
 
 def numpy_scores(preds: np.ndarray, target: np.ndarray, num_classes: int, ignore: int):

@@ -1,8 +1,9 @@
 """DataModules for CamVid, Cityscapes and any folder of images and masks."""
 
-from bisenet_pl.data.base import SegmentationDataModule, SegmentationDataset
+from bisenet_pl.data.base import SegmentationDataModule
 from bisenet_pl.data.camvid import CAMVID_CLASSES, CamVidDataModule, download_camvid
 from bisenet_pl.data.cityscapes import CITYSCAPES_CLASSES, CityscapesDataModule
+from bisenet_pl.data.dataset import SegmentationDataset
 from bisenet_pl.data.folder import FolderDataModule
 from bisenet_pl.data.stats import DatasetStatistics, dataset_statistics
 from bisenet_pl.errors import DataError

@@ -1,22 +1,27 @@
-"""The dataset and the DataModule base class every dataset shares."""
+"""The DataModule base class every dataset shares: its options, splits (dev held out of training) and loaders."""
 
 from __future__ import annotations
 
-import fnmatch
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import albumentations as A
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from bisenet_pl.data.io import IMAGE_SUFFIXES, read_image, read_label
-from bisenet_pl.data.predict import PredictSource, SameSizeBatches
+from bisenet_pl.data.dataset import (
+    LabelMap,
+    Sample,
+    SegmentationDataset,
+    batches_by_size,
+    evaluation_loader,
+    fixed_subset,
+    free_memory_bytes,
+    hold_out,
+)
+from bisenet_pl.data.options import check_data_options
+from bisenet_pl.data.predict import PredictSource
 from bisenet_pl.data.resume import resumable_train_loader
 from bisenet_pl.data.scan import scan_splits
 from bisenet_pl.data.transforms import (
@@ -24,171 +29,9 @@ from bisenet_pl.data.transforms import (
     IMAGENET_STD,
     eval_transform,
     seed_worker_transforms,
-    to_tensors,
     train_transform,
 )
-from bisenet_pl.errors import ConfigError, DataError, check_options
-
-Sample = tuple[Path, Path | None]
-LabelMap = Callable[[np.ndarray], np.ndarray]
-
-
-def lookup_table(classes: dict[int, int], void: Iterable[int], ignore_index: int) -> LabelMap:
-    """A strict label map: raw values in ``classes`` become their class, ``void`` values become
-    ``ignore_index``, and any other raw value is an error naming the values."""
-    table = np.full(256, -1, dtype=np.int16)
-    for raw in void:
-        table[raw] = ignore_index
-    for raw, target in classes.items():
-        table[raw] = target
-
-    def apply(label: np.ndarray) -> np.ndarray:
-        if label.ndim != 2:
-            raise DataError(f"has shape {label.shape}; expected a single-channel class-id image")
-        if label.dtype != np.uint8:
-            raise DataError(f"has dtype {label.dtype}; expected 8-bit class ids")
-        mapped = table[label]
-        if (mapped < 0).any():
-            bad = sorted(int(v) for v in np.unique(label[mapped < 0]))
-            expected = sorted(classes)
-            raise DataError(
-                f"holds values {bad[:10]} that are neither classes ({expected[0]}..{expected[-1]}) "
-                f"nor void ({sorted(set(void))[:5]})"
-            )
-        return mapped.astype(np.uint8)
-
-    return apply
-
-
-def fixed_subset(total: int, count: int) -> list[int]:
-    """``count`` of ``range(total)`` in a fixed random order (seed 0): the same images every run."""
-    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count].tolist()
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def pair_by_stem(image_dir: Path, label_dir: Path, label_suffix: str = "", image_suffix: str = "") -> list[Sample]:
-    """Pair ``image_dir/<stem><image_suffix>.*`` with ``label_dir/<stem><label_suffix>.*``.
-
-    Raise :class:`DataError` naming the files that have no partner.
-    """
-    for folder in (image_dir, label_dir):
-        if not folder.is_dir():
-            raise DataError(f"folder {folder} does not exist")
-    images = {p.stem.removesuffix(image_suffix): p for p in list_images(image_dir)}
-    labels = {p.stem.removesuffix(label_suffix): p for p in list_images(label_dir)}
-    if not images:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
-    lonely_images = sorted(images.keys() - labels.keys())
-    lonely_labels = sorted(labels.keys() - images.keys())
-    if lonely_images or lonely_labels:
-        problems = [f"image without label: {images[s]}" for s in lonely_images[:5]]
-        problems += [f"label without image: {labels[s]}" for s in lonely_labels[:5]]
-        raise DataError(f"{len(lonely_images) + len(lonely_labels)} unpaired files: " + "; ".join(problems))
-    return [(images[stem], labels[stem]) for stem in sorted(images)]
-
-
-def free_memory_bytes() -> int:
-    """Memory the system has free now (physical pages not in use; no page cache counted)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not on every platform: assume plenty
-        return 2**62
-
-
-class SegmentationDataset(Dataset):
-    """Image/label pairs, mapped to train ids and transformed by an albumentations pipeline.
-
-    Items are dicts with ``image`` (float CxHxW), ``mask`` (int64 HxW, absent without labels)
-    and ``path``.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        num_classes: int,
-        ignore_index: int,
-        label_map: LabelMap | None = None,
-        transform: A.Compose | None = None,
-    ) -> None:
-        self.samples = list(samples)
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.label_map = label_map
-        self.transform = transform
-        self.decoded: list[tuple[np.ndarray, np.ndarray | None]] | None = None  # see hold_in_memory
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def hold_in_memory(self, budget_bytes: int | None = None) -> int:
-        """Decode every sample once and keep it, if the decoded set fits in ``budget_bytes``
-        (estimated from the first sample); return the bytes held (0: did not fit, nothing held).
-
-        Decoding a PNG costs more than the whole augmentation pipeline; DataLoader workers
-        forked afterwards share these arrays instead of decoding again.
-        """
-        if not self.samples:
-            return 0
-        first = self.load(0)
-        per_sample = sum(a.nbytes for a in first if a is not None)
-        if budget_bytes is not None and per_sample * len(self) > budget_bytes:
-            return 0
-        decoded = [first] + [self.load(index) for index in range(1, len(self))]
-        for arrays in decoded:  # an augmentation writing in place would corrupt every later epoch
-            for array in arrays:
-                if array is not None:
-                    array.flags.writeable = False
-        self.decoded = decoded
-        return sum(a.nbytes for arrays in decoded for a in arrays if a is not None)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The untransformed RGB image and train-id mask of one sample."""
-        if self.decoded is not None:
-            return self.decoded[index]
-        image_path, label_path = self.samples[index]
-        image = read_image(image_path)
-        if label_path is None:
-            return image, None
-        raw = read_label(label_path)
-        if raw.shape[:2] != image.shape[:2]:
-            raise DataError(
-                f"label {label_path} is {raw.shape[1]}x{raw.shape[0]} but image {image_path} is "
-                f"{image.shape[1]}x{image.shape[0]}; they must be the same size"
-            )
-        try:
-            mask = self.label_map(raw) if self.label_map is not None else raw
-        except DataError as error:
-            raise DataError(f"label {label_path} {error}") from None
-        if mask.ndim != 2:
-            raise DataError(
-                f"label {label_path} has {mask.shape[2]} channels; expected a single-channel class-id image"
-            )
-        invalid = (mask >= self.num_classes) & (mask != self.ignore_index)
-        if invalid.any():
-            values = sorted(int(v) for v in np.unique(mask[invalid]))
-            raise DataError(
-                f"label {label_path} holds values {values[:10]} outside the classes 0..{self.num_classes - 1} "
-                f"and not the ignore value {self.ignore_index}"
-            )
-        return image, mask.astype(np.uint8, copy=False)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
-        """``key`` is an index, or ``(index, seed)`` to draw this item's augmentation from ``seed``."""
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        image, mask = self.load(index)
-        if self.transform is not None:
-            if seed is not None:
-                self.transform.set_random_seed(seed)
-            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
-            image, mask = out["image"], out.get("mask")
-        image_tensor, mask_tensor = to_tensors(image.astype(np.float32, copy=False), mask)
-        item: dict[str, torch.Tensor | str] = {"image": image_tensor, "path": str(self.samples[index][0])}
-        if mask_tensor is not None:
-            item["mask"] = mask_tensor
-        return item
+from bisenet_pl.errors import ConfigError, DataError
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -259,34 +102,7 @@ class SegmentationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         train_splits = list(train_splits)
-        check_options(
-            "data",
-            crop_size=(list(crop_size), "[height, width], each >= 32", len(crop_size) == 2 and min(crop_size) >= 32),
-            scale_range=(
-                list(scale_range),
-                "[low, high] with 0 < low <= high",
-                len(scale_range) == 2 and 0 < scale_range[0] <= scale_range[1],
-            ),
-            ignore_index=(ignore_index, "in 0..255 (masks are 8-bit)", 0 <= ignore_index <= 255),
-            batch_size=(
-                batch_size,
-                ">= 2 for training: BiSeNet's BatchNorm on pooled 1x1 context maps needs at least 2 images per step",
-                batch_size >= 2,
-            ),
-            num_workers=(num_workers, ">= 0", num_workers >= 0),
-            val_batch_size=(val_batch_size, ">= 1", val_batch_size >= 1),
-            mean=(list(mean), "3 numbers (RGB)", len(mean) == 3),
-            std=(list(std), "3 numbers (RGB), each > 0", len(std) == 3 and min(std) > 0),
-            hflip=(hflip, "a probability in [0, 1]", 0 <= hflip <= 1),
-            color_jitter=(color_jitter, "in [0, 1]", 0 <= color_jitter <= 1),
-            blur=(blur, "a probability in [0, 1]", 0 <= blur <= 1),
-            noise=(noise, "a share of the pixel range in [0, 1]", 0 <= noise <= 1),
-            train_splits=(
-                train_splits,
-                "a list of distinct splits that includes train, e.g. [train, val]",
-                "train" in train_splits and len(set(train_splits)) == len(train_splits) and "dev" not in train_splits,
-            ),
-        )
+        check_data_options(locals())
         if test_split in train_splits:
             raise ConfigError(
                 f"data.train_splits={train_splits} includes data.test_split={test_split}: "
@@ -342,26 +158,12 @@ class SegmentationDataModule(L.LightningDataModule):
         if split not in ("train", "dev"):
             return self.samples(split)
         train = [sample for name in self.train_splits for sample in self.samples(name)]
+        if split == "dev" and not self.dev_files:
+            raise DataError("there is no dev split: choose its training images with data.dev_files (name patterns)")
         if not self.dev_files:
-            if split == "dev":
-                raise DataError(
-                    "there is no dev split: choose its training images with data.dev_files (file-name patterns)"
-                )
             return train
-        names = [image.name for image, _ in train]
-        for pattern in self.dev_files:
-            if not fnmatch.filter(names, pattern):
-                examples = ", ".join(names[:: max(1, len(names) // 3)][:3])
-                raise DataError(
-                    f"{self.dev_option()}: {pattern!r} matches none of the {len(train)} training images "
-                    f"(named like {examples})"
-                )
-        held = [any(fnmatch.fnmatch(name, pattern) for pattern in self.dev_files) for name in names]
-        if all(held):
-            raise DataError(
-                f"{self.dev_option()} holds out all {len(train)} training images; nothing is left to train on"
-            )
-        return [sample for sample, dev in zip(train, held) if dev == (split == "dev")]
+        training, dev = hold_out(train, self.dev_files, self.dev_option())
+        return dev if split == "dev" else training
 
     def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
         """A dataset of ``split`` with the training or the evaluation pipeline."""
@@ -444,16 +246,7 @@ class SegmentationDataModule(L.LightningDataModule):
         held = self.datasets.get("train")
         if held is not None and held.decoded is not None:
             train.decoded = held.decoded  # the same images, decoded already
-        pending: dict[tuple[int, ...], list[torch.Tensor]] = {}
-        for index in fixed_subset(len(train), count):
-            image = train[index]["image"]
-            group = pending.setdefault(tuple(image.shape), [])
-            group.append(image)
-            if len(group) == batch_size:
-                yield torch.stack(pending.pop(tuple(image.shape)))
-        for group in pending.values():
-            if len(group) > 1:
-                yield torch.stack(group)
+        return batches_by_size(train, fixed_subset(len(train), count), batch_size)
 
     def predict_reader(self) -> PredictSource:
         """The reader of ``predict_source`` (built once)."""
@@ -479,15 +272,7 @@ class SegmentationDataModule(L.LightningDataModule):
         }
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
-        dataset = self.datasets[split]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Lightning's default DistributedSampler pads the last shard with repeated images,
-            # which would count them twice in the mIoU; this one splits the set exactly.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **self._loader_options())
-        # Images of different sizes go to different batches (full resolution, no padding).
-        batches = SameSizeBatches([image for image, _ in dataset.samples], batch_size)
-        return DataLoader(dataset, batch_sampler=batches, **self._loader_options())
+        return evaluation_loader(self.datasets[split], batch_size, **self._loader_options())
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]

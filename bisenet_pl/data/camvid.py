@@ -13,7 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from bisenet_pl.data.base import LabelMap, Sample, SegmentationDataModule, lookup_table, pair_by_stem
+from bisenet_pl.data.base import SegmentationDataModule
+from bisenet_pl.data.dataset import LabelMap, Sample, lookup_table, pair_by_stem
 from bisenet_pl.errors import ConfigError, DataError
 
 CAMVID_CLASSES = [

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
-from bisenet_pl.data.base import LabelMap, Sample, SegmentationDataModule, lookup_table
+from bisenet_pl.data.base import SegmentationDataModule
+from bisenet_pl.data.dataset import LabelMap, Sample, lookup_table
 from bisenet_pl.errors import DataError
 
 _TRAIN_LABELS = sorted(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bisenet_pl.data.base import LabelMap, Sample, SegmentationDataModule, lookup_table, pair_by_stem
+from bisenet_pl.data.base import SegmentationDataModule
+from bisenet_pl.data.dataset import LabelMap, Sample, lookup_table, pair_by_stem
 from bisenet_pl.errors import ConfigError, DataError
 from bisenet_pl.visualize import default_palette
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bisenet_pl.data.base import SegmentationDataset
+from bisenet_pl.data.dataset import SegmentationDataset
 
 
 @dataclass

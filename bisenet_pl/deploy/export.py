@@ -51,17 +51,9 @@ class ExportOptions:
         return deployable(net, labels=self.labels, image_input=self.image_input, mean=self.mean, std=self.std)
 
 
-def export_onnx(
-    net: nn.Module,
-    path: str | Path,
-    example_size: tuple[int, int] = (512, 1024),
-    labels: LabelDtype | None = None,
-    opset: int = 18,
-    options: ExportOptions | None = None,
-) -> Path:
+def export_onnx(net: nn.Module, path: str | Path, options: ExportOptions = ExportOptions(), opset: int = 18) -> Path:
     """Export to fp32 ONNX with dynamic batch, height and width (input ``images``, output ``logits``
-    or ``labels``). ``options`` (8-bit input, ...) replace ``example_size`` and ``labels``."""
-    options = options or ExportOptions(labels=labels, example_size=example_size)
+    or ``labels``) as ``options`` say."""
     model = ExportOptions(None, options.image_input, options.mean, options.std).network(
         net
     )  # the argmax is added below
@@ -165,14 +157,11 @@ def export(
     net: nn.Module,
     path: str | Path,
     format: ExportFormat = "onnx",
-    example_size: tuple[int, int] = (512, 1024),
-    labels: LabelDtype | None = None,
-    options: ExportOptions | None = None,
+    options: ExportOptions = ExportOptions(),
     calibration: Iterable[np.ndarray] | None = None,
 ) -> Path:
-    """Export ``net`` as ``format`` to ``path`` (see :class:`ExportOptions`). int8 needs
-    ``calibration``: RGB uint8 HxWx3 training images (a few hundred); bf16 is OpenVINO's."""
-    options = options or ExportOptions(labels=labels, example_size=example_size)
+    """Export ``net`` as ``format`` to ``path`` as ``options`` say (the one way to give them). int8
+    needs ``calibration``: RGB uint8 HxWx3 training images (a few hundred); bf16 is OpenVINO's."""
     path = Path(path)
     check_format(format, options.precision)
     if format == "torchscript":

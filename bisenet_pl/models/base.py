@@ -58,6 +58,19 @@ class SegmentationNetwork(nn.Module):
         for name in list(self.aux_heads) if names is None else list(names):
             del self.aux_heads[name]
 
+    def keep_weighted_aux_heads(self, aux_weights: float | Sequence[float]) -> tuple[list[str], list[float]]:
+        """Match loss weights (one for all, or one per head in :attr:`aux_heads` order) to the aux heads;
+        remove the heads weighted 0; the kept heads' names and weights."""
+        names = list(self.aux_heads)
+        weights = [float(aux_weights)] * len(names) if isinstance(aux_weights, (int, float)) else list(aux_weights)
+        if len(weights) != len(names):
+            raise ConfigError(
+                f"model.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}"
+            )
+        self.remove_aux_heads(name for name, weight in zip(names, weights) if weight == 0)
+        kept = [(name, weight) for name, weight in zip(names, weights) if weight != 0]
+        return [name for name, _ in kept], [weight for _, weight in kept]
+
     def is_head_parameter(self, name: str) -> bool:
         """Whether the parameter ``name`` (as in ``named_parameters``) trains at the head learning rate."""
         return name.split(".", 1)[0] in self.head_modules
@@ -93,3 +106,20 @@ def network_from_spec(spec: dict) -> Callable[[int], nn.Module]:
     module_name, _, class_name = spec["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     return functools.partial(cls, **spec.get("init_args", {}))
+
+
+def build_network(net: Callable[[int], nn.Module] | dict, num_classes: int) -> SegmentationNetwork:
+    """``net`` (a class, a partial of one, or a saved ``{"class_path", "init_args"}`` spec) built for
+    ``num_classes``; its own option errors and a network outside the contract are one-line errors."""
+    if isinstance(net, dict):  # the spec saved in a checkpoint's hyperparameters
+        net = network_from_spec(net)
+    try:
+        built = net(num_classes)
+    except ValueError as error:  # the networks check their own options (widths, branches, dropout, ...)
+        raise ConfigError(f"model.net: {error}") from None
+    if not isinstance(built, SegmentationNetwork):
+        raise ConfigError(
+            f"model.net builds a {type(built).__name__}, not a bisenet_pl.models.SegmentationNetwork: "
+            "derive the network from it (its docstring says what the module relies on)"
+        )
+    return built

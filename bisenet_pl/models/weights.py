@@ -39,11 +39,30 @@ def weights_location(source: str | Path) -> str:
     return source
 
 
-def read_checkpoint(source: str | Path) -> object:
+@dataclass(frozen=True)
+class StoredWeights:
+    """A weights file or checkpoint read once (:meth:`read`): every function here that takes a source
+    takes one of these too, so that a command that needs a file's description, its tensors and a check
+    of its kind reads it from disk or the network a single time."""
+
+    source: str
+    content: object
+
+    @classmethod
+    def read(cls, source: str | Path | StoredWeights) -> StoredWeights:
+        return source if isinstance(source, StoredWeights) else cls(str(source), read_checkpoint(source))
+
+    def __str__(self) -> str:
+        return self.source
+
+
+def read_checkpoint(source: str | Path | StoredWeights) -> object:
     """A weights file or checkpoint as stored, from a local path, a released name or a URL (cached
     in torch.hub's directory); a folder in the Hub's layout or a Hub repository ``org/name``
     (:mod:`bisenet_pl.models.hub`) as a weights file would hold it. Loading uses
     ``weights_only=True``: a file that needs arbitrary code is refused."""
+    if isinstance(source, StoredWeights):
+        return source.content
     source = weights_location(source)
     if is_repo_id(source):
         return {"format": WEIGHTS_FORMAT, **read_hub_folder(download(source))}
@@ -76,7 +95,7 @@ def read_checkpoint(source: str | Path) -> object:
     return state
 
 
-def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(source: str | Path | StoredWeights) -> dict[str, torch.Tensor]:
     """The state dict in a local file, a released name or a URL (see :func:`read_checkpoint`).
 
     A Lightning checkpoint's or weights file's ``state_dict`` (or a ``model`` entry) is unwrapped.
@@ -105,9 +124,9 @@ def load_file(path: str | Path) -> object:
         raise ConfigError(f"{path} {unreadable_reason(error)}") from None
 
 
-def check_lightning_checkpoint(path: str | Path, option: str = "--ckpt_path") -> None:
+def check_lightning_checkpoint(path: str | Path | StoredWeights, option: str = "--ckpt_path") -> None:
     """Fail in words unless ``path`` is a readable checkpoint written by a Lightning trainer."""
-    checkpoint = load_file(path)
+    checkpoint = path.content if isinstance(path, StoredWeights) else load_file(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(
             f"{option} {path} is not a checkpoint written by bisenet-pl fit (no state_dict); to start from a "
@@ -135,7 +154,7 @@ class WeightsInfo:
     training: dict = field(default_factory=dict)
 
 
-def read_weights_info(source: str | Path) -> WeightsInfo:
+def read_weights_info(source: str | Path | StoredWeights) -> WeightsInfo:
     """The :class:`WeightsInfo` of a weights file, a released name or a Lightning checkpoint."""
     stored = read_checkpoint(source)
     if not isinstance(stored, dict):
@@ -186,7 +205,9 @@ def compare_state_dicts(expected: Mapping[str, torch.Tensor], given: Mapping[str
     )
 
 
-def load_network_weights(net: SegmentationNetwork, source: str | Path, classes_from_file: bool = False) -> list[str]:
+def load_network_weights(
+    net: SegmentationNetwork, source: str | Path | StoredWeights, classes_from_file: bool = False
+) -> list[str]:
     """Initialise ``net`` from a checkpoint of ``bisenet-pl fit``, a weights file, a state dict or a
     CoinCheung/BiSeNet ``.pth`` (converted); return what was done, one line each, for the log.
 

@@ -1,0 +1,3 @@
+from bisenet_pl.cli import main
+
+main()

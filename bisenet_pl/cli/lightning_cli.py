@@ -1,0 +1,233 @@
+"""The training side of ``bisenet-pl``: Lightning's fit/validate/test/predict through a LightningCLI with
+this project's callbacks, ``precision=auto``, ``--train_minutes`` and ``--ckpt_path last``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from bisenet_pl.batchnorm import BatchNormRecalibration
+from bisenet_pl.compat import subcommand_parser
+from bisenet_pl.errors import ConfigError
+from bisenet_pl.files import check_writable
+from bisenet_pl.loggers import ConsoleReport, ProgressBar, SaveConfigToLoggers, TrainingTime, ValidationImages
+from bisenet_pl.models.weights import check_lightning_checkpoint
+from bisenet_pl.module import SegmentationModule
+from bisenet_pl.precision import TIME_RESERVE, fastest_cpu_precision, steps_within
+from bisenet_pl.trainer import LastCheckpoint, Trainer, auto_precision
+from bisenet_pl.writer import SegmentationWriter
+
+TOOLS_HELP = """\
+Other commands:
+  bisenet-pl stats --config CONFIG [--split train]   dataset statistics (sizes, class shares, mean/std, weights)
+  bisenet-pl convert REFERENCE.pth OUTPUT.pth         convert a CoinCheung/BiSeNet checkpoint to this layout
+  bisenet-pl export --ckpt_path CKPT | --model.pretrained WEIGHTS [--format onnx|openvino|torchscript|weights|hub]
+                    [--precision fp32|bf16|int8] [--input float|uint8_nhwc|uint8_nchw] [--labels int32|int64]
+                                                      a deployable network (BN folded, aux heads dropped),
+                                                      or float16 weights for --model.pretrained
+  bisenet-pl sweep sweeps/NAME.yaml [--seeds N] [--count N] [-- FIT ARGS]
+                                                      a W&B sweep file's runs, here, in turn (no server needed)
+  bisenet-pl demo [--model.pretrained WEIGHTS | --ckpt_path CKPT] [--port 7860]
+                                                      a page on 127.0.0.1 that segments uploaded images and videos
+"""
+
+
+class BiSeNetCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The dataset decides these; the model never has them typed a second time.
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        # Callbacks every run has, configurable as --checkpoint.*, --last_checkpoint.*, --lr_monitor.*.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/mIoU",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-{epoch:03d}-{step:06d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        # last.ckpt every N steps, for --ckpt_path last after a crash (Lightning writes it atomically).
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.every_n_train_steps": 500,
+                "last_checkpoint.save_last": True,
+                "last_checkpoint.save_top_k": 0,
+                "last_checkpoint.monitor": None,
+            }
+        )
+        # BatchNorm statistics of full-size training images before each validation and checkpoint
+        # (--bn_recalibration.images): what is logged is what the checkpoint scores.
+        parser.add_lightning_class_args(BatchNormRecalibration, "bn_recalibration")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_argument(
+            "--train_minutes", type=Optional[float], default=None,
+            help="train for about this many minutes: max_steps from a measured training step, 3 validations",
+        )  # fmt: skip
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(ProgressBar, "progress_bar")
+        # Sample predictions and the confusion matrix for whichever logger is on (--val_images.*).
+        parser.add_lightning_class_args(ValidationImages, "val_images")
+        # Minutes of training at each validation, for curves against time (time/minutes).
+        parser.add_lightning_class_args(TrainingTime, "training_time")
+        # A line per validation during fit, the per-class IoU table after test.
+        parser.add_lightning_class_args(ConsoleReport, "console_report")
+        # What predict writes (--prediction_writer.*): labels, colour masks, overlays, probabilities.
+        parser.add_lightning_class_args(SegmentationWriter, "prediction_writer")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        checkpoint = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if checkpoint and Path(checkpoint).is_file():  # before Lightning unpickles it with a traceback
+            check_lightning_checkpoint(checkpoint)
+        # What the user set (config files and command line), before Lightning reads --ckpt_path.
+        self._model_as_parsed = (subcommand, self.config[subcommand].model.clone()) if subcommand else None
+
+    def before_instantiate_classes(self) -> None:
+        if self._model_as_parsed is not None:  # a subcommand (run=False parses no subcommand)
+            subcommand, typed = self._model_as_parsed
+            restore_user_model_options(typed, self.config[subcommand].model, subcommand_parser(self, subcommand))
+
+    def _before_subcommand(self) -> None:
+        # Before the trainer creates log folders: bad data or an unwritable output leaves nothing behind.
+        self.datamodule.check_data(self.subcommand)
+        check_writable(self.trainer.default_root_dir, "trainer.default_root_dir")
+        for logger in self.trainer.loggers:
+            if logger.save_dir:
+                check_writable(logger.save_dir, f"the {type(logger).__name__}'s save_dir")
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath and self.subcommand == "fit":
+                check_writable(callback.dirpath, "the checkpoint dirpath")
+            if isinstance(callback, SegmentationWriter) and callback.output_dir and self.subcommand == "predict":
+                check_writable(callback.output_dir, "prediction_writer.output_dir")
+
+        # The subcommand's arguments are read from config_init after this hook.
+        arguments = self.config_init[self.subcommand]
+        if self.subcommand == "predict" and arguments.get("return_predictions") is None:
+            arguments["return_predictions"] = False  # the writer has written them; a video would fill memory
+        if arguments.get("ckpt_path") == "last":
+            roots = [self.trainer.default_root_dir] + [
+                logger.save_dir for logger in self.trainer.loggers if logger.save_dir
+            ]
+            arguments["ckpt_path"] = str(find_last_checkpoint([Path(root) for root in roots]))
+
+    before_fit = before_validate = before_test = before_predict = _before_subcommand
+
+    def instantiate_trainer(self, **kwargs):
+        # precision=auto and --train_minutes resolved here, as Trainer arguments that override the
+        # config's (switched-off callbacks are left out by the Trainer itself: without_switched_off).
+        subcommand_config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        config = {**subcommand_config.get("trainer", {}), **kwargs}
+        minutes = subcommand_config.get("train_minutes")
+        if minutes is not None and minutes <= 0:
+            raise ConfigError(f"--train_minutes must be > 0; got {minutes}")
+        if config.get("precision") == "auto":
+            kwargs["precision"] = self.fastest_precision(config.get("accelerator", "auto"))
+        if minutes is not None and self.subcommand in (None, "fit"):
+            kwargs |= self.schedule_for_minutes(minutes, {**config, **kwargs})
+        return super().instantiate_trainer(**kwargs)
+
+    def _cpu_training(self, accelerator: object) -> bool:
+        return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+    def _probe_shape(self) -> tuple[int, tuple[int, int], bool]:
+        """Batch, size and kind of the step this run repeats: a training step when fitting, else a forward pass."""
+        data, train = self.datamodule, self.subcommand in (None, "fit")  # None: built with run=False, to fit
+        return (max(2, data.batch_size) if train else data.val_batch_size), tuple(data.crop_size), train
+
+    def fastest_precision(self, accelerator: object) -> str:
+        """``trainer.precision=auto``: on a CPU, the precision this run's own step measures fastest
+        in (see :mod:`bisenet_pl.precision`); on a GPU, bf16-mixed where it computes bf16, else 16-mixed."""
+        if not self._cpu_training(accelerator):
+            precision, reason = auto_precision(accelerator if isinstance(accelerator, str) else "auto")
+            rank_zero_info(f"trainer.precision=auto: {precision}, because {reason}")
+            return precision
+        batch, size, train = self._probe_shape()
+        choice = fastest_cpu_precision(self.model, batch, size, train=train)
+        rank_zero_info(choice.describe())
+        return choice.precision
+
+    def schedule_for_minutes(self, minutes: float, trainer_config: dict) -> dict:
+        """``--train_minutes``: ``max_steps`` from the measured time of a training step in the run's
+        precision (cached with ``auto``'s measurements), and three validations at thirds of them."""
+        if not self._cpu_training(trainer_config.get("accelerator", "auto")):
+            raise ConfigError("--train_minutes measures a training step on the CPU; on a GPU set --trainer.max_steps")
+        precision = str(trainer_config.get("precision") or "32-true")
+        precision = {"32": "32-true", "bf16": "bf16-mixed", "16-mixed": "bf16-mixed"}.get(precision, precision)
+        batch, size, _ = self._probe_shape()
+        step_ms = fastest_cpu_precision(self.model, batch, size, candidates=(precision,)).step_ms[precision]
+        every = max(1, steps_within(minutes, step_ms) // 3)
+        steps = 3 * every  # the third validation falls on the last step
+        rank_zero_info(
+            f"--train_minutes={minutes:g}: a training step of {batch} x {size[0]}x{size[1]} in {precision} takes "
+            f"{step_ms:.0f} ms "
+            f"on this CPU, so max_steps={steps} ({TIME_RESERVE:.0%} of the time kept for validation, data and "
+            f"checkpoints), validating every {every} steps"
+        )
+        return {"max_steps": steps, "val_check_interval": every, "check_val_every_n_epoch": None}
+
+
+#: Model options a checkpoint always decides: the network's shape and what the data links.
+CHECKPOINT_DECIDES = ("net", "num_classes", "ignore_index", "class_names")
+
+
+def restore_user_model_options(typed, model, parser) -> None:
+    """Undo Lightning's overwrite of user-set model options by a ``--ckpt_path``'s hyperparameters.
+
+    Since Lightning 2.5.5, ``LightningCLI`` lays the checkpoint's saved hyperparameters over the
+    parsed config, command line included, so ``--model.eval_mode=msf`` with a checkpoint
+    evaluated ``ss``. ``typed`` is the model config as parsed; options in it that differ from
+    the ``parser``'s defaults win again in ``model``; options left at their default, and the
+    network itself, come from the checkpoint.
+    """
+    defaults = parser.get_defaults()["model"]
+    for key, value in typed.items():
+        if key.split(".", 1)[0] in CHECKPOINT_DECIDES:
+            continue
+        if value != defaults.get(key):
+            model[key] = value
+
+
+def find_last_checkpoint(roots: list[Path]) -> Path:
+    """The newest last.ckpt under any of ``roots`` (the default root dir and the loggers' save
+    dirs), whichever logger version or W&B run wrote it.
+
+    Lightning alone would look only in the new run's own (next version's) folder.
+    """
+    found = {path for root in roots for path in root.rglob("last*.ckpt")}
+    if not found:
+        where = ", ".join(str(root) for root in dict.fromkeys(roots))
+        raise ConfigError(
+            f"--ckpt_path last: no last.ckpt under {where} (trainer.default_root_dir, logger save_dir) to resume from"
+        )
+    return max(found, key=lambda path: path.stat().st_mtime)
+
+
+def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
+    return BiSeNetCLI(
+        SegmentationModule,
+        # Lightning's Trainer plus --trainer.precision=auto (on a CPU: the precision measured fastest).
+        trainer_class=Trainer,
+        subclass_mode_data=True,
+        # The optimiser and schedule are the model's (the reference recipe), set as model options.
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+        # The resolved config goes into each logger's own run folder (and W&B's run config).
+        save_config_callback=SaveConfigToLoggers,
+        save_config_kwargs={"save_to_log_dir": False},
+        parser_kwargs={
+            "epilog": TOOLS_HELP,
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+            "exit_on_error": False,  # main() reports parse errors as one line
+        },
+    )

@@ -1,0 +1,54 @@
+"""``bisenet-pl``: the tools by name, everything else to the LightningCLI; bad input in one line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from bisenet_pl.cli.errors import config_files, one_line, parse_error_line, user_error
+from bisenet_pl.cli.export import export_command
+from bisenet_pl.cli.lightning_cli import build_cli
+from bisenet_pl.cli.tools import convert_command, demo_command, stats_command, sweep_command
+
+TOOLS = {
+    "stats": stats_command,
+    "convert": convert_command,
+    "export": export_command,
+    "demo": demo_command,
+    "sweep": sweep_command,
+}
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_tool(tool, args: list[str]) -> None:
+    """A tool (stats, convert, export) that Ctrl-C or SIGTERM ends in one line, its temporary files
+    removed on the way out (they live in context managers that an exception unwinds)."""
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        tool(args)
+    except KeyboardInterrupt:
+        raise SystemExit("bisenet-pl: interrupted; no output was left half-written") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv and argv[0] in TOOLS:
+            run_tool(TOOLS[argv[0]], argv[1:])
+        else:
+            build_cli(args)  # None: LightningCLI reads sys.argv itself
+    except argparse.ArgumentError as error:
+        cause = user_error(error)
+        message = one_line(cause) if cause else parse_error_line(str(error), config_files(argv))
+        raise SystemExit(f"bisenet-pl: error: {message} (see bisenet-pl --help)") from None
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None:
+            raise  # a bug, not bad input: keep the traceback
+        raise SystemExit(f"bisenet-pl: error: {one_line(cause)}") from None
