@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from bisenet_pl.benchmark import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
 from bisenet_pl.data.base import SegmentationDataModule
 from bisenet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bisenet_pl.deploy import DeployedNetwork, inference_network, load_predictor
@@ -46,6 +45,7 @@ from bisenet_pl.deploy.calibration import calibration_images as export_calibrati
 from bisenet_pl.deploy.export import ExportOptions, export
 from bisenet_pl.files import atomic_write
 from bisenet_pl.hardware import cpu_features
+from bisenet_pl.measure import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.models.layers import Dropout
 from bisenet_pl.models.weights import read_weights_info

@@ -17,7 +17,7 @@ import torch
 
 from bisenet_pl.data import CamVidDataModule
 from bisenet_pl.data.io import write_image
-from bisenet_pl.inference import class_scores
+from bisenet_pl.evaluation import class_scores
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.visualize import denormalize, figure_to_array, sample_panel
 

@@ -10,7 +10,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from bisenet_pl.errors import ConfigError, NonFiniteLossError, check_options
-from bisenet_pl.inference import EvalMode, EvaluationProtocol, class_scores
+from bisenet_pl.evaluation import EvalMode, EvaluationProtocol, class_scores
 from bisenet_pl.losses import LossName, build_loss
 from bisenet_pl.metrics import epoch_results, segmentation_metrics
 from bisenet_pl.models.base import build_network, network_spec
@@ -202,7 +202,7 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Predicted class ids (N, H, W), the class scores they come from (N, C, H, W; see
-        :func:`bisenet_pl.inference.probabilities`) and the batch's identifiers (``path``, and
+        :func:`bisenet_pl.evaluation.probabilities`) and the batch's identifiers (``path``, and
         ``frame`` and ``fps`` for video)."""
         scores = class_scores(self, batch["image"], self.evaluation)
         return {"prediction": scores.argmax(dim=1), "scores": scores} | {

@@ -18,8 +18,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from bisenet_pl.data.io import write_image
 from bisenet_pl.errors import ConfigError, DataError
+from bisenet_pl.evaluation import probabilities as class_probabilities
 from bisenet_pl.files import atomic_write
-from bisenet_pl.inference import probabilities as class_probabilities
 from bisenet_pl.visualize import colorize, denormalize, overlay, palette_for
 
 Output = Literal["labels", "colour", "overlay", "probabilities"]

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl import compat
-from bisenet_pl.loggers import ProgressBar
+from bisenet_pl.callbacks import ProgressBar
 from bisenet_pl.trainer import Trainer
 
 

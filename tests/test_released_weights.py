@@ -15,7 +15,7 @@ from bisenet_pl.cli import build_cli, main
 from bisenet_pl.data import CAMVID_CLASSES, CamVidDataModule
 from bisenet_pl.data.camvid import CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD
 from bisenet_pl.data.io import read_image
-from bisenet_pl.inference import class_scores
+from bisenet_pl.evaluation import class_scores
 from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.models.weights import WEIGHTS_FORMAT, read_weights_info, released_weights_path
 from bisenet_pl.module import SegmentationModule

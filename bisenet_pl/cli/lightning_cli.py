@@ -13,10 +13,11 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.batchnorm import BatchNormRecalibration
+from bisenet_pl.callbacks import ConsoleReport, ProgressBar, TrainingTime, ValidationImages
 from bisenet_pl.compat import subcommand_parser
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import check_writable
-from bisenet_pl.loggers import ConsoleReport, ProgressBar, SaveConfigToLoggers, TrainingTime, ValidationImages
+from bisenet_pl.loggers import SaveConfigToLoggers
 from bisenet_pl.models.weights import check_lightning_checkpoint
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.precision import TIME_RESERVE, fastest_cpu_precision, steps_within

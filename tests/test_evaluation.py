@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import main
-from bisenet_pl.inference import REFERENCE_SCALES, EvaluationProtocol, class_scores, window_starts
+from bisenet_pl.evaluation import REFERENCE_SCALES, EvaluationProtocol, class_scores, window_starts
 
 REPO = Path(__file__).resolve().parents[1]
 

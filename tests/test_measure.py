@@ -12,7 +12,7 @@ import torch
 from conftest import load_benchmark
 from synthetic import make_camvid_segnet
 
-from bisenet_pl.benchmark import count_flops, measure_interleaved, percentile
+from bisenet_pl.measure import count_flops, measure_interleaved, percentile
 from bisenet_pl.models import BiSeNetV2
 
 
