@@ -52,7 +52,7 @@ demo: $(STAMP)
 	$(BIN)/bisenet-pl fit --config configs/camvid_cpu.yaml \
 		--data.root=$(CAMVID) --data.download=$(if $(wildcard $(CAMVID)/trainannot),false,true) \
 		--data.dev_sequences=[0006R0] --train_minutes=$(DEMO_MINUTES) \
-		--trainer.default_root_dir=outputs/demo --trainer.logger.init_args.save_dir=outputs/demo
+		--trainer.default_root_dir=outputs/demo
 
 # The notebooks committed with their outputs, regenerated on the real data.
 notebooks: $(STAMP)

@@ -154,8 +154,7 @@ def test_checkpoint_with_another_class_count(tmp_path):
     camvid = make_camvid_segnet(tmp_path / "camvid")
     out = tmp_path / "out"
     main(["fit", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU[:-2],
-          "--trainer.max_steps=1", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}",
-          f"--trainer.logger.init_args.save_dir={out}"])  # fmt: skip
+          "--trainer.max_steps=1", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}"])  # fmt: skip
     checkpoint = next(out.rglob("last.ckpt"))
     folder = make_folder(tmp_path / "folder", num_classes=2)
     message = error_of(
@@ -273,6 +272,8 @@ def test_validation_images_of_different_sizes_are_batched_by_size(tmp_path, monk
             "--model.eval_mode: Expected a typing.Literal['ss', 'ssc', 'msf', 'mscf']. Got value: foo",
         ),
         ("--trainer.precision=fp8", "--trainer.precision: Expected <class 'int'> or typing.Literal["),
+        # The configs name no logger since the CSV log follows trainer.default_root_dir: the old way says so.
+        ("--trainer.logger.init_args.save_dir=out", "--trainer.logger.init_args.*: no logger is named to take them"),
     ],
 )
 def test_wrong_types_are_one_line_naming_the_option(tmp_path, option, expected):

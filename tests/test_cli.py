@@ -75,7 +75,6 @@ def test_fit_then_test_prints_per_class_iou(tmp_path, capsys):
         f"--data.root={root}",
         *CPU,
         f"--trainer.default_root_dir={tmp_path / 'out'}",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}",
     ]
     fitted = run(
         "fit", "--config", config, *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2", cwd=tmp_path
@@ -175,7 +174,7 @@ def test_two_process_ddp_validation_equals_one_process(tmp_path):
     # 5 val images over 2 processes: padding would count one of them twice.
     root = make_camvid_segnet(tmp_path / "camvid", {"train": 8, "val": 5, "test": 1})
     config = str(REPO / "configs" / "camvid.yaml")
-    out = [f"--trainer.default_root_dir={tmp_path / 'out'}", f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"]
+    out = [f"--trainer.default_root_dir={tmp_path / 'out'}"]
     ddp = ["--trainer.devices=2", "--trainer.strategy=ddp"]
     cpu = [a for a in CPU if not a.startswith(("--trainer.devices", "--trainer.strategy"))]
     fitted = run(

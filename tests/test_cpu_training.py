@@ -110,7 +110,6 @@ def test_the_command_line_resolves_auto_by_measuring(tmp_path, monkeypatch, capl
         "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--trainer.max_steps=1",
         "--data.batch_size=2", "--data.crop_size=[32,48]", "--progress_bar.refresh_rate=0",
         f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
     ]  # fmt: skip
     with caplog.at_level(logging.INFO):
         assert build_cli(args, run=False).trainer.precision == "32-true"

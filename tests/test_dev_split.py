@@ -80,8 +80,7 @@ def test_fit_logs_val_and_dev_and_test_scores_the_dev_split(camvid_sequences, tm
         "--data.batch_size=2", "--data.crop_size=[32,48]", "--trainer.precision=32", "--progress_bar.refresh_rate=0",
     ]  # fmt: skip
     build_cli(["fit", *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2",
-    f"--trainer.default_root_dir={out}",
-               f"--trainer.logger.init_args.save_dir={out}", "--checkpoint.monitor=dev/mIoU"])  # fmt: skip
+    f"--trainer.default_root_dir={out}", "--checkpoint.monitor=dev/mIoU"])  # fmt: skip
     printed = capsys.readouterr().out
     line = next(line for line in printed.splitlines() if line.startswith("Validation at step 2: mIoU"))
     assert " on val; mIoU " in line and line.endswith(" on dev")

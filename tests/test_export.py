@@ -194,7 +194,7 @@ def test_a_checkpoint_of_the_cpu_recipe_exports(tmp_path, capsys):
         "--trainer.precision=bf16-mixed",
         "--model.channels_last=true", "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.batch_size=2",
         "--data.crop_size=[32,48]", "--progress_bar.refresh_rate=0", "--last_checkpoint.every_n_train_steps=1",
-        f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.default_root_dir={out}",
     ])  # fmt: skip
     checkpoint = next(out.rglob("last.ckpt"))
     main(["export", f"--ckpt_path={checkpoint}", "--size", "64", "96"])

@@ -55,7 +55,6 @@ def test_a_third_network_trains_validates_exports_and_loads_through_the_cli(tmp_
         "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", "--trainer.accelerator=cpu",
         "--trainer.precision=32", "--data.batch_size=2", "--data.num_workers=0", "--data.crop_size=[32,48]",
         "--progress_bar.refresh_rate=0", f"--trainer.default_root_dir={out}",
-        f"--trainer.logger.init_args.save_dir={out}",
     ]  # fmt: skip
     network = ["--model.net.class_path=test_network_contract.TinyNetwork", "--model.net.init_args.width=4"]
     main(

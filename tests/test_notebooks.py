@@ -30,7 +30,7 @@ def runs(tmp_path_factory):
             "--trainer.max_steps=2", "--trainer.val_check_interval=1", "--val_images.num_samples=0",
             "--data.dev_sequences=[0006R0]", "--model.net.init_args.aux_heads=[]",
             f"--model.net.init_args.aggregation={aggregation}",
-            f"--trainer.default_root_dir={root / 'outputs'}", f"--trainer.logger.init_args.save_dir={root / 'outputs'}",
+            f"--trainer.default_root_dir={root / 'outputs'}",
         ])  # fmt: skip
     return {"camvid": camvid, "outputs": root / "outputs"}
 

@@ -27,7 +27,7 @@ def fit_args(root: Path, out: Path, precision: str, *extra: str) -> list[str]:
         "--data.crop_size=[32,48]", "--data.val_batch_size=1", "--progress_bar.refresh_rate=0",
         # 4 steps per epoch; last.ckpt every 3 steps; validation every 3 steps.
         "--trainer.max_steps=9", "--trainer.val_check_interval=3", "--last_checkpoint.every_n_train_steps=3",
-        "--model.warmup_steps=2", f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+        "--model.warmup_steps=2", f"--trainer.default_root_dir={out}",
         *extra,
     ]  # fmt: skip
 
@@ -105,7 +105,6 @@ def test_last_ckpt_holds_the_last_step_even_between_its_periodic_saves(tmp_path)
         "fit", "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--data.batch_size=2",
         "--data.crop_size=[32,48]", "--trainer.precision=32", "--progress_bar.refresh_rate=0", "--trainer.max_steps=3",
         "--trainer.limit_val_batches=0", "--last_checkpoint.every_n_train_steps=2", f"--trainer.default_root_dir={out}",
-        f"--trainer.logger.init_args.save_dir={out}",
     ])  # fmt: skip
     assert torch.load(next(out.rglob("last.ckpt")), weights_only=True)["global_step"] == 3  # not 2
 

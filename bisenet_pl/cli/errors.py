@@ -34,6 +34,12 @@ def parse_error_line(message: str, configs: list[str]) -> str:
     # lines; a Union lists one "Expected a ..." per alternative, then "Given value: ...", and an
     # Optional's "Expected a <class 'NoneType'>" alternative is noise.
     keys = re.findall(r'Parser key "([^"]+)"', message)
+    if ".".join(keys).startswith("trainer.logger") and "NestedArg(" in message:
+        return (
+            "--trainer.logger.init_args.*: no logger is named to take them. The CSV log goes to "
+            "--trainer.default_root_dir (the configs no longer name a CSVLogger); to set a logger's options, "
+            "name it first (--trainer.logger=CLASS, or --config configs/wandb.yaml)"
+        )
     reasons = [line.strip().removeprefix("- ") for line in message.splitlines()]
     expected = [r for r in reasons if r.startswith("Expected a") and "NoneType" not in r]
     given = next((r.removeprefix("Given value: ") for r in reasons if r.startswith("Given value: ")), None)

@@ -4,12 +4,14 @@ this project's callbacks, ``precision=auto``, ``--train_minutes`` and ``--ckpt_p
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.batchnorm import BatchNormRecalibration
@@ -74,6 +76,8 @@ class BiSeNetCLI(LightningCLI):
             help="train for about this many minutes: max_steps from a measured training step, 3 validations",
         )  # fmt: skip
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        # Every recipe validates every val_check_interval steps, whatever the epoch length.
+        parser.set_defaults({"trainer.check_val_every_n_epoch": None})
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
         # Sample predictions and the confusion matrix for whichever logger is on (--val_images.*).
         parser.add_lightning_class_args(ValidationImages, "val_images")
@@ -131,6 +135,8 @@ class BiSeNetCLI(LightningCLI):
         minutes = subcommand_config.get("train_minutes")
         if minutes is not None and minutes <= 0:
             raise ConfigError(f"--train_minutes must be > 0; got {minutes}")
+        if config.get("logger") in (None, True):  # a CSV log in the run's folder unless a config names loggers
+            kwargs["logger"] = CSVLogger(save_dir=config.get("default_root_dir") or os.getcwd())
         if config.get("precision") == "auto":
             kwargs["precision"] = self.fastest_precision(config.get("accelerator", "auto"))
         if minutes is not None and self.subcommand in (None, "fit"):
