@@ -67,17 +67,19 @@ def parameter_groups(net: SegmentationNetwork, lr: float, head_lr_multiplier: fl
 def optimizer_and_schedule(
     net: SegmentationNetwork,
     total_steps: int,
-    optimizer: OptimizerName = "sgd",
-    lr: float = 0.05,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    head_lr_multiplier: float = 10.0,
-    warmup_steps: int = 1000,
-    warmup_ratio: float = 0.1,
-    poly_power: float = 0.9,
+    *,
+    optimizer: OptimizerName,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    head_lr_multiplier: float,
+    warmup_steps: int,
+    warmup_ratio: float,
+    poly_power: float,
 ) -> dict:
-    """What ``configure_optimizers`` returns for the recipe: the optimiser and its per-step schedule. A
-    warm-up longer than :data:`MAX_WARMUP_FRACTION` of the run is shortened, with a warning."""
+    """What ``configure_optimizers`` returns for the recipe (options as the LightningModule documents and
+    defaults them): the optimiser and its per-step schedule. A warm-up longer than
+    :data:`MAX_WARMUP_FRACTION` of the run is shortened, with a warning."""
     groups = parameter_groups(net, lr, head_lr_multiplier, weight_decay)
     if optimizer == "adamw":
         built = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)

@@ -83,28 +83,8 @@ def test_export_command_onnx_with_argmax(checkpoint, capsys):
     assert (labels == expected).mean() > 0.999  # ties of float round-off aside, the same classes
 
 
-def test_export_command_torchscript(checkpoint, tmp_path):
+def test_export_command_torchscript_from_one_read_of_its_input(checkpoint, tmp_path, monkeypatch):
     path, net = checkpoint
-    main(
-        [
-            "export",
-            f"--ckpt_path={path}",
-            "--format=torchscript",
-            f"--output={tmp_path / 'net.pt'}",
-            "--size",
-            "64",
-            "96",
-        ]
-    )
-    scripted = torch.jit.load(str(tmp_path / "net.pt"))
-    images = torch.randn(3, 3, 96, 128)  # another batch and size than traced
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(images), net(images), rtol=1e-4, atol=1e-4)
-
-
-def test_export_reads_its_input_once(checkpoint, tmp_path, monkeypatch):
-    """Checked, described and loaded from one read of the file (it may be a download)."""
-    path, _ = checkpoint
     reads, load = [], torch.load
     monkeypatch.setattr(
         torch, "load", lambda file, *args, **kwargs: reads.append(str(file)) or load(file, *args, **kwargs)
@@ -120,7 +100,11 @@ def test_export_reads_its_input_once(checkpoint, tmp_path, monkeypatch):
             "96",
         ]
     )
-    assert reads == [str(path)]
+    assert reads == [str(path)]  # checked, described and loaded from one read (it may be a download)
+    scripted = torch.jit.load(str(tmp_path / "net.pt"))
+    images = torch.randn(3, 3, 96, 128)  # another batch and size than traced
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(images), net(images), rtol=1e-4, atol=1e-4)
 
 
 def test_export_command_refuses_a_missing_checkpoint(tmp_path):
