@@ -17,7 +17,7 @@ from bisenet_pl.models.base import build_network, network_spec
 from bisenet_pl.models.weights import (
     check_checkpoint_fits,
 )
-from bisenet_pl.optim import OptimizerName, optimizer_and_schedule
+from bisenet_pl.optim import OptimizerName, optimizer_and_schedule, sync_learning_rates
 from bisenet_pl.pretrained import PretrainedWeights
 
 
@@ -132,6 +132,10 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
             self.example_input_array = torch.zeros(1, 3, *crop_size)
         self.load_initial_weights(stage)
 
+    def on_train_start(self) -> None:
+        for config in self.trainer.lr_scheduler_configs:  # resumed: this run's schedule sets the next rate
+            sync_learning_rates(config.scheduler)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Dropout draws from the global RNG: a resumed run continues its stream exactly.
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
@@ -145,6 +149,11 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
             torch.set_rng_state(states["torch"])
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
+        # The schedule is this run's (trainer.max_steps may have grown since): the step count comes from
+        # the checkpoint, the schedule's length and warm-up not (LambdaLR would restore the old run's).
+        for scheduler in checkpoint.get("lr_schedulers", []):
+            if "lr_lambdas" in scheduler:
+                scheduler["lr_lambdas"] = [None] * len(scheduler["lr_lambdas"])
         theirs = checkpoint.get("state_dict", {})
         check_checkpoint_fits(self.state_dict(), theirs, f"net.{self.net.classifier_weight}", self.num_classes)
 

@@ -94,3 +94,12 @@ def optimizer_and_schedule(
         )
     scheduler = torch.optim.lr_scheduler.LambdaLR(built, schedule)
     return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def sync_learning_rates(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Set the optimiser's learning rates to what ``scheduler`` gives at its current step: after a
+    resume, the optimiser holds the rates the checkpointed run's schedule set (for a run of another
+    length, maybe), while the schedule is this run's. A no-op in a fresh or unchanged run."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)

@@ -90,17 +90,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``every_n_train_steps`` steps, and at the end of training whatever the step:
     Lightning's own writes it at the end only when it has not written it before, so a run of 1188
-    steps saved every 500 left a ``last.ckpt`` of step 1000."""
+    steps saved every 500 left a ``last.ckpt`` of step 1000.
+
+    A run that ends at ``max_steps`` is saved after its last step, as the periodic saves are, not at
+    the end of training: by then Lightning has closed the epoch, and a longer run resumed from that
+    file started a new epoch instead of continuing this one (other weights than a run never stopped)."""
 
     def __init__(self, *args, every_n_train_steps: int | None = None, **kwargs) -> None:
         super().__init__(*args, every_n_train_steps=every_n_train_steps, **kwargs)
         self.every_steps = every_n_train_steps
+        self._saved_step: int | None = None
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
+    def _save_last_between_saves(self, trainer: L.Trainer) -> None:
         between_saves = self.every_steps and trainer.global_step % self.every_steps != 0
         if self.save_last and between_saves and self.dirpath and not trainer.fast_dev_run:
-            trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+            if self._saved_step != trainer.global_step:
+                trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+                self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            self._save_last_between_saves(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._saved_step == trainer.global_step:
+            return  # saved after the last step; Lightning's save here would write last-v1.ckpt beside it
+        super().on_train_end(trainer, pl_module)
+        self._save_last_between_saves(trainer)  # stopped otherwise: epochs, time, early stopping
 
 
 def needs_logger(callback: Callback) -> bool:

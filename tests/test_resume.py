@@ -77,6 +77,22 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, precision, capsy
     assert final_a and final_a == final_b
 
 
+def test_a_run_stopped_at_max_steps_and_continued_longer_matches_one_never_stopped(tmp_path):
+    """Stopped by max_steps=1 mid-epoch and continued to 3 steps: the same epoch, order and weights as 3
+    steps straight (it used to start a new epoch, and to take its first step at the old schedule's rate)."""
+    root = make_camvid_segnet(tmp_path / "camvid", {"train": 8, "val": 2, "test": 1})
+    quick = ["--trainer.limit_val_batches=0", "--data.num_workers=0"]
+    build_cli(fit_args(root, tmp_path / "straight", "32", *quick, "--trainer.max_steps=3"))
+    build_cli(fit_args(root, tmp_path / "resumed", "32", *quick, "--trainer.max_steps=1"))
+    assert newest_last(tmp_path / "resumed")["epoch"] == 0  # saved mid-epoch, as the periodic saves are
+    build_cli(fit_args(root, tmp_path / "resumed", "32", *quick, "--trainer.max_steps=3", "--ckpt_path=last"))
+    a, b = newest_last(tmp_path / "straight"), newest_last(tmp_path / "resumed")
+    assert (a["global_step"], a["epoch"]) == (b["global_step"], b["epoch"]) == (3, 0)
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    assert not list((tmp_path / "resumed").rglob("last-v*.ckpt"))  # one last.ckpt per run folder
+
+
 def test_a_checkpoint_that_fails_to_write_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     """A full disk used to leave a truncated last.ckpt at the final path (Lightning staged the file in
     the system's temporary folder and copied it across)."""
