@@ -56,4 +56,5 @@ demo: $(STAMP)
 
 # The notebooks committed with their outputs, regenerated on the real data.
 notebooks: $(STAMP)
-	BISENET_DATA_ROOT=$(abspath $(CAMVID)) $(BIN)/python notebooks/execute.py notebooks/01_dataset.ipynb
+	BISENET_DATA_ROOT=$(abspath $(CAMVID)) $(BIN)/python notebooks/execute.py notebooks/01_dataset.ipynb \
+		notebooks/02_results.ipynb notebooks/03_ablations.ipynb

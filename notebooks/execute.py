@@ -1,6 +1,7 @@
 """Execute notebooks in place and keep their outputs, so that a reader on the web sees results.
 
-    make notebooks    # 01_dataset.ipynb on CamVid (../shared/camvid, or CAMVID=/path)
+    make notebooks    # all three: 01 on CamVid (../shared/camvid, or CAMVID=/path), 02 with the released
+                      # weights on its val split, 03 on the committed study (results/cpu_study)
 
 The notebooks read their data from the environment (BISENET_DATA_ROOT, ...), as they say at the top.
 """
