@@ -77,3 +77,13 @@ def trained_like(net: torch.nn.Module) -> torch.nn.Module:
             module.weight.data.copy_(1 + 0.1 * torch.randn(module.num_features, generator=generator))
             module.bias.data.copy_(0.1 * torch.randn(module.num_features, generator=generator))
     return net.eval()
+
+
+@pytest.fixture(scope="session")
+def camvid(tmp_path_factory) -> Path:
+    """A tiny CamVid in the SegNet layout, shared: 3 training images (sequence 0006R0 among them, the
+    dev split's), 2 val, 2 test."""
+    from synthetic import make_camvid_segnet
+
+    counts = {"train": 3, "val": 2, "test": 2}
+    return make_camvid_segnet(tmp_path_factory.mktemp("camvid") / "camvid", counts, sequences=("0001TP", "0006R0"))

@@ -9,6 +9,11 @@ from pathlib import Path
 import cv2
 import lightning as L
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bisenet_pl.models import SegmentationNetwork
 
 SIZE = (48, 64)  # height, width
 
@@ -115,3 +120,32 @@ class KillAtStep(L.Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
             os._exit(3)
+
+
+# The one tiny network of the tests: the SegmentationNetwork contract and nothing else.
+class Classifier(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(in_channels, num_classes, 1)
+
+    def forward(self, features: torch.Tensor, size) -> torch.Tensor:
+        return F.interpolate(self.classifier(features), size=size, mode="bilinear", align_corners=False)
+
+
+class TinyNetwork(SegmentationNetwork):
+    """A strided conv-BN-ReLU body, a head and one aux head: the contract and nothing else."""
+
+    def __init__(self, num_classes: int, width: int = 8) -> None:
+        super().__init__(num_classes)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.head = Classifier(width, num_classes)
+        self.aux_heads = nn.ModuleDict({"body": Classifier(width, num_classes)})
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        features, size = self.body(images), images.shape[-2:]
+        logits = self.head(features, size)
+        if not self.training:
+            return logits
+        return (logits, *(head(features, size) for head in self.aux_heads.values()))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import reference_state_dict
-from synthetic import make_folder
+from synthetic import TinyNetwork, make_folder
 
 from bisenet_pl.data import FolderDataModule
-from bisenet_pl.models import BiSeNetV1, BiSeNetV2, SegmentationNetwork
+from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.optim import WarmupPolyLR
 
@@ -184,21 +184,8 @@ def test_checkpoints_rebuild_their_network(tmp_path):
         assert torch.equal(a, b), name
 
 
-class TinySegmenter(SegmentationNetwork):
-    """Any network that keeps the contract (SegmentationNetwork) works; this one compiles fast."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__(num_classes)
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
-        self.head = torch.nn.Conv2d(8, num_classes, 1)
-        self.aux_heads = torch.nn.ModuleDict()
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-
 def test_compile_option_keeps_state_dict_keys(tmp_path):
-    module = SegmentationModule(net=TinySegmenter, num_classes=3, compile=True, aux_weights=[])
+    module = SegmentationModule(net=TinyNetwork, num_classes=3, compile=True, aux_weights=0.0)
     keys = set(module.net.state_dict())
     fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=2)
     assert module.net._compiled_call_impl is not None  # nn.Module.compile: compiled in place

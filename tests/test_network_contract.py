@@ -1,6 +1,7 @@
 """The network contract (bisenet_pl.models.SegmentationNetwork) is all the rest relies on: a third
 network that implements only the contract trains, validates, exports and loads pretrained weights
-through the command line, and a network that does not implement it is refused in words."""
+through the command line, and a network that does not implement it is refused in words; and one tester
+runs the contract's checks on every network."""
 
 import logging
 from pathlib import Path
@@ -8,44 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from synthetic import make_camvid_segnet
+from synthetic import TinyNetwork, make_camvid_segnet
 from torch import nn
 
 from bisenet_pl.cli import main
 from bisenet_pl.deploy import load_predictor
-from bisenet_pl.models import SegmentationNetwork
+from bisenet_pl.errors import ConfigError
+from bisenet_pl.models import BiSeNetV1, BiSeNetV2, SegmentationNetwork
+from bisenet_pl.models.base import build_network, network_spec
 from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Classifier(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.classifier = nn.Conv2d(in_channels, num_classes, 1)
-
-    def forward(self, features: torch.Tensor, size) -> torch.Tensor:
-        return F.interpolate(self.classifier(features), size=size, mode="bilinear", align_corners=False)
-
-
-class TinyNetwork(SegmentationNetwork):
-    """A strided conv-BN-ReLU body, a head and one aux head: the contract and nothing else."""
-
-    def __init__(self, num_classes: int, width: int = 8) -> None:
-        super().__init__(num_classes)
-        self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
-        )
-        self.head = Classifier(width, num_classes)
-        self.aux_heads = nn.ModuleDict({"body": Classifier(width, num_classes)})
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        features, size = self.body(images), images.shape[-2:]
-        logits = self.head(features, size)
-        if not self.training:
-            return logits
-        return (logits, *(head(features, size) for head in self.aux_heads.values()))
 
 
 def test_a_third_network_trains_validates_exports_and_loads_through_the_cli(tmp_path, capsys, caplog):
@@ -56,7 +30,7 @@ def test_a_third_network_trains_validates_exports_and_loads_through_the_cli(tmp_
         "--trainer.precision=32", "--data.batch_size=2", "--data.num_workers=0", "--data.crop_size=[32,48]",
         "--progress_bar.refresh_rate=0", f"--trainer.default_root_dir={out}",
     ]  # fmt: skip
-    network = ["--model.net.class_path=test_network_contract.TinyNetwork", "--model.net.init_args.width=4"]
+    network = ["--model.net.class_path=synthetic.TinyNetwork", "--model.net.init_args.width=4"]
     main(
         [
             "fit",
@@ -127,3 +101,38 @@ def test_the_contract_names_heads_classifiers_and_backbone():
     assert len(net.aux_heads) == 0
     with pytest.raises(ValueError, match="has no ImageNet backbone"):
         net.load_backbone_weights("imagenet")
+
+
+# The same checks for every network the package has and the tests' tiny one (as smp's model tester):
+# what the LightningModule, weight loading and deployment rely on, at a small size.
+CONTRACT_NETWORKS = {"bisenetv1": BiSeNetV1, "bisenetv2": BiSeNetV2, "tiny": TinyNetwork}
+
+
+@pytest.mark.parametrize("name", list(CONTRACT_NETWORKS))
+def test_every_network_keeps_the_contract(name):
+    torch.manual_seed(0)
+    net = CONTRACT_NETWORKS[name](num_classes=5)
+    assert isinstance(net, SegmentationNetwork) and net.num_classes == 5
+    images = torch.randn(2, 3, 64, 96)
+    outputs = net.train()(images)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    assert len(outputs) == 1 + len(net.aux_heads)  # main, then one output per aux head in order
+    assert all(output.shape == (2, 5, 64, 96) for output in outputs)
+    with torch.no_grad():
+        assert net.eval()(images).shape == (2, 5, 64, 96)  # logits at the input's size
+    names = [name for name, _ in net.named_parameters()]
+    assert any(net.is_head_parameter(n) for n in names) and not all(net.is_head_parameter(n) for n in names)
+    classifier = net.state_dict()[net.classifier_weight]
+    assert classifier.shape[0] == 5 and net.is_classifier_parameter(net.classifier_weight)
+    # The module weighs the aux heads: a zero weight removes the head, the rest keep their order.
+    heads = list(net.aux_heads)
+    kept, weights = net.keep_weighted_aux_heads([0.0] + [1.0] * (len(heads) - 1) if heads else 1.0)
+    assert kept == heads[1:] and list(net.aux_heads) == heads[1:] and weights == [1.0] * len(kept)
+    with pytest.raises(ConfigError, match="model.aux_weights has"):
+        net.keep_weighted_aux_heads([1.0] * (len(kept) + 1))
+    # Built from its spec as a checkpoint stores it, it loads its own state dict exactly.
+    rebuilt = build_network(network_spec(CONTRACT_NETWORKS[name]), 5)
+    rebuilt.remove_aux_heads(set(rebuilt.aux_heads) - set(net.aux_heads))
+    rebuilt.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(images), net(images))

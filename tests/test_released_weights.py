@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CAMVID_DIR, load_benchmark
-from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import build_cli, main
 from bisenet_pl.data import CAMVID_CLASSES, CamVidDataModule
@@ -66,15 +65,6 @@ def assert_network_holds_released_weights(net: torch.nn.Module) -> None:
     stored = released_state()
     own = net.state_dict()
     assert all(torch.equal(own[k], v.to(own[k].dtype)) for k, v in stored.items())
-
-
-@pytest.fixture(scope="module")
-def camvid(tmp_path_factory):
-    return make_camvid_segnet(
-        tmp_path_factory.mktemp("released") / "camvid",
-        {"train": 2, "val": 2, "test": 2},
-        sequences=("0001TP", "0006R0"),
-    )
 
 
 def cli_args(subcommand: str, camvid: Path, tmp_path: Path) -> list[str]:

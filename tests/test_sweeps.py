@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import build_cli
 from bisenet_pl.sweep import agent_arguments, draw
@@ -57,13 +56,6 @@ def test_sweeps_cover_the_paper_ablations():
         dev = any(part.startswith("--data.dev_sequences=") for part in sweep["command"])
         assert sweep["metric"] == {"name": "dev/mIoU" if dev else "val/mIoU", "goal": "maximize"}, path.name
         assert sweep["command"][:2] == ["bisenet-pl", "fit"] and sweep["command"][-1] == "${args}", path.name
-
-
-@pytest.fixture(scope="module")
-def camvid(tmp_path_factory):
-    # Sequence 0006R0 among the training images: the CPU study holds it out as its dev split.
-    counts = {"train": 3, "val": 1, "test": 1}
-    return make_camvid_segnet(tmp_path_factory.mktemp("sweeps") / "camvid", counts, sequences=("0001TP", "0006R0"))
 
 
 @pytest.mark.parametrize("path, parameters", CASES)
