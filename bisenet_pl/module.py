@@ -1,4 +1,5 @@
-"""The LightningModule: a BiSeNet network, its main and auxiliary losses, metrics, optimiser."""
+"""The LightningModule: training, validation and test steps of a segmentation network, their losses and logging
+(the optimiser, metrics and weight loading live in optim.py, metrics.py and pretrained.py)."""
 
 from __future__ import annotations
 
