@@ -198,3 +198,37 @@ CPU_STUDY = {
         Variant("BiSeNetV2", _v2(branches="both", aggregation="bga", aux_heads=BOOSTERS), 73.4),
     ],
 }
+
+
+def study_table(
+    title: str,
+    variants: Sequence[Variant],
+    runs: Sequence[dict[str, Any]],
+    val_runs: Sequence[dict[str, Any]],
+    metric: str = "dev/mIoU",
+    which: str = "last",
+) -> tuple[str, list[dict]]:
+    """One table of a study in Markdown (``**title**``, then a row per variant: each seed's ``metric``, their
+    mean and spread, the mean's difference to the last row, the mean val mIoU, the paper's figure and its
+    difference to the paper's last row), and its rows as :func:`variant_summary` gives them."""
+
+    def cell(value: float | None) -> str:
+        return "–" if value is None or value != value else f"{value:.2f}"
+
+    rows = [variant_summary(runs, variant, metric, which) for variant in variants]
+    val = [variant_summary(val_runs, variant, "val/mIoU", which) for variant in variants]
+    last, paper_last = rows[-1]["mean"], rows[-1]["paper"]
+    lines = [
+        f"**{title}**",
+        "",
+        f"| variant | {metric} per seed | mean | spread | vs last row | val mean | paper | paper vs last row |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row, val_row in zip(rows, val):
+        seeds = ", ".join(f"{value:.2f} ({seed})" for value, seed in zip(row["values"], row["seeds"])) or "no run"
+        paper_gap = row["paper"] - paper_last if row["paper"] is not None and paper_last is not None else None
+        lines.append(
+            f"| {row['variant']} | {seeds} | {cell(row['mean'])} | {cell(row['spread'])} | "
+            f"{cell(row['mean'] - last)} | {cell(val_row['mean'])} | {cell(row['paper'])} | {cell(paper_gap)} |"
+        )
+    return "\n".join(lines), rows
