@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import build_cli
-from bisenet_pl.results import CPU_STUDY, ablation_table, collect_local_runs, markdown_table
+from bisenet_pl.results import CPU_STUDY, ablation_table, collect_local_runs, markdown_table, study_table
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -116,3 +116,14 @@ def figures_in(notebook) -> int:
         for cell in notebook.cells
         for output in cell.get("outputs", [])
     )
+
+
+def test_the_readme_shows_the_committed_study():
+    """The README's study tables are the ones the committed runs give, to the digit."""
+    study = REPO / "results" / "cpu_study"
+    runs = {metric: collect_local_runs(study, metric) for metric in ("dev/mIoU", "val/mIoU")}
+    readme = (REPO / "README.md").read_text()
+    for title, variants in CPU_STUDY.items():
+        table, rows = study_table(title, variants, runs["dev/mIoU"], runs["val/mIoU"])
+        assert all(len(row["values"]) == 2 for row in rows), title  # two seeds of every variant
+        assert table in readme, title
