@@ -193,11 +193,14 @@ def fastest_cpu_precision(
     from the cache when it was measured before, else measured now and cached."""
     step = "a training step" if train else "a forward pass"
     what = f"{step} of {type(module.net).__name__} ({batch} x {size[0]}x{size[1]})"
-    step_ms, cached = measured_step_ms(
-        measurement_key(module, batch, size, train),
-        lambda: {name: _step_function(module, name, batch, size, train) for name in candidates},
-        candidates, measure, cache,
-    )  # fmt: skip
+    # Measuring trains a copy of the network, whose dropout draws from the global RNG: forked, so that a
+    # run's random stream (and so its result) never depends on whether the answer was cached.
+    with torch.random.fork_rng(devices=[]):
+        step_ms, cached = measured_step_ms(
+            measurement_key(module, batch, size, train),
+            lambda: {name: _step_function(module, name, batch, size, train) for name in candidates},
+            candidates, measure, cache,
+        )  # fmt: skip
     return PrecisionChoice(choose_fastest(step_ms), step_ms, what, cached)
 
 

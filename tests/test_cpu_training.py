@@ -67,6 +67,22 @@ def test_the_fastest_step_wins_and_bf16_must_beat_float32_clearly():
     assert len(calls) == 3  # one untimed, two timed
 
 
+def test_measuring_leaves_the_run_s_random_stream_alone(tmp_path):
+    """The CPU study's seed-42 runs drew other dropout masks when precision=auto measured than when it read
+    the cache (the probe trains a copy of the network): a run's result must not depend on the cache."""
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3)
+
+    def measure_by_running(steps):
+        for step in steps.values():
+            step()  # a training step of the copy: dropout draws from the global RNG
+        return {"32-true": 0.9, "bf16-mixed": 0.4}
+
+    torch.manual_seed(42)
+    before = torch.get_rng_state()
+    fastest_cpu_precision(module, 2, (64, 96), measure=measure_by_running, cache=tmp_path / "precision.json")
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_auto_measures_once_per_machine_and_shape_then_reads_the_cache(tmp_path):
     module = SegmentationModule(net=BiSeNetV2, num_classes=3, channels_last=True)
     cache = tmp_path / "precision.json"
