@@ -78,7 +78,7 @@ def test_notebook_runs_top_to_bottom(path, runs, monkeypatch):
     notebook = execute(path)
     text, images = outputs_text(notebook), figures_in(notebook)
     figures, expected = {
-        "01_dataset": (4, r"2 training images, 11 classes"),
+        "01_dataset": (4, r"4 training images, 11 classes"),
         "02_results": (4, r"mIoU"),
         "03_ablations": (2, r"\| sum \| \d+\.\d\d \(42\) \|"),  # a row of the study's table: one seed, on dev
     }[path.stem]
