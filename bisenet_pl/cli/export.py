@@ -14,7 +14,6 @@ from bisenet_pl.models.weights import (
     RELEASED_WEIGHTS,
     StoredWeights,
     check_lightning_checkpoint,
-    read_weights_info,
     save_inference_weights,
     weights_location,
 )
@@ -137,7 +136,7 @@ def export_command(args: list[str]) -> None:
     if options.ckpt_path:
         check_lightning_checkpoint(stored)
     module = SegmentationModule.from_pretrained(stored)
-    info = read_weights_info(stored)
+    info = module.weights_info  # what from_pretrained read from the file (normalisation, provenance)
     what = f"{type(module.net).__name__}, {module.num_classes} classes"
     config = options.config
     if config is None and options.ckpt_path and (saved := Path(source).parent.parent / "config.yaml").is_file():
