@@ -47,7 +47,7 @@ from bisenet_pl.files import atomic_write
 from bisenet_pl.hardware import cpu_features
 from bisenet_pl.measure import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
-from bisenet_pl.models.layers import Dropout
+from bisenet_pl.models.layers import Dropout, SegmentHead
 from bisenet_pl.models.weights import read_weights_info
 from bisenet_pl.module import SegmentationModule
 
@@ -334,28 +334,154 @@ def reference_ohem(
     return hard.mean()
 
 
-def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
-    """The reference draws dropout masks with torch's Bernoulli sampler (``nn.Dropout``), not ours."""
+def as_reference(model: torch.nn.Module) -> torch.nn.Module:
+    """The network computed the reference's way: dropout masks from torch's Bernoulli sampler
+    (``nn.Dropout``), not ours, and the booster heads' refinements on the upsampled map, not by phases."""
     for module in list(model.modules()):
+        if isinstance(module, SegmentHead):
+            module.refine_by_phases = False
         for name, child in module.named_children():
             if isinstance(child, Dropout):
                 setattr(module, name, torch.nn.Dropout(child.p))
     return model
 
 
+class TrainingBench:
+    """One way of training BiSeNetV2 on random batches, timed per step: a plain loop (the reference's way:
+    fp32, NCHW, torch's SGD update, its OHEM, the network as :func:`as_reference` makes it; or a recipe's
+    settings) or the LightningModule under a Trainer. Each step is timed from the end of the previous one,
+    data included; the first of a block is not timed."""
+
+    def __init__(self, settings: dict) -> None:
+        self.settings = settings
+        self.device = torch.device(settings["device"])
+        self.height, self.width = parse_size(settings["size"])
+        generator = torch.Generator().manual_seed(0)
+        count = settings["batch"] * (settings["max_block"] + 1)
+        self.images = torch.randn(count, 3, self.height, self.width, generator=generator)
+        self.masks = torch.randint(0, settings["num_classes"], (count, self.height, self.width), generator=generator)
+
+    def loader(self, steps: int):
+        from torch.utils.data import DataLoader
+
+        batch = self.settings["batch"]
+        pairs = [{"image": image, "mask": mask} for image, mask in zip(self.images, self.masks)]
+        return DataLoader(pairs[: steps * batch], batch_size=batch, shuffle=False, num_workers=0)
+
+    def module(self, **options) -> SegmentationModule:
+        torch.manual_seed(0)
+        return SegmentationModule(net=BiSeNetV2, num_classes=self.settings["num_classes"], **options)
+
+    def trainer(self, steps: int, precision: str, callbacks=()):
+        from bisenet_pl.trainer import Trainer
+
+        return Trainer(
+            max_steps=steps, accelerator=self.device.type, devices=1, precision=precision, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=list(callbacks), limit_val_batches=0, num_sanity_val_steps=0,
+        )  # fmt: skip
+
+    def plain_block(self, model: SegmentationModule, steps: int, precision: str, reference: bool) -> list[float]:
+        model.trainer = self.trainer(steps + 1, precision)  # for the schedule's length
+        model.configure_model()  # channels-last, as the Trainer would
+        amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(model.trainer.precision)
+        optimisers = model.configure_optimizers()
+        optimiser, scheduler = optimisers["optimizer"], optimisers["lr_scheduler"]["scheduler"]
+        if reference:  # torch's default update, one parameter at a time, not the fused one
+            for group in optimiser.param_groups:
+                group["fused"] = None
+        scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
+        criterion = reference_ohem if reference else model.criterion
+        model.train()
+        times, last = [], time.perf_counter()
+        for batch in self.loader(steps + 1):
+            x, y = batch["image"].to(self.device), batch["mask"].to(self.device)
+            with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                outputs = model(x)
+                aux = zip(model.aux_weights, outputs[1:])
+                loss = criterion(outputs[0], y) + sum(w * criterion(o, y) for w, o in aux)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            scheduler.step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+        return times[1:]
+
+    def lightning_block(self, model: SegmentationModule, steps: int, precision: str) -> list[float]:
+        import lightning as L
+
+        device = self.device
+
+        class StepTimer(L.Callback):
+            """Time from one step's end to the next's: fetching, step, logging, everything."""
+
+            def __init__(self) -> None:
+                self.ends: list[float] = []
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                self.ends.append(time.perf_counter())
+
+        timer = StepTimer()
+        self.trainer(steps + 1, precision, [timer]).fit(model, train_dataloaders=self.loader(steps + 1))
+        return [b - a for a, b in zip(timer.ends, timer.ends[1:])]
+
+
+class ReferenceProcess:
+    """The reference's way in a process of its own with the system's memory allocator, as its training
+    script runs (``bisenet-pl`` keeps freed memory for the next step, :mod:`bisenet_pl.allocator`); it
+    runs a block of steps when asked, so that it alternates with the other ways as if in one process."""
+
+    def __init__(self, settings: dict) -> None:
+        import subprocess
+
+        environment = {**os.environ, "BISENET_PL_ALLOCATOR": "system"}
+        command = [sys.executable, str(Path(__file__).resolve()), "--reference-worker", json.dumps(settings)]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment, cwd=REPO
+        )
+
+    def block(self, steps: int) -> list[float]:
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError("the reference's training process ended early (its error is above)")
+        return json.loads(answer)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def reference_worker(settings_json: str) -> None:
+    """The reference's side of :class:`ReferenceProcess`: a block of steps per number read, times written back."""
+    bench = TrainingBench(json.loads(settings_json))
+    model = as_reference(bench.module()).to(bench.device)
+    answers, sys.stdout = sys.stdout, sys.stderr  # only the times go to the parent
+    for line in sys.stdin:
+        times = bench.plain_block(model, int(line), "32-true", reference=True)
+        answers.write(json.dumps(times) + "\n")
+        answers.flush()
+
+
 def training_table(args, device: torch.device) -> list[dict]:
     """Time per training step (BiSeNetV2, main + 4 aux losses, the warm-up and poly schedule) of
-    the reference's way (a plain loop: fp32, NCHW, SGD, its OHEM, torch's dropout) against our
-    LightningModule under a Trainer with a recipe's settings (``--train-config``: precision,
-    channels-last, loss, optimiser, class and aux weights), and a plain loop with the recipe's
-    settings (what the Trainer costs), in alternating blocks. Each step is timed from the end of
-    the previous one, data included."""
-    import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
-
+    the reference's way (in its own process, see :class:`ReferenceProcess`) against our LightningModule
+    under a Trainer with a recipe's settings (``--train-config``: precision, channels-last, loss,
+    optimiser, class and aux weights), and a plain loop with the recipe's settings (what the Trainer
+    costs), in alternating blocks."""
+    from bisenet_pl.allocator import keep_freed_memory
     from bisenet_pl.precision import fastest_cpu_precision
-    from bisenet_pl.trainer import Trainer, auto_precision
+    from bisenet_pl.trainer import auto_precision
 
+    keep_freed_memory()  # as bisenet-pl does, before anything is timed
     height, width = parse_size(args.train_size)
     model_options, precision = recipe_options(args.train_config)
     precision = args.train_precision or precision
@@ -372,75 +498,11 @@ def training_table(args, device: torch.device) -> list[dict]:
         precision = considered[0] = auto_precision(device.type)[0]
     rounds = max(1, min(args.train_rounds, args.train_steps))
     per_block = [args.train_steps // rounds + (1 if r < args.train_steps % rounds else 0) for r in range(rounds)]
-    generator = torch.Generator().manual_seed(0)
-    count = args.train_batch * (max(per_block) + 1)
-    images = torch.randn(count, 3, height, width, generator=generator)
-    masks = torch.randint(0, num_classes, (count, height, width), generator=generator)
-
-    class Batches(TensorDataset):
-        def __getitem__(self, index):
-            image, mask = super().__getitem__(index)
-            return {"image": image, "mask": mask}
-
-    def loader(steps: int) -> DataLoader:
-        subset = Batches(images[: steps * args.train_batch], masks[: steps * args.train_batch])
-        return DataLoader(subset, batch_size=args.train_batch, shuffle=False, num_workers=0)
-
-    def module(**options) -> SegmentationModule:
-        torch.manual_seed(0)
-        return SegmentationModule(net=BiSeNetV2, num_classes=num_classes, **options)
-
-    def trainer(steps: int, precision: str, callbacks=()) -> L.Trainer:
-        return Trainer(
-            max_steps=steps, accelerator=device.type, devices=1, precision=precision, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            callbacks=list(callbacks), limit_val_batches=0, num_sanity_val_steps=0,
-        )  # fmt: skip
-
-    def plain_block(model: SegmentationModule, steps: int, reference: bool) -> list[float]:
-        """A plain loop; the reference's way: fp32, NCHW, its OHEM; else the recipe's settings."""
-        model.trainer = trainer(steps + 1, "32-true" if reference else precision)  # for the schedule's length
-        model.configure_model()  # channels-last, as the Trainer would
-        amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(model.trainer.precision)
-        optimisers = model.configure_optimizers()
-        optimiser, scheduler = optimisers["optimizer"], optimisers["lr_scheduler"]["scheduler"]
-        scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
-        criterion = reference_ohem if reference else model.criterion
-        model.train()
-        times, last = [], time.perf_counter()
-        for batch in loader(steps + 1):
-            x, y = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = model(x)
-                aux = zip(model.aux_weights, outputs[1:])
-                loss = criterion(outputs[0], y) + sum(w * criterion(o, y) for w, o in aux)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            scheduler.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            now = time.perf_counter()
-            times.append(now - last)
-            last = now
-        return times[1:]  # the first step of a block is untimed
-
-    class StepTimer(L.Callback):
-        """Time from one step's end to the next's: fetching, step, logging, everything."""
-
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            self.ends.append(time.perf_counter())
-
-    def lightning_block(model: SegmentationModule, steps: int, precision: str) -> list[float]:
-        timer = StepTimer()
-        trainer(steps + 1, precision, [timer]).fit(model, train_dataloaders=loader(steps + 1))
-        return [b - a for a, b in zip(timer.ends, timer.ends[1:])]
+    settings = {
+        "device": str(device), "size": args.train_size, "batch": args.train_batch, "num_classes": num_classes,
+        "max_block": max(per_block),
+    }  # fmt: skip
+    bench = TrainingBench(settings)
 
     def recipe(candidate: str) -> str:
         chosen = " (auto's choice)" if len(considered) > 1 and candidate == precision else ""
@@ -449,25 +511,25 @@ def training_table(args, device: torch.device) -> list[dict]:
             f"{candidate}{chosen}{', channels-last' if model_options.get('channels_last') else ''}"
         )
 
-    variants = {
-        "reference (plain loop, fp32, NCHW)": (
-            with_torch_dropout(module()),
-            lambda m, n: plain_block(m, n, reference=True),
-        ),
-        f"plain loop ({recipe(precision)})": (module(**model_options), lambda m, n: plain_block(m, n, reference=False)),
-    }
+    reference = ReferenceProcess(settings)
+    blocks: dict[str, Callable[[int], list[float]]] = {"reference (plain loop, fp32, NCHW)": reference.block}
+    plain = bench.module(**model_options).to(device)
+    blocks[f"plain loop ({recipe(precision)})"] = lambda n: bench.plain_block(plain, n, precision, reference=False)
     for candidate in considered:
-        variants[f"LightningModule ({recipe(candidate)})"] = (
-            module(**model_options),
-            lambda m, n, candidate=candidate: lightning_block(m, n, candidate),
+        model = bench.module(**model_options).to(device)
+        blocks[f"LightningModule ({recipe(candidate)})"] = lambda n, model=model, candidate=candidate: (
+            bench.lightning_block(model, n, candidate)
         )
-    for model, block in variants.values():  # untimed: first-call set-up of each way
-        block(model.to(device), 1)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for steps in per_block:
-        for name, (model, block) in variants.items():
-            times[name] += block(model, steps)
-    reference_ms = 1000 * statistics.fmean(times[next(iter(variants))])
+    try:
+        for block in blocks.values():  # untimed: first-call set-up of each way
+            block(1)
+        times: dict[str, list[float]] = {name: [] for name in blocks}
+        for steps in per_block:
+            for name, block in blocks.items():
+                times[name] += block(steps)
+    finally:
+        reference.close()
+    reference_ms = 1000 * statistics.fmean(times[next(iter(blocks))])
     rows = []
     for name, step_times in times.items():
         ms = 1000 * statistics.fmean(step_times)
@@ -606,4 +668,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--reference-worker"]:
+        reference_worker(sys.argv[2])
+    else:
+        main()

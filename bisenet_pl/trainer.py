@@ -12,6 +12,7 @@ from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from bisenet_pl.allocator import keep_freed_memory
 from bisenet_pl.compat import PRECISION_INPUT
 from bisenet_pl.errors import check_options
 from bisenet_pl.files import atomic_write
@@ -142,10 +143,12 @@ class Trainer(L.Trainer):
     """``lightning.Trainer``; ``precision="auto"`` is bf16-mixed or 16-mixed on a GPU and float32 on a
     CPU, said in a line (the command line resolves ``auto`` on a CPU by timing the run's own step
     before it builds the Trainer). Numeric options are checked against their meaning before anything runs,
-    and checkpoints are written atomically next to their final path (:class:`AtomicCheckpointIO`)."""
+    and checkpoints are written atomically next to their final path (:class:`AtomicCheckpointIO`). Freed
+    memory is kept for the next step (:func:`bisenet_pl.allocator.keep_freed_memory`)."""
 
     def __init__(self, *args, precision: PRECISION_INPUT | Literal["auto"] | None = None, **kwargs) -> None:
         check_trainer_options(kwargs)
+        keep_freed_memory()
         if kwargs.get("callbacks"):
             kwargs["callbacks"] = without_switched_off(kwargs["callbacks"], kwargs)
         plugins = kwargs.get("plugins")

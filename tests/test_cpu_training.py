@@ -3,6 +3,10 @@ held in memory, and configs/camvid_cpu.yaml using both."""
 
 import json
 import logging
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ from conftest import load_benchmark
 from synthetic import make_camvid_segnet
 
 from bisenet_pl import precision as precision_module
+from bisenet_pl.allocator import USER_SETTINGS, user_chose_allocator
 from bisenet_pl.cli import build_cli
 from bisenet_pl.data import CamVidDataModule
 from bisenet_pl.data.io import read_image
@@ -214,3 +219,21 @@ def test_cpu_recipe_trains_with_cached_images_and_channels_last(tmp_path, monkey
     learning_curves = load_benchmark("learning_curves")
     learning_curves.main(["--output", str(tmp_path / "curves.png"), f"recipe={run_dir}"])
     assert read_image(tmp_path / "curves.png").shape[2] == 3
+
+
+def test_freed_memory_is_kept_unless_the_user_chose_an_allocator():
+    assert user_chose_allocator({}) is None
+    assert user_chose_allocator({"BISENET_PL_ALLOCATOR": "System"}) == "BISENET_PL_ALLOCATOR"
+    assert user_chose_allocator({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == "LD_PRELOAD"
+    assert user_chose_allocator({"MALLOC_TRIM_THRESHOLD_": "0"}) == "MALLOC_TRIM_THRESHOLD_"
+    assert user_chose_allocator({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1"}) == "GLIBC_TUNABLES"
+    code = "from bisenet_pl.allocator import keep_freed_memory as keep; print(keep(), keep())"
+    environment = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS and k != "BISENET_PL_ALLOCATOR"}
+    chosen = subprocess.run(
+        [sys.executable, "-c", code], env={**environment, "BISENET_PL_ALLOCATOR": "system"},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert chosen.stdout.split() == ["False", "False"]
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        default = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)
+        assert default.stdout.split() == ["True", "True"]  # set once, then a no-op

@@ -20,7 +20,7 @@ from bisenet_pl.models import (
     detect_coincheung_architecture,
     load_backbone_weights,
 )
-from bisenet_pl.models.layers import Dropout
+from bisenet_pl.models.layers import Dropout, nearest2x_conv3x3
 
 NETWORKS = {"bisenetv1": BiSeNetV1, "bisenetv2": BiSeNetV2}
 
@@ -285,3 +285,28 @@ def test_cpu_dropout_keeps_the_share_and_scale_of_nn_dropout(p):
     masks = [dropout(torch.ones(1000)) != 0 for _ in range(2)]
     assert not torch.equal(*masks)  # a fresh mask per call
     assert torch.equal(dropout.eval()(x), x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_refinement_by_phases_equals_conv_on_the_upsampled_map(channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(6, 8, 3, 3, dtype=torch.float64)
+    plain_x, plain_w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    phases_x, phases_w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    plain = F.conv2d(F.interpolate(plain_x, scale_factor=2.0, mode="nearest"), plain_w, padding=1)
+    phases = nearest2x_conv3x3(phases_x, phases_w)
+    torch.testing.assert_close(phases, plain, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(plain)
+    plain.backward(upstream)
+    phases.backward(upstream)
+    torch.testing.assert_close(phases_x.grad, plain_x.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(phases_w.grad, plain_w.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_booster_heads_refine_by_phases_only_where_that_is_faster():
+    heads = BiSeNetV2(num_classes=11).aux_heads
+    refined = {name: (head.refine.conv.out_channels, head.refine_by_phases) for name, head in heads.items()}
+    assert sorted(refined.values()) == [(16, True), (64, True), (256, False), (1024, False)]

@@ -13,7 +13,7 @@ from synthetic import TinyNetwork, make_folder
 from bisenet_pl.data import FolderDataModule
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.module import SegmentationModule
-from bisenet_pl.optim import WarmupPolyLR
+from bisenet_pl.optim import WarmupPolyLR, optimizer_and_schedule
 
 
 def numpy_scores(preds: np.ndarray, target: np.ndarray, num_classes: int, ignore: int):
@@ -105,6 +105,30 @@ def test_optimiser_groups_and_lr_follow_the_reference(tmp_path):
         assert group["initial_lr"] == pytest.approx(base)
         assert group["lr"] == pytest.approx(base * WarmupPolyLR(4, 2)(4))  # stepped every iteration
     assert sum(len(g["params"]) for g in groups.values()) == len(list(module.net.parameters()))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_fused_update_on_a_cpu_is_torch_s_update(optimizer):
+    torch.manual_seed(0)
+    nets = [BiSeNetV2(num_classes=3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    options = dict(
+        optimizer=optimizer, lr=0.05, momentum=0.9, weight_decay=1e-4, head_lr_multiplier=10.0,
+        warmup_steps=1, warmup_ratio=0.1, poly_power=0.9,
+    )  # fmt: skip
+    fused, unfused = (optimizer_and_schedule(net, 10, **options) for net in nets)
+    assert all(group["fused"] for group in fused["optimizer"].param_groups)
+    for group in unfused["optimizer"].param_groups:
+        group["fused"] = None  # torch's default, one parameter at a time
+    for _ in range(3):
+        for ours, theirs in zip(*(net.parameters() for net in nets)):
+            ours.grad = torch.randn_like(ours)
+            theirs.grad = ours.grad.clone()
+        for built in (fused, unfused):
+            built["optimizer"].step()
+            built["lr_scheduler"]["scheduler"].step()
+    for ours, theirs in zip(*(net.parameters() for net in nets)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_bisenetv1_fusion_trains_at_head_rate(tmp_path):

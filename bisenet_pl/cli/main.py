@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 
+from bisenet_pl.allocator import keep_freed_memory
 from bisenet_pl.cli.errors import config_files, one_line, parse_error_line, user_error
 from bisenet_pl.cli.export import export_command
 from bisenet_pl.cli.lightning_cli import build_cli
@@ -38,6 +39,7 @@ def run_tool(tool, args: list[str]) -> None:
 
 def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
+    keep_freed_memory()  # before anything is timed or trained
     try:
         if argv and argv[0] in TOOLS:
             run_tool(TOOLS[argv[0]], argv[1:])
