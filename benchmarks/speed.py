@@ -156,14 +156,56 @@ def exported_files(
     return files
 
 
-def exported_variant(variant: str, files: dict[str, tuple[Path, Path]], threads: int) -> Variant:
+def exported_variant_files(variant: str, files: dict[str, tuple[Path, Path]], threads: int) -> tuple[Path, Path, dict]:
+    """The logits file and the class-ids file of an exported variant, and the ``load_predictor`` options."""
     backend, _, precision = variant.partition("-")
     file_precision = "int8" if "int8" in precision else "fp32"
     compute = "bf16" if "bf16" in precision else "fp32"
     logits_file, labels_file = files[file_precision]
     options = {"backend": backend, "threads": threads} | ({"precision": compute} if backend == "openvino" else {})
-    labels, logits = load_predictor(labels_file, **options), load_predictor(logits_file, **options)
-    return Variant(segment=labels, logits=logits)
+    return logits_file, labels_file, options
+
+
+def exported_variant(variant: str, files: dict[str, tuple[Path, Path]], threads: int) -> Variant:
+    logits_file, labels_file, options = exported_variant_files(variant, files, threads)
+    return Variant(segment=load_predictor(labels_file, **options), logits=load_predictor(logits_file, **options))
+
+
+def throughput_row(variant: str, files, threads: int, images: np.ndarray, count: int) -> dict:
+    """Images per second of an OpenVINO variant loaded for throughput, ``count`` batches through
+    ``predictor.map`` (several in flight), after a first pass that compiles."""
+    _, labels_file, options = exported_variant_files(variant, files, threads)
+    predictor = load_predictor(labels_file, **options, throughput=True)
+    for _ in predictor.map([images] * 2):
+        pass
+    requests = predictor.compiled_for(images.shape).get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    start = time.perf_counter()
+    for _ in predictor.map([images] * count):
+        pass
+    return {
+        "variant": f"{variant} (throughput, {requests} in flight)",
+        "images_per_s": count * len(images) / (time.perf_counter() - start),
+    }
+
+
+def benchmark_app_ms(path: Path, shape: tuple[int, ...], precision: str, seconds: int) -> float | None:
+    """The median latency OpenVINO's own ``benchmark_app`` reports for ``path`` at ``shape`` (latency hint,
+    which takes every core; ``precision`` for the float layers), or None, said, where it does not run."""
+    import re
+    import subprocess
+
+    command = [
+        sys.executable, "-c", "import sys; from openvino.tools.benchmark.main import main; sys.exit(main())",
+        "-m", str(path), "-d", "CPU", "-hint", "latency", "-shape", "[" + ",".join(map(str, shape)) + "]",
+        "-t", str(seconds), "-infer_precision", {"fp32": "f32", "bf16": "bf16"}[precision],
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    median = re.search(r"Median:\s+([0-9.]+) (ms|us)", result.stdout)  # us below a millisecond
+    if result.returncode != 0 or not median:
+        last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+        print(f"benchmark_app did not time {path.name}: {last}", file=sys.stderr)
+        return None
+    return float(median.group(1)) / (1000 if median.group(2) == "us" else 1)
 
 
 def inference_table(args, device: torch.device) -> list[dict]:
@@ -220,6 +262,15 @@ def inference_rows(args, device: torch.device, folder: Path) -> list[dict]:
                 setup[variant] = time.perf_counter() - start
             latencies = measure_interleaved(runs, args.batch_size, args.warmup, args.iterations, device)
             reference_fps = latencies["reference"].fps if "reference" in latencies else float("nan")
+            threads = torch.get_num_threads()
+            openvino_variants = [v for v in variants if v.startswith("openvino")]
+            app_ms = {}
+            if args.benchmark_app:
+                for variant in openvino_variants:
+                    _, labels_file, options = exported_variant_files(variant, files, threads)
+                    app_ms[variant] = benchmark_app_ms(
+                        labels_file, images.shape, options["precision"], args.benchmark_app
+                    )
             for variant, latency in latencies.items():
                 row = {
                     "kind": "inference",
@@ -245,7 +296,20 @@ def inference_rows(args, device: torch.device, folder: Path) -> list[dict]:
                     row |= {"miou": scores[variant]}
                     if "reference" in scores:
                         row["within_1_miou"] = bool(scores["reference"] - scores[variant] <= MIOU_TOLERANCE)
+                if app_ms.get(variant):
+                    row |= {
+                        "benchmark_app_p50_ms": app_ms[variant],
+                        "p50_vs_benchmark_app": latency.p50_ms / app_ms[variant],
+                    }
                 rows.append(row)
+                print(format_row(rows[-1]), file=sys.stderr, flush=True)
+            for variant in openvino_variants if args.throughput else []:
+                measured = throughput_row(variant, files, threads, images, args.iterations)
+                rows.append(
+                    {"kind": "throughput", "network": type(net).__name__, "size": size, "batch": args.batch_size}
+                    | measured
+                    | {"x_reference": measured["images_per_s"] / reference_fps}
+                )
                 print(format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -575,22 +639,22 @@ def which_to_pick(rows: list[dict]) -> list[str]:
     return lines
 
 
-def format_row(row: dict) -> str:
-    def cell(key: str, value) -> str:
-        if key in ("max_abs_diff", "logit_scale"):
+def format_row(row: dict, keys: list[str] | None = None) -> str:
+    """The row's cells (``keys``' cells, ``-`` where the row has none)."""
+
+    def cell(key: str) -> str:
+        value = row.get(key, "-")
+        if key in ("max_abs_diff", "logit_scale") and isinstance(value, float):
             return f"{value:.1e}"
         return f"{value:.2f}" if isinstance(value, float) else str(value)
 
-    return " | ".join(cell(key, value) for key, value in row.items())
+    return " | ".join(cell(key) for key in (keys or list(row)))
 
 
 def markdown(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + format_row(row) + " |" for row in rows]
-    return "\n".join(lines)
+    header = list(dict.fromkeys(key for row in rows for key in row))  # every row's keys, in first-seen order
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] if rows else []
+    return "\n".join(lines + ["| " + format_row(row, header) + " |" for row in rows])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -626,6 +690,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--val-images", type=int, help="score on the first N val images only (default: all)")
     parser.add_argument("--calibration-images", type=int, default=300, help="training images that calibrate int8")
+    parser.add_argument(
+        "--no-throughput", dest="throughput", action="store_false",
+        help="leave out the OpenVINO variants' images per second with several images in flight",
+    )  # fmt: skip
+    parser.add_argument(
+        "--benchmark-app", type=int, metavar="SECONDS", default=0,
+        help="also time each OpenVINO variant's file with OpenVINO's benchmark_app for SECONDS (latency hint)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as a JSON list of objects")
     args = parser.parse_args(argv)
     for option, sizes in (("--sizes", args.sizes), ("--train-size", [args.train_size])):
@@ -656,6 +728,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Inference, batch {args.batch_size}, {args.iterations} timed runs after {args.warmup} warm-up runs:\n")
         rows += inference_table(args, device)
         print(markdown([r for r in rows if r["kind"] == "inference"]) + "\n", flush=True)
+        if any(r["kind"] == "throughput" for r in rows):
+            print("Throughput, several images in flight:\n", flush=True)
+            print(markdown([r for r in rows if r["kind"] == "throughput"]) + "\n", flush=True)
         print("Which to pick on this machine, from this run:\n" + "\n".join(which_to_pick(rows)) + "\n", flush=True)
     if not args.skip_training:
         print(f"Training step, {args.train_steps} timed steps per way in {args.train_rounds} alternating blocks:\n")

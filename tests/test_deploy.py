@@ -209,6 +209,26 @@ def test_uint8_input_needs_the_training_normalisation():
         ExportOptions(image_input="uint8_nhwc")
 
 
+def test_throughput_mode_predicts_what_one_at_a_time_does_in_order(tmp_path, net):
+    options = ExportOptions(labels="int32", image_input="uint8_nhwc", mean=MEAN, std=STD, example_size=(64, 96))
+    xml = export(net, tmp_path / "net.xml", "openvino", options=options)
+    # Two shapes, the second after the first's batches are in flight, then the first again.
+    batches = [image[None] for image in images(3) for _ in range(3)] + [images(1)[0][None]]
+    one_at_a_time = load_predictor(xml, precision="fp32")
+    expected = [one_at_a_time(batch) for batch in batches]
+    throughput = load_predictor(xml, precision="fp32", throughput=True)
+    assert throughput.config["PERFORMANCE_HINT"] == "THROUGHPUT"
+    outputs = list(throughput.map(iter(batches)))
+    assert len(outputs) == len(batches)
+    for output, wanted in zip(outputs, expected):
+        np.testing.assert_array_equal(output, wanted)
+    assert all(np.array_equal(a, b) for a, b in zip(one_at_a_time.map(batches), expected))  # any predictor maps
+    onnx_file = export(net, tmp_path / "net.onnx", options=options)
+    with pytest.raises(ConfigError, match="throughput mode is OpenVINO's"):
+        load_predictor(onnx_file, throughput=True)
+    assert list(load_predictor(onnx_file).map([])) == []
+
+
 def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
     with pytest.raises(ConfigError, match="expected an exported .onnx or OpenVINO .xml"):
         load_predictor(tmp_path / "net.pt")

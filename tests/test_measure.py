@@ -115,12 +115,24 @@ def test_speed_script_scores_every_variant_with_weights_and_data(tmp_path):
     done = subprocess.run([
         sys.executable, str(script), "--networks", "v2", "--sizes", "64x96", "--variants", "reference", "onnxruntime",
         "openvino", "openvino-int8", "--iterations", "1", "--warmup", "0", "--skip-training", "--checkpoint",
-        "bisenetv2_camvid", "--data-root", str(camvid), "--calibration-images", "2", "--json",
-        str(tmp_path / "speed.json"),
+        "bisenetv2_camvid", "--data-root", str(camvid), "--calibration-images", "2", "--benchmark-app", "1",
+        "--json", str(tmp_path / "speed.json"),
     ], capture_output=True, text=True, timeout=300, env=os.environ | {"WANDB_MODE": "disabled"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = {row["variant"]: row for row in json.loads((tmp_path / "speed.json").read_text())}
+    written = json.loads((tmp_path / "speed.json").read_text())
+    rows = {row["variant"]: row for row in written if row["kind"] == "inference"}
     assert list(rows) == ["reference", "onnxruntime", "openvino", "openvino-int8"]
+    # OpenVINO's files also timed by OpenVINO's benchmark_app, and with several images in flight
+    for variant in ("openvino", "openvino-int8"):
+        assert rows[variant]["benchmark_app_p50_ms"] > 0
+        assert rows[variant]["p50_vs_benchmark_app"] == pytest.approx(
+            rows[variant]["p50_ms"] / rows[variant]["benchmark_app_p50_ms"]
+        )
+    assert "benchmark_app_p50_ms" not in rows["onnxruntime"]
+    throughput = [row for row in written if row["kind"] == "throughput"]
+    assert [row["variant"].split(" (")[0] for row in throughput] == ["openvino", "openvino-int8"]
+    assert all(row["images_per_s"] > 0 and "in flight)" in row["variant"] for row in throughput)
+    assert "Throughput, several images in flight:" in done.stdout
     for row in rows.values():
         assert {"miou", "within_1_miou", "max_abs_diff", "logit_scale", "exact"} <= set(row) and 0 <= row["miou"] <= 100
     assert rows["reference"]["max_abs_diff"] == 0 and rows["reference"]["within_1_miou"]
