@@ -4,12 +4,14 @@ Instruction flags do not say what is fastest: bf16 autocast was 1.8x faster than
 Zen 5 with AVX512_BF16 and no faster on an Intel Xeon with the same flag. So ``auto`` measures a few
 training steps of the actual network, batch and crop (a forward pass at the evaluation batch for
 validate/test/predict), in float32 and bf16, in alternating order, and remembers the answer per CPU,
-torch version, thread count, network and shape in a small JSON cache, so that it is measured once.
+torch version, thread count, network, shape and version of this package's code in a small JSON cache, so
+that it is measured once.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bisenet_pl.allocator import keep_freed_memory
 from bisenet_pl.hardware import cpu_features
 
 CPU_CANDIDATES = ("32-true", "bf16-mixed")
@@ -132,12 +135,24 @@ def _step_function(module, precision: str, batch: int, size: tuple[int, int], tr
     return step
 
 
+@functools.cache
+def code_digest() -> str:
+    """A digest of this package's source: a step measured by other code (a faster loss, another
+    layer) is measured again rather than read from the cache."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha1()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def measurement_key(module, batch: int, size: tuple[int, int], train: bool) -> str:
     spec = json.dumps(module.hparams.get("net"), sort_keys=True, default=str)
     parts = [
         this_cpu(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads", type(module.net).__name__,
         hashlib.sha1(spec.encode()).hexdigest()[:10], f"{'train' if train else 'eval'} {batch}x{size[0]}x{size[1]}",
         "channels-last" if module.hparams.get("channels_last") else "nchw", f"{module.hparams.get('optimizer')} step",
+        f"code {code_digest()}", "freed memory kept" if keep_freed_memory() else "system allocator",
     ]  # fmt: skip
     return " | ".join(parts)
 

@@ -68,6 +68,12 @@ def test_label_without_image(tmp_path):
     assert "label without image: " in fit("folder.yaml", root) and "orphan.png" in fit("folder.yaml", root)
 
 
+def link_in_place(path, target: str) -> None:
+    """Replace the file at ``path`` by a symbolic link to ``target`` (itself: a loop; a missing file: broken)."""
+    path.unlink()
+    path.symlink_to(target)
+
+
 @pytest.mark.parametrize(
     "damage,expected",
     [
@@ -80,6 +86,14 @@ def test_label_without_image(tmp_path):
             "0001TP_000002.png holds values [77]",
         ),
         (lambda root: (root / "train/0001TP_000003.png").write_bytes(b"\x89PNG broken"), "cannot read image"),
+        (
+            lambda root: link_in_place(root / "trainannot/0001TP_000001.png", "0001TP_000001.png"),
+            "a loop): 0001TP_000001",
+        ),
+        (
+            lambda root: link_in_place(root / "train/0001TP_000002.png", "moved.png"),
+            "(broken, or a loop): 0001TP_000002",
+        ),
     ],
 )
 def test_bad_files_are_named(tmp_path, damage, expected):

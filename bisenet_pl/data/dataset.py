@@ -56,7 +56,16 @@ def fixed_subset(total: int, count: int) -> list[int]:
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """The image files in ``folder``; a symbolic link among them that leads to no file (broken, or
+    a loop) is a :class:`DataError` naming it, not an image silently missing from its pair."""
+    named = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    dead_links = [p for p in named if p.is_symlink() and not p.exists()]
+    if dead_links:
+        raise DataError(
+            f"{len(dead_links)} symbolic link(s) in {folder} lead to no file (broken, or a loop): "
+            + ", ".join(p.name for p in dead_links[:5])
+        )
+    return [p for p in named if p.is_file()]
 
 
 def pair_by_stem(image_dir: Path, label_dir: Path, label_suffix: str = "", image_suffix: str = "") -> list[Sample]:

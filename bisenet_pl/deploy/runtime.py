@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -181,27 +182,32 @@ class OpenVinoPredictor(Predictor):
     def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Each batch's output in order, with as many batches in flight as the compilation has requests
         (``OPTIMAL_NUMBER_OF_INFER_REQUESTS``: one per stream); a batch of another shape first waits for
-        those in flight."""
-        openvino = import_openvino()
-        finished: dict[int, np.ndarray] = {}
-        queue, shape, next_out = None, None, 0
-        for index, batch in enumerate(batches):
+        those in flight. Requests are reused in turn and waited for in the order they started (no Python
+        callbacks: OpenVINO's threads never wait for the interpreter)."""
+        in_flight: deque = deque()
+        requests: list = []
+        shape, turn = None, 0
+        for batch in batches:
             if batch.shape != shape:
-                if queue is not None:
-                    queue.wait_all()
+                while in_flight:
+                    yield finished_output(in_flight.popleft())
                 compiled = self.compiled_for(batch.shape)
-                queue = openvino.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-                queue.set_callback(lambda request, i: finished.__setitem__(i, request.get_output_tensor(0).data.copy()))
-                shape = batch.shape
-            queue.start_async({0: batch}, index)  # waits while every request is busy; the input is copied
-            while next_out in finished:
-                yield finished.pop(next_out)
-                next_out += 1
-        if queue is not None:
-            queue.wait_all()
-        while next_out in finished:
-            yield finished.pop(next_out)
-            next_out += 1
+                count = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+                requests, shape, turn = [compiled.create_infer_request() for _ in range(count)], batch.shape, 0
+            request = requests[turn % len(requests)]
+            if len(in_flight) == len(requests):  # all busy: this request is the oldest in flight
+                yield finished_output(in_flight.popleft())
+            request.start_async({0: batch})  # the input is copied: the caller may reuse its array
+            in_flight.append(request)
+            turn += 1
+        while in_flight:
+            yield finished_output(in_flight.popleft())
+
+
+def finished_output(request) -> np.ndarray:
+    """The output of an OpenVINO request started with ``start_async``, once it is done (a copy)."""
+    request.wait()
+    return request.get_output_tensor(0).data.copy()
 
 
 def import_openvino():
