@@ -107,10 +107,18 @@ def test_validate_reports_every_problem_at_once(tmp_path):
     write_gray(root / "trainannot/0001TP_000001.png", np.full(SIZE, 77))
     (root / "val/0001TP_000000.png").write_bytes(b"broken")
     (root / "valannot/0001TP_000001.png").unlink()
-    message = fit("camvid.yaml", root, "--data.validate=true")
+    message = fit("camvid.yaml", root, "--data.check_files=true")
     assert "2 problem(s) in the data at" in message
     assert "train: label" in message and "holds values [77]" in message
     assert "val: 1 unpaired files: image without label" in message
+
+
+def test_the_former_name_of_check_files_still_reads_every_file(tmp_path):
+    root = make_camvid_segnet(tmp_path / "camvid")
+    (root / "val/0001TP_000000.png").write_bytes(b"broken")
+    with pytest.warns(UserWarning, match=r"data.validate is now data.check_files .* --data.check_files=true"):
+        message = fit("camvid.yaml", root, "--data.validate=true")
+    assert "1 problem(s) in the data at" in message and "cannot read image" in message
 
 
 def test_options_that_do_not_fit(tmp_path):

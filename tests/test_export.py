@@ -168,6 +168,38 @@ def test_an_interrupted_export_ends_in_one_line_and_leaves_no_temporary_folder(t
     assert list(tmp_path.iterdir()) == []
 
 
+INTERRUPTED_CHECK = """
+import os, signal, sys, time
+from pathlib import Path
+from bisenet_pl import deploy
+from bisenet_pl.cli.main import command
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+folder = Path(sys.argv[1])
+
+def interrupted_check(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the written file is being checked
+    time.sleep(5)
+
+deploy.compare_with_pytorch = interrupted_check
+sys.argv = ["bisenet-pl", "export", "--model.pretrained=bisenetv2_camvid", "--size", "64", "96",
+            f"--output={folder / 'new' / 'x.onnx'}"]
+command()
+"""
+
+
+def test_an_export_interrupted_while_checking_its_file_says_the_file_is_whole(tmp_path):
+    # The program (command, not main) ends such an interrupt without the interpreter's teardown.
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_CHECK, str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    written = tmp_path / "new" / "x.onnx"  # --output's folder made, as the run folders of fit are
+    assert f"bisenet-pl: interrupted after {written} was written whole, before it was checked" in result.stderr
+    assert sorted(p.name for p in written.parent.iterdir()) == ["x.onnx"]
+
+
 def test_a_checkpoint_of_the_cpu_recipe_exports(tmp_path, capsys):
     """channels-last and bf16-mixed, as configs/camvid_cpu.yaml trains, once failed in torch.export
     ("Constraints violated (batch, height, width)"); every checkpoint the CLI trains must export."""

@@ -235,9 +235,9 @@ def test_a_corrupt_image_is_skipped_named_and_fails_the_run_at_its_end(tmp_path)
     )
     assert str(folder / "b.png") in message and str(folder / "e.png") in message
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.png", "c.png", "d.png"]  # the ones after b too
-    # With data.validate the run stops before any work, listing both.
+    # With data.check_files the run stops before any work, listing both.
     with pytest.raises(SystemExit) as refused:
-        main([*args, "--data.validate=true", f"--prediction_writer.output_dir={tmp_path / 'none'}"])
+        main([*args, "--data.check_files=true", f"--prediction_writer.output_dir={tmp_path / 'none'}"])
     assert "2 of the 5 images to predict cannot be read" in str(refused.value.code) and not (tmp_path / "none").exists()
 
 

@@ -1,3 +1,3 @@
-from bisenet_pl.cli import main
+from bisenet_pl.cli.main import command
 
-main()
+command()

@@ -11,6 +11,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from bisenet_pl.errors import UserError
 
 
+class Interrupted(SystemExit):
+    """Ctrl-C or SIGTERM ended ``tool``; its temporary files are already removed."""
+
+    def __init__(self, message: str, tool: str | None = None) -> None:
+        super().__init__(message)
+        self.tool = tool
+
+
 def config_files(argv: list[str]) -> list[str]:
     """The files given with ``--config`` (``--config F`` or ``--config=F``)."""
     files = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from bisenet_pl.batchnorm import recalibrate_batchnorm
+from bisenet_pl.cli.errors import Interrupted
 from bisenet_pl.data.config import datamodule_from_config
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import check_writable
@@ -25,19 +26,9 @@ def export_command(args: list[str]) -> None:
     BatchNorm folded) as ONNX (dynamic batch and size), OpenVINO IR or TorchScript, in fp32, bf16 or
     calibrated int8, optionally from 8-bit images to class ids; or as a float16 weights file that
     ``--model.pretrained`` and ``SegmentationModule.from_pretrained`` load."""
-    from bisenet_pl.deploy import (
-        EXPORT_SUFFIXES,
-        IMAGE_INPUTS,
-        ExportOptions,
-        compare_with_pytorch,
-        describe_comparison,
-        export,
-        inference_network,
-    )
-    from bisenet_pl.deploy.accuracy import choose_openvino_precision, score_export
+    from bisenet_pl.deploy import EXPORT_SUFFIXES, IMAGE_INPUTS, ExportOptions, export, inference_network
     from bisenet_pl.deploy.calibration import GIVE_CONFIG, calibration_images
     from bisenet_pl.deploy.export import check_format
-    from bisenet_pl.deploy.runtime import backend_for
 
     parser = argparse.ArgumentParser(prog="bisenet-pl export", description=export_command.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -169,6 +160,7 @@ def export_command(args: list[str]) -> None:
         if options.bn_images:
             info.training["batchnorm_images"] = used
         state = inference_network(module.net, fold=False).state_dict()
+        output.parent.mkdir(parents=True, exist_ok=True)  # found writable before any work
         if options.format == "hub":
             dataset = type(datamodule).__name__.removesuffix("DataModule") if datamodule is not None else None
             save_pretrained(state, info, output, results=info.training.get("results"), dataset=dataset)
@@ -188,6 +180,7 @@ def export_command(args: list[str]) -> None:
     calibration = None
     if options.precision == "int8":
         calibration = calibration_images(options.calibration, datamodule, options.calibration_images)
+    output.parent.mkdir(parents=True, exist_ok=True)  # found writable before any work
     export(module.net, output, options.format, options=export_options, calibration=calibration)
     print(
         f"wrote {output} ({options.format} {options.precision}, {options.image_input} images in, "
@@ -195,7 +188,21 @@ def export_command(args: list[str]) -> None:
     )
     if options.format == "torchscript":
         return
-    comparison = compare_with_pytorch(module.net, output, export_options, tuple(options.size))
+    try:
+        check_written_file(module.net, output, options, export_options, datamodule)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"bisenet-pl: interrupted after {output} was written whole, before it was checked against PyTorch"
+        ) from None
+
+
+def check_written_file(net, output: Path, options, export_options, datamodule) -> None:
+    """The written file against PyTorch on a random image, then its precision choice or its score."""
+    from bisenet_pl.deploy import compare_with_pytorch, describe_comparison
+    from bisenet_pl.deploy.accuracy import choose_openvino_precision, score_export
+    from bisenet_pl.deploy.runtime import backend_for
+
+    comparison = compare_with_pytorch(net, output, export_options, tuple(options.size))
     runtime, size = backend_for(output), f"{options.size[0]}x{options.size[1]}"
     if options.precision == "fp32":
         print(f"{runtime} agrees with PyTorch at {size} (a random image): {describe_comparison(comparison)}")
@@ -205,9 +212,9 @@ def export_command(args: list[str]) -> None:
             f"{describe_comparison(comparison)}"
         )
     if options.precision == "auto":
-        choose_openvino_precision(module.net, output, export_options, datamodule if options.score else None)
+        choose_openvino_precision(net, output, export_options, datamodule if options.score else None)
     elif options.score:
-        print(score_export(module.net, output, export_options, datamodule)[0])
+        print(score_export(net, output, export_options, datamodule)[0])
 
 
 def check_export_output(output: Path, source: str, named: bool, format: str) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
 from bisenet_pl.allocator import keep_freed_memory
-from bisenet_pl.cli.errors import config_files, one_line, parse_error_line, user_error
+from bisenet_pl.cli.errors import Interrupted, config_files, one_line, parse_error_line, user_error
 from bisenet_pl.cli.export import export_command
 from bisenet_pl.cli.lightning_cli import build_cli
 from bisenet_pl.cli.tools import convert_command, demo_command, stats_command, sweep_command
@@ -25,16 +26,32 @@ def stop_on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def run_tool(tool, args: list[str]) -> None:
-    """A tool (stats, convert, export) that Ctrl-C or SIGTERM ends in one line, its temporary files
+def run_tool(name: str, args: list[str]) -> None:
+    """A tool (stats, convert, export, ...) that Ctrl-C or SIGTERM ends in one line, its temporary files
     removed on the way out (they live in context managers that an exception unwinds)."""
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        tool(args)
+        TOOLS[name](args)
     except KeyboardInterrupt:
-        raise SystemExit("bisenet-pl: interrupted; no output was left half-written") from None
+        raise Interrupted("bisenet-pl: interrupted; no output was left half-written", name) from None
+    except Interrupted as stop:
+        raise Interrupted(stop.code, name) from None  # a tool's own, more precise message
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def command() -> None:
+    """The ``bisenet-pl`` program: :func:`main`; an interrupted export ends without the interpreter's
+    shutdown, whose teardown of OpenVINO's threads took 2 s after an interrupt here and once never ended
+    (a process asleep on a lock after Python had finished); its files are settled by then."""
+    try:
+        main()
+    except Interrupted as stop:
+        if stop.tool != "export":
+            raise
+        print(stop.code, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -42,7 +59,7 @@ def main(args: list[str] | None = None) -> None:
     keep_freed_memory()  # before anything is timed or trained
     try:
         if argv and argv[0] in TOOLS:
-            run_tool(TOOLS[argv[0]], argv[1:])
+            run_tool(argv[0], argv[1:])
         else:
             build_cli(args)  # None: LightningCLI reads sys.argv itself
     except argparse.ArgumentError as error:

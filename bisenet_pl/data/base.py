@@ -54,7 +54,7 @@ class SegmentationDataModule(L.LightningDataModule):
             the pixel range (0: none).
         pin_memory: pin host memory for faster GPU transfer.
         test_split: the split ``test`` and ``predict`` use (e.g. ``val`` where test labels are withheld).
-        validate: read every image and label of the splits in use before starting, and report
+        check_files: read every image and label of the splits in use before starting, and report
             every problem found at once.
         predict_source: what ``predict`` reads instead of ``test_split``: a folder of images
             (searched recursively; any size, RGB, RGBA or grayscale), one image, or a video file.
@@ -69,6 +69,7 @@ class SegmentationDataModule(L.LightningDataModule):
         train_splits: the splits training reads, e.g. ``[train, val]`` for the final run of a release
             once its recipe and length are fixed on a dev split (the papers' train + val). Validation
             still scores ``val`` then, as a check of fit, not of generalisation.
+        validate: the former name of ``check_files`` (``true`` is taken as it, with a warning).
 
     Subclasses set ``num_classes``, ``class_names``, ``palette`` and implement ``samples``.
     """
@@ -94,13 +95,20 @@ class SegmentationDataModule(L.LightningDataModule):
         noise: float = 0.0,
         pin_memory: bool = True,
         test_split: str = "test",
-        validate: bool = False,
+        check_files: bool = False,
         predict_source: str | None = None,
         cache_images: bool = False,
         dev_files: list[str] | None = None,
         train_splits: list[str] = ("train",),
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
+        if validate:  # its former name; saved configs hold validate: false, which changes nothing
+            rank_zero_warn(
+                "data.validate is now data.check_files (the old name was also a subcommand's): taken as "
+                "--data.check_files=true"
+            )
+            check_files = True
         train_splits = list(train_splits)
         check_data_options(locals())
         if test_split in train_splits:
@@ -123,12 +131,12 @@ class SegmentationDataModule(L.LightningDataModule):
         self.noise = noise
         self.pin_memory = pin_memory
         self.test_split = test_split
-        self.validate = validate
+        self.check_files = check_files
         self.predict_source = Path(predict_source).expanduser() if predict_source else None
         self.cache_images = cache_images
         self.dev_files = list(dev_files) if dev_files else []
         self.train_splits = train_splits
-        self._scanned: set[str] = set()  # splits check_data already read through (validate)
+        self._scanned: set[str] = set()  # splits check_data already read through (check_files)
         self._predict_source: PredictSource | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
 
@@ -196,17 +204,17 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def check_data(self, stage: str | None) -> None:
         """Fail early, before anything is written: folders and pairing of the stage's splits, and
-        with ``validate`` every image and label."""
+        with ``check_files`` every image and label."""
         if stage == "predict" and self.predict_source is not None:
-            self.predict_reader().check(read_all=self.validate)  # before any folder is made
-        if self.validate:
+            self.predict_reader().check(read_all=self.check_files)  # before any folder is made
+        if self.check_files:
             self.check_splits(self.stage_splits(stage))
         else:
             for split in self.stage_splits(stage):
                 self.split_samples(split)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.validate:
+        if self.check_files:
             self.check_splits([split for split in self.stage_splits(stage) if split not in self._scanned])
         if stage in ("fit", None):
             self.datasets["train"] = self.dataset("train", train=True)
