@@ -43,6 +43,7 @@ from bisenet_pl.deploy import DeployedNetwork, inference_network, load_predictor
 from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou
 from bisenet_pl.deploy.calibration import calibration_images as export_calibration_images
 from bisenet_pl.deploy.export import ExportOptions, export
+from bisenet_pl.errors import UserError
 from bisenet_pl.files import atomic_write
 from bisenet_pl.hardware import cpu_features
 from bisenet_pl.measure import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
@@ -723,6 +724,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Machine: {machine()}\n")
     if skipped:
         print(f"Left out on this machine: {', '.join(skipped)}\n")
+    if args.checkpoint:
+        try:
+            read_weights_info(args.checkpoint)  # a missing or unreadable file: one line, before any work
+        except (UserError, FileNotFoundError) as error:
+            parser.error(f"--checkpoint: {error}")
     rows = []
     if not args.skip_inference:
         print(f"Inference, batch {args.batch_size}, {args.iterations} timed runs after {args.warmup} warm-up runs:\n")

@@ -183,6 +183,7 @@ def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
         (["--precision=int8", "--calibration={missing}"], "no such data config or folder of images"),
         (["--score"], "--score: no config.yaml"),
         (["--calibration_images=0", "--precision=int8"], "--calibration_images must be >= 1"),
+        (["--size", "0", "8"], "--size H W must be two sizes >= 1"),
     ],
 )
 def test_export_command_refuses_what_it_cannot_do(tmp_path, options, message):

@@ -61,6 +61,19 @@ def test_bad_sizes_are_one_line_errors(capsys, option, value, message):
     assert exited.value.code == 2 and f"error: {option}: '{value}'" in error and message in error
 
 
+def test_a_checkpoint_that_is_not_there_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "garbage.pt").write_bytes(b"garbage")
+    for checkpoint, message in (
+        (tmp_path / "missing.pt", "does not exist"),
+        (tmp_path / "garbage.pt", "not a PyTorch"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            load_script().main(["--checkpoint", str(checkpoint), "--skip-training"])
+        error = capsys.readouterr().err
+        assert exited.value.code == 2 and "Traceback" not in error
+        assert "error: --checkpoint: " in error and str(checkpoint) in error and message in error
+
+
 def test_the_exported_files_are_removed_after_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     load_script().main([

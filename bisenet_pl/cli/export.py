@@ -99,6 +99,10 @@ def export_command(args: list[str]) -> None:
         raise ConfigError(f"--bn_images must be >= 0; got {options.bn_images}")
     if options.calibration_images < 1:
         raise ConfigError(f"--calibration_images must be >= 1; got {options.calibration_images}")
+    if min(options.size) < 1:
+        raise ConfigError(
+            f"--size H W must be two sizes >= 1 (the example image's); got {' '.join(map(str, options.size))}"
+        )
     weights_only = options.format in ("weights", "hub")
     if weights_only and (options.precision, options.image_input, options.labels) != ("fp32", "float", None):
         raise ConfigError(
