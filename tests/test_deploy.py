@@ -184,11 +184,16 @@ def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
         (["--score"], "--score: no config.yaml"),
         (["--calibration_images=0", "--precision=int8"], "--calibration_images must be >= 1"),
         (["--size", "0", "8"], "--size H W must be two sizes >= 1"),
+        (["--output={empty}"], "is a folder: give the file's path, e.g. .*empty/bisenetv2_camvid.onnx"),
+        (["--output={noext}"], "an ONNX file ends in .onnx"),
+        (["--format=openvino", "--output={noext}.onnx"], "an OpenVINO file ends in .xml"),
     ],
 )
 def test_export_command_refuses_what_it_cannot_do(tmp_path, options, message):
     (tmp_path / "empty").mkdir()
-    options = [o.format(empty=tmp_path / "empty", missing=tmp_path / "missing") for o in options]
+    options = [
+        o.format(empty=tmp_path / "empty", missing=tmp_path / "missing", noext=tmp_path / "noext") for o in options
+    ]
     with pytest.raises(SystemExit, match=message):
         main(
             [
@@ -201,7 +206,7 @@ def test_export_command_refuses_what_it_cannot_do(tmp_path, options, message):
                 *options,
             ]
         )
-    assert not (tmp_path / "out.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written
 
 
 def test_uint8_input_needs_the_training_normalisation():

@@ -222,9 +222,27 @@ def check_written_file(net, output: Path, options, export_options, datamodule) -
 
 
 def check_export_output(output: Path, source: str, named: bool, format: str) -> None:
-    """An export never writes over its own input, nor over an existing file the user did not name."""
+    """An export never writes over its own input, nor over an existing file the user did not name; a file
+    goes to a file path (not a folder), and ONNX and OpenVINO files carry the suffix that tells them apart."""
+    from bisenet_pl.deploy import EXPORT_SUFFIXES
+
+    suffixes = {"weights": ".pt", **EXPORT_SUFFIXES}
+    if format != "hub" and output.is_dir():
+        example = output / f"{source_stem(source)}{suffixes[format]}"
+        raise ConfigError(f"--output {output} is a folder: give the file's path, e.g. {example}")
+    if format in ("onnx", "openvino") and output.suffix.lower() != EXPORT_SUFFIXES[format]:
+        kind = {"onnx": "an ONNX", "openvino": "an OpenVINO"}[format]
+        raise ConfigError(
+            f"--output {output}: {kind} file ends in {EXPORT_SUFFIXES[format]} (load_predictor and the runtimes "
+            "tell formats by it)"
+        )
     written = [output, output.with_suffix(".bin")] if format == "openvino" else [output]
     if Path(source).exists() and any(path.resolve() == Path(source).resolve() for path in written):
         raise ConfigError(f"--output {output} would overwrite the input {source}: give another --output")
     if not named and (existing := [path for path in written if path.exists()]):
         raise ConfigError(f"{existing[0]} exists already: give --output {output} to replace it, or another path")
+
+
+def source_stem(source: str) -> str:
+    """The input's name without folder and suffix (a released name as it is)."""
+    return Path(source).stem or "model"
