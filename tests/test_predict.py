@@ -241,6 +241,24 @@ def test_a_corrupt_image_is_skipped_named_and_fails_the_run_at_its_end(tmp_path)
     assert "2 of the 5 images to predict cannot be read" in str(refused.value.code) and not (tmp_path / "none").exists()
 
 
+@pytest.mark.parametrize("inside", [".", "predictions"])
+def test_predictions_never_go_inside_the_folder_they_are_read_from(tmp_path, inside):
+    camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 2, "val": 1, "test": 1})
+    save_checkpoint(tmp_path / "model.ckpt", num_classes=11)
+    folder = tmp_path / "images"
+    write_rgb(folder / "a.png", np.zeros((24, 32, 3), dtype=np.uint8))
+    out = folder / inside
+    with pytest.raises(SystemExit) as refused:
+        main([
+            "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
+            f"--data.predict_source={folder}", f"--ckpt_path={tmp_path / 'model.ckpt'}",
+            f"--prediction_writer.output_dir={out}",
+        ])  # fmt: skip
+    message = str(refused.value.code)
+    assert f"prediction_writer.output_dir {out} is inside data.predict_source {folder}" in message
+    assert [p.name for p in folder.iterdir()] == ["a.png"]  # nothing written
+
+
 def test_decoders_print_nothing_of_their_own(tmp_path, capfd):
     """libpng, libjpeg, ffmpeg and OpenCV's log write to stderr themselves; our one line says it."""
     write_rgb(tmp_path / "ok.png", np.zeros((40, 40, 3), dtype=np.uint8))

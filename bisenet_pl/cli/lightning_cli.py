@@ -114,6 +114,7 @@ class BiSeNetCLI(LightningCLI):
                 check_writable(callback.dirpath, "the checkpoint dirpath")
             if isinstance(callback, SegmentationWriter) and callback.output_dir and self.subcommand == "predict":
                 check_writable(callback.output_dir, "prediction_writer.output_dir")
+                check_outside_source(Path(callback.output_dir), getattr(self.datamodule, "predict_source", None))
 
         # The subcommand's arguments are read from config_init after this hook.
         arguments = self.config_init[self.subcommand]
@@ -238,3 +239,16 @@ def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
             "exit_on_error": False,  # main() reports parse errors as one line
         },
     )
+
+
+def check_outside_source(output_dir: Path, source: Path | None) -> None:
+    """Predictions never go inside the folder they are read from: it is searched recursively, so the next
+    run would take the written label maps and overlays for images."""
+    if source is None or not source.is_dir():
+        return
+    output, folder = output_dir.expanduser().resolve(), source.expanduser().resolve()
+    if output == folder or folder in output.parents:
+        raise ConfigError(
+            f"prediction_writer.output_dir {output_dir} is inside data.predict_source {source}, which is read "
+            "with its subfolders: the next run would take the predictions for images. Give a folder outside it"
+        )
