@@ -141,6 +141,13 @@ def test_convert_command(tmp_path, reference_dir):
     torch.save(reference_state_dict(reference_dir / "bisenetv2_state_dict_keys.tsv"), tmp_path / "reference.pth")
     main(["convert", str(tmp_path / "reference.pth"), str(tmp_path / "ours.pth")])
     BiSeNetV2(num_classes=19).load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True), strict=True)
+    # Never over its own input, nor to a folder's path: refused before anything is read or written.
+    reference = (tmp_path / "reference.pth").read_bytes()
+    (tmp_path / "folder").mkdir()
+    for output, message in ((tmp_path / "reference.pth", "is the input"), (tmp_path / "folder", "is a folder")):
+        with pytest.raises(SystemExit, match=f"convert: output {output} {message}"):
+            main(["convert", str(tmp_path / "reference.pth"), str(output)])
+    assert (tmp_path / "reference.pth").read_bytes() == reference and not any((tmp_path / "folder").iterdir())
 
 
 def test_corrupt_label_in_a_worker_is_one_clear_line(tmp_path):
