@@ -235,6 +235,25 @@ def test_throughput_mode_predicts_what_one_at_a_time_does_in_order(tmp_path, net
     assert list(load_predictor(onnx_file).map([])) == []
 
 
+def test_a_batch_the_file_does_not_take_is_one_line_saying_what_it_takes(tmp_path, net):
+    options = ExportOptions(labels="int32", image_input="uint8_nhwc", mean=MEAN, std=STD, example_size=(64, 96))
+    onnx_file = export(net, tmp_path / "net.onnx", options=options)
+    for predictor in (load_predictor(onnx_file), load_predictor(onnx_file, backend="openvino")):
+        assert predictor(np.zeros((1, 40, 56, 3), np.uint8)).shape == (1, 40, 56)
+        for wrong in (
+            np.zeros((40, 56, 3), np.uint8),
+            np.zeros((1, 40, 56, 3), np.float32),
+            np.zeros((1, 3, 40, 56), np.uint8),
+        ):
+            with pytest.raises(
+                ConfigError, match=r"net.onnx takes a batch of images \(N, H, W, 3\) of uint8 .* got an array"
+            ):
+                predictor(wrong)
+    floats = export(net, tmp_path / "float.onnx", options=ExportOptions(example_size=(64, 96)))
+    with pytest.raises(ConfigError, match=r"takes a batch of images \(N, 3, H, W\) of float32 .* \(1, 3, 0, 56\)"):
+        load_predictor(floats)(np.zeros((1, 3, 0, 56), np.float32))
+
+
 def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
     with pytest.raises(ConfigError, match="expected an exported .onnx or OpenVINO .xml"):
         load_predictor(tmp_path / "net.pt")

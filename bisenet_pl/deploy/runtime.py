@@ -48,9 +48,31 @@ class Predictor:
 
     backend: Backend
     precision: str  # what the runtime computes in; found when first asked, not at load
+    path: str | Path
+    input_dtype: np.dtype  # of the file's input: uint8 (8-bit images as read) or float32 (normalised)
+    channels_last: bool  # the file's input layout: (N, H, W, 3) or (N, 3, H, W)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def check_input(self, images: np.ndarray) -> None:
+        """A batch the file takes, else one :class:`ConfigError` saying what it takes (not the runtime's
+        message about ranks and dimensions)."""
+        layout = "(N, H, W, 3)" if self.channels_last else "(N, 3, H, W)"
+        shape = getattr(images, "shape", ())
+        fits = (
+            isinstance(images, np.ndarray)
+            and images.dtype == self.input_dtype
+            and len(shape) == 4
+            and shape[3 if self.channels_last else 1] == 3
+            and min(shape) > 0
+        )
+        if not fits:
+            got = f"an array {tuple(shape)} of {images.dtype}" if isinstance(images, np.ndarray) else type(images)
+            raise ConfigError(
+                f"{self.path} takes a batch of images {layout} of {np.dtype(self.input_dtype).name} (see bisenet-pl "
+                f"export --input); got {got}"
+            )
 
     def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Each batch's output, in order (frames of a video, images of a folder): one batch at a time
@@ -74,7 +96,10 @@ class OnnxRuntimePredictor(Predictor):
             raise ConfigError(
                 f"{path} is not a model ONNX Runtime can load (truncated, or another kind of file): {reason}"
             ) from None
-        self.input_name = self.session.get_inputs()[0].name
+        spec = self.session.get_inputs()[0]
+        self.input_name = spec.name
+        self.input_dtype = np.dtype(np.uint8 if spec.type == "tensor(uint8)" else np.float32)
+        self.channels_last = spec.shape[3] == 3
 
     @cached_property
     def precision(self) -> str:
@@ -84,6 +109,7 @@ class OnnxRuntimePredictor(Predictor):
         return "int8" if any(node.op_type in ("QuantizeLinear", "QLinearConv") for node in nodes) else "fp32"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.check_input(images)
         return self.session.run(None, {self.input_name: images})[0]
 
 
@@ -135,16 +161,15 @@ class OpenVinoPredictor(Predictor):
             raise ConfigError(f"OpenVINO precision must be fp32 or bf16; got {precision!r}")
         self.compilations: dict[tuple[int, ...], object] = {}
         self.requests: dict[tuple[int, ...], object] = {}
+        self.path = path
+        spec = self.model.inputs[0]
+        self.input_dtype = np.dtype(np.uint8 if spec.get_element_type().to_string() == "u8" else np.float32)
+        last = spec.get_partial_shape()[3]
+        self.channels_last = last.is_static and last.get_length() == 3
 
     def input_shape(self, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
         """The file's input shape for images of ``height`` x ``width`` (its layout: NHWC or NCHW)."""
-        shape = self.model.inputs[0].get_partial_shape()
-        channels_last = shape[3].is_static and shape[3].get_length() in (1, 3)
-        return (
-            (batch, height, width, shape[3].get_length())
-            if channels_last
-            else (batch, shape[1].get_length(), height, width)
-        )
+        return (batch, height, width, 3) if self.channels_last else (batch, 3, height, width)
 
     def example_input(self, height: int, width: int) -> np.ndarray:
         """A random image batch of one, in the file's layout and input type."""
@@ -173,6 +198,7 @@ class OpenVinoPredictor(Predictor):
         return self.compilations[shape]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.check_input(images)
         request = self.requests.get(images.shape)
         if request is None:
             request = self.requests[images.shape] = self.compiled_for(images.shape).create_infer_request()
@@ -188,6 +214,7 @@ class OpenVinoPredictor(Predictor):
         requests: list = []
         shape, turn = None, 0
         for batch in batches:
+            self.check_input(batch)
             if batch.shape != shape:
                 while in_flight:
                     yield finished_output(in_flight.popleft())
