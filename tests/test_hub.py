@@ -99,6 +99,12 @@ def test_export_writes_a_hub_folder_that_loads_everywhere_a_weights_file_does(tm
     with pytest.raises(SystemExit, match=r"notes exists and is not a folder of weights in the Hub's layout"):
         main(["export", "--model.pretrained=bisenetv2_camvid", "--format", "hub", f"--output={tmp_path / 'notes'}"])
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    with pytest.raises(SystemExit, match=r"todo.txt exists and is not a folder of weights .* \(it is a file\)"):
+        main([
+            "export", "--model.pretrained=bisenetv2_camvid", "--format", "hub",
+            f"--output={tmp_path / 'notes' / 'todo.txt'}",
+        ])  # fmt: skip
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
     with pytest.raises(SystemExit, match=r"--format hub writes the network's weights: --precision"):
         main(["export", "--model.pretrained=bisenetv2_camvid", "--format", "hub", "--precision", "int8"])
 

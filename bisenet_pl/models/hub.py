@@ -54,11 +54,12 @@ def save_pretrained(
 
     directory = Path(directory)
     if directory.exists():
-        foreign = sorted(p.name for p in directory.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
+        ours = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in ours) if directory.is_dir() else []
         if not directory.is_dir() or foreign:
             raise ConfigError(
                 f"{directory} exists and is not a folder of weights in the Hub's layout"
-                + (f" (it holds {', '.join(foreign[:3])})" if directory.is_dir() else "")
+                + (f" (it holds {', '.join(foreign[:3])})" if foreign else " (it is a file)")
                 + ": give another folder"
             )
     directory.parent.mkdir(parents=True, exist_ok=True)
