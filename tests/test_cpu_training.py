@@ -170,6 +170,11 @@ def test_train_minutes_sizes_the_schedule_from_the_measured_step(tmp_path, monke
     with pytest.raises(ConfigError, match="--train_minutes must be > 0; got 0.0"):
         build_cli([*args, "--train_minutes=0"], run=False)
     assert steps_within(1, 60_000) == 1  # never zero steps
+    # What the user types is never replaced: a typed max_steps contradicts the minutes, a typed interval stays.
+    with pytest.raises(ConfigError, match="--train_minutes sets trainer.max_steps .* give one of them"):
+        build_cli([*args, "--trainer.max_steps=10"], run=False)
+    typed = build_cli([*args, "--trainer.val_check_interval=100"], run=False).trainer
+    assert (typed.max_steps, typed.val_check_interval) == (1920, 100)
 
 
 def test_a_trainer_built_in_python_has_no_step_to_time_and_says_so(caplog):

@@ -75,3 +75,12 @@ def test_every_committed_sweep_file_expands_for_the_command():
             parameter_sets(sweep, count=None if sweep["method"] == "grid" else 2) if sweep["method"] != "bayes" else []
         )
         assert sweep["method"] == "bayes" or runs, path.name
+
+
+def test_an_output_that_cannot_be_a_folder_is_refused_before_any_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    sweep = write_sweep(tmp_path / "tiny.yaml")
+    for output in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "runs"):
+        with pytest.raises(SystemExit, match=f"--output {output}: .*notes.txt is a file, not a folder"):
+            main(["sweep", str(sweep), "--output", str(output)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "tiny.yaml"]

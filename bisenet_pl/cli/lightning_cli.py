@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -89,6 +90,9 @@ class BiSeNetCLI(LightningCLI):
         parser.add_lightning_class_args(SegmentationWriter, "prediction_writer")
 
     def parse_arguments(self, parser, args) -> None:
+        # The options typed on the command line (not those of config files), for --train_minutes.
+        typed = sys.argv[1:] if args is None else args if isinstance(args, list) else []
+        self._typed_options = {arg.split("=", 1)[0] for arg in typed if isinstance(arg, str) and arg.startswith("--")}
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         checkpoint = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -141,7 +145,13 @@ class BiSeNetCLI(LightningCLI):
         if config.get("precision") == "auto":
             kwargs["precision"] = self.fastest_precision(config.get("accelerator", "auto"))
         if minutes is not None and self.subcommand in (None, "fit"):
-            kwargs |= self.schedule_for_minutes(minutes, {**config, **kwargs})
+            if "--trainer.max_steps" in getattr(self, "_typed_options", ()):
+                raise ConfigError(
+                    "--train_minutes sets trainer.max_steps from the measured step, and --trainer.max_steps was given "
+                    "too: give one of them"
+                )
+            interval_typed = "--trainer.val_check_interval" in getattr(self, "_typed_options", ())
+            kwargs |= self.schedule_for_minutes(minutes, {**config, **kwargs}, interval_typed)
         return super().instantiate_trainer(**kwargs)
 
     def _cpu_training(self, accelerator: object) -> bool:
@@ -164,9 +174,10 @@ class BiSeNetCLI(LightningCLI):
         rank_zero_info(choice.describe())
         return choice.precision
 
-    def schedule_for_minutes(self, minutes: float, trainer_config: dict) -> dict:
+    def schedule_for_minutes(self, minutes: float, trainer_config: dict, interval_typed: bool = False) -> dict:
         """``--train_minutes``: ``max_steps`` from the measured time of a training step in the run's
-        precision (cached with ``auto``'s measurements), and three validations at thirds of them."""
+        precision (cached with ``auto``'s measurements), and three validations at thirds of them unless
+        ``--trainer.val_check_interval`` was typed."""
         if not self._cpu_training(trainer_config.get("accelerator", "auto")):
             raise ConfigError("--train_minutes measures a training step on the CPU; on a GPU set --trainer.max_steps")
         precision = str(trainer_config.get("precision") or "32-true")
@@ -179,8 +190,11 @@ class BiSeNetCLI(LightningCLI):
             f"--train_minutes={minutes:g}: a training step of {batch} x {size[0]}x{size[1]} in {precision} takes "
             f"{step_ms:.0f} ms "
             f"on this CPU, so max_steps={steps} ({TIME_RESERVE:.0%} of the time kept for validation, data and "
-            f"checkpoints), validating every {every} steps"
+            f"checkpoints), validating "
+            + ("as --trainer.val_check_interval says" if interval_typed else f"every {every} steps")
         )
+        if interval_typed:
+            return {"max_steps": steps}
         return {"max_steps": steps, "val_check_interval": every, "check_val_every_n_epoch": None}
 
 

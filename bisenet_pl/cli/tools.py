@@ -55,6 +55,8 @@ def sweep_command(args: list[str]) -> None:
     parser.add_argument("--metric", default="val/mIoU", help="the metric of the closing table")
     extra = args[args.index("--") + 1 :] if "--" in args else []
     options = parser.parse_args(args[: args.index("--")] if "--" in args else args)
+    if options.output is not None:
+        check_writable(options.output, "--output")  # a file, or a folder that cannot be made: before any run
     folders = run_sweep(options.sweep, options.seeds, options.count, options.output, extra)
     print(summary(folders, options.metric))
 
