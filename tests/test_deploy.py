@@ -263,6 +263,10 @@ def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
     assert load_predictor(path, backend="openvino", precision="fp32").describe() == "openvino fp32"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_predictor(tmp_path / "missing.onnx")
+    with pytest.raises(ConfigError, match="threads must be >= 1 .*; got -1"):
+        load_predictor(path, backend="openvino", threads=-1)  # was OpenVINO's RuntimeError from its core
+    with pytest.raises(ConfigError, match=r"auto_size must be \(height, width\), each >= 1; got \(0, 0\)"):
+        load_predictor(path, backend="openvino", precision="auto", auto_size=(0, 0))
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ConfigError, match="truncated.onnx is not a model ONNX Runtime can load"):

@@ -297,6 +297,10 @@ def load_predictor(
     compiles for images per second over many images, run through ``predictor.map(batches)``.
     """
     backend = backend_for(path, backend)
+    if threads is not None and threads < 0:
+        raise ConfigError(f"threads must be >= 1 (or None or 0: every core); got {threads}")
+    if len(auto_size) != 2 or min(auto_size) < 1:
+        raise ConfigError(f"auto_size must be (height, width), each >= 1; got {tuple(auto_size)}")
     if not Path(path).is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
     if backend == "openvino":
