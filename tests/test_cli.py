@@ -137,6 +137,13 @@ def test_stats_command(tmp_path, capsys):
     assert "images: 2" in output and "Bicyclist" in output and "class_weights" in output
 
 
+def test_a_config_that_is_not_a_mapping_is_one_line(tmp_path):
+    for name, text in (("notes.txt", "hi\n"), ("list.yaml", "- data\n- model\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit, match=f"{name} has no data: section with a class_path"):
+            main(["stats", "--config", str(tmp_path / name)])  # was AttributeError: 'str' object has no 'get'
+
+
 def test_convert_command(tmp_path, reference_dir):
     torch.save(reference_state_dict(reference_dir / "bisenetv2_state_dict_keys.tsv"), tmp_path / "reference.pth")
     main(["convert", str(tmp_path / "reference.pth"), str(tmp_path / "ours.pth")])

@@ -17,9 +17,10 @@ def datamodule_from_config(path: str | Path, root: str | None = None) -> Segment
     config's when given; nothing is read from disk."""
     path = Path(path)
     try:
-        section = (yaml.safe_load(path.read_text()) or {}).get("data")
+        document = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: cannot read a config ({error})") from None
+    section = document.get("data") if isinstance(document, dict) else None  # a YAML of plain text is a string
     if not isinstance(section, dict):
         raise ConfigError(f"{path} has no data: section with a class_path (expected a config of bisenet-pl fit)")
     if root is not None:
