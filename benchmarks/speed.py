@@ -576,15 +576,17 @@ def training_table(args, device: torch.device) -> list[dict]:
             f"{candidate}{chosen}{', channels-last' if model_options.get('channels_last') else ''}"
         )
 
-    reference = ReferenceProcess(settings)
-    blocks: dict[str, Callable[[int], list[float]]] = {"reference (plain loop, fp32, NCHW)": reference.block}
     plain = bench.module(**model_options).to(device)
-    blocks[f"plain loop ({recipe(precision)})"] = lambda n: bench.plain_block(plain, n, precision, reference=False)
+    ours: dict[str, Callable[[int], list[float]]] = {
+        f"plain loop ({recipe(precision)})": lambda n: bench.plain_block(plain, n, precision, reference=False)
+    }
     for candidate in considered:
         model = bench.module(**model_options).to(device)
-        blocks[f"LightningModule ({recipe(candidate)})"] = lambda n, model=model, candidate=candidate: (
+        ours[f"LightningModule ({recipe(candidate)})"] = lambda n, model=model, candidate=candidate: (
             bench.lightning_block(model, n, candidate)
         )
+    reference = ReferenceProcess(settings)  # started last: closed by the finally below whatever happens
+    blocks = {"reference (plain loop, fp32, NCHW)": reference.block, **ours}
     try:
         for block in blocks.values():  # untimed: first-call set-up of each way
             block(1)

@@ -18,7 +18,6 @@ import ctypes
 import ctypes.util
 import os
 import platform
-from functools import cache
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -34,9 +33,23 @@ def user_chose_allocator(environ: os._Environ | dict = os.environ) -> str | None
     return next((name for name in USER_SETTINGS if environ.get(name)), None)
 
 
-@cache
+_kept: bool | None = None  # None until keep_freed_memory has run in this process
+
+
 def keep_freed_memory() -> bool:
     """Set glibc's trim and mmap thresholds to :data:`KEEP_BYTES` once per process; whether they are set."""
+    global _kept
+    if _kept is None:
+        _kept = _set_thresholds()
+    return _kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` has set the thresholds in this process (asking changes nothing)."""
+    return bool(_kept)
+
+
+def _set_thresholds() -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or user_chose_allocator():
         return False
     try:

@@ -24,6 +24,14 @@ def atomic_write(path: Path) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
+def check_not_a_folder(path: Path, option: str, example: Path | None = None) -> None:
+    """A file is to be written at ``path``: refuse a folder there, in one line naming ``option``."""
+    if path.is_dir():
+        raise ConfigError(
+            f"{option} {path} is a folder: give the file's path" + (f", e.g. {example}" if example else "")
+        )
+
+
 def check_writable(folder: str | Path, option: str) -> None:
     """Fail before any work unless ``folder`` can be created and written: its nearest existing
     ancestor must be a folder in which a file can be made (tried, then removed at once)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bisenet_pl.allocator import keep_freed_memory
+from bisenet_pl.allocator import freed_memory_kept, keep_freed_memory
 from bisenet_pl.hardware import cpu_features
 
 CPU_CANDIDATES = ("32-true", "bf16-mixed")
@@ -152,7 +152,7 @@ def measurement_key(module, batch: int, size: tuple[int, int], train: bool) -> s
         this_cpu(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads", type(module.net).__name__,
         hashlib.sha1(spec.encode()).hexdigest()[:10], f"{'train' if train else 'eval'} {batch}x{size[0]}x{size[1]}",
         "channels-last" if module.hparams.get("channels_last") else "nchw", f"{module.hparams.get('optimizer')} step",
-        f"code {code_digest()}", "freed memory kept" if keep_freed_memory() else "system allocator",
+        f"code {code_digest()}", "freed memory kept" if freed_memory_kept() else "system allocator",
     ]  # fmt: skip
     return " | ".join(parts)
 
@@ -206,6 +206,7 @@ def fastest_cpu_precision(
 ) -> PrecisionChoice:
     """The fastest of ``candidates`` for ``module``'s network at this batch and size on this CPU,
     from the cache when it was measured before, else measured now and cached."""
+    keep_freed_memory()  # timed with the memory setting the Trainer trains with
     step = "a training step" if train else "a forward pass"
     what = f"{step} of {type(module.net).__name__} ({batch} x {size[0]}x{size[1]})"
     # Measuring trains a copy of the network, whose dropout draws from the global RNG: forked, so that a

@@ -9,7 +9,7 @@ from bisenet_pl.batchnorm import recalibrate_batchnorm
 from bisenet_pl.cli.errors import Interrupted
 from bisenet_pl.data.config import datamodule_from_config
 from bisenet_pl.errors import ConfigError
-from bisenet_pl.files import check_writable
+from bisenet_pl.files import check_not_a_folder, check_writable
 from bisenet_pl.models.hub import save_pretrained
 from bisenet_pl.models.weights import (
     RELEASED_WEIGHTS,
@@ -125,7 +125,7 @@ def export_command(args: list[str]) -> None:
     output = options.output or (
         Path(source).with_suffix(suffix) if options.ckpt_path else Path(Path(source).stem + suffix)
     )
-    check_export_output(output, weights_location(source), named=options.output is not None, format=options.format)
+    check_export_output(output, weights_location(source), options.output is not None, options.format, suffix)
     check_writable(output.parent, "--output")
     stored = StoredWeights.read(source)  # the one time the input is read
     if options.ckpt_path:
@@ -221,28 +221,18 @@ def check_written_file(net, output: Path, options, export_options, datamodule) -
         print(score_export(net, output, export_options, datamodule)[0])
 
 
-def check_export_output(output: Path, source: str, named: bool, format: str) -> None:
+def check_export_output(output: Path, source: str, named: bool, format: str, suffix: str) -> None:
     """An export never writes over its own input, nor over an existing file the user did not name; a file
-    goes to a file path (not a folder), and ONNX and OpenVINO files carry the suffix that tells them apart."""
-    from bisenet_pl.deploy import EXPORT_SUFFIXES
-
-    suffixes = {"weights": ".pt", **EXPORT_SUFFIXES}
-    if format != "hub" and output.is_dir():
-        example = output / f"{source_stem(source)}{suffixes[format]}"
-        raise ConfigError(f"--output {output} is a folder: give the file's path, e.g. {example}")
-    if format in ("onnx", "openvino") and output.suffix.lower() != EXPORT_SUFFIXES[format]:
+    goes to a file path (not a folder), and ONNX and OpenVINO files carry the ``suffix`` that tells them apart."""
+    if format != "hub":
+        check_not_a_folder(output, "--output", example=output / (Path(source).stem + suffix))
+    if format in ("onnx", "openvino") and output.suffix.lower() != suffix:
         kind = {"onnx": "an ONNX", "openvino": "an OpenVINO"}[format]
         raise ConfigError(
-            f"--output {output}: {kind} file ends in {EXPORT_SUFFIXES[format]} (load_predictor and the runtimes "
-            "tell formats by it)"
+            f"--output {output}: {kind} file ends in {suffix} (load_predictor and the runtimes tell formats by it)"
         )
     written = [output, output.with_suffix(".bin")] if format == "openvino" else [output]
     if Path(source).exists() and any(path.resolve() == Path(source).resolve() for path in written):
         raise ConfigError(f"--output {output} would overwrite the input {source}: give another --output")
     if not named and (existing := [path for path in written if path.exists()]):
         raise ConfigError(f"{existing[0]} exists already: give --output {output} to replace it, or another path")
-
-
-def source_stem(source: str) -> str:
-    """The input's name without folder and suffix (a released name as it is)."""
-    return Path(source).stem or "model"

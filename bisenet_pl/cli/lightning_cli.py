@@ -145,13 +145,15 @@ class BiSeNetCLI(LightningCLI):
         if config.get("precision") == "auto":
             kwargs["precision"] = self.fastest_precision(config.get("accelerator", "auto"))
         if minutes is not None and self.subcommand in (None, "fit"):
-            if "--trainer.max_steps" in getattr(self, "_typed_options", ()):
+            typed = self._typed_options
+            if "--trainer.max_steps" in typed:
                 raise ConfigError(
                     "--train_minutes sets trainer.max_steps from the measured step, and --trainer.max_steps was given "
                     "too: give one of them"
                 )
-            interval_typed = "--trainer.val_check_interval" in getattr(self, "_typed_options", ())
-            kwargs |= self.schedule_for_minutes(minutes, {**config, **kwargs}, interval_typed)
+            kwargs |= self.schedule_for_minutes(
+                minutes, {**config, **kwargs}, interval_typed="--trainer.val_check_interval" in typed
+            )
         return super().instantiate_trainer(**kwargs)
 
     def _cpu_training(self, accelerator: object) -> bool:

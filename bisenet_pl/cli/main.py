@@ -34,8 +34,9 @@ def run_tool(name: str, args: list[str]) -> None:
         TOOLS[name](args)
     except KeyboardInterrupt:
         raise Interrupted("bisenet-pl: interrupted; no output was left half-written", name) from None
-    except Interrupted as stop:
-        raise Interrupted(stop.code, name) from None  # a tool's own, more precise message
+    except Interrupted as stop:  # a tool's own, more precise message
+        stop.tool = name
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

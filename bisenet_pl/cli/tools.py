@@ -10,7 +10,7 @@ import torch
 from bisenet_pl.data import dataset_statistics
 from bisenet_pl.data.config import datamodule_from_config
 from bisenet_pl.errors import ConfigError
-from bisenet_pl.files import atomic_write, check_writable
+from bisenet_pl.files import atomic_write, check_not_a_folder, check_writable
 from bisenet_pl.models import convert_coincheung_state_dict
 from bisenet_pl.models.weights import RELEASED_WEIGHTS, check_lightning_checkpoint, read_state_dict
 
@@ -84,8 +84,7 @@ def convert_command(args: list[str]) -> None:
     parser.add_argument("reference", help="CoinCheung/BiSeNet .pth file (or URL)")
     parser.add_argument("output", type=Path, help="where to write the converted state dict")
     options = parser.parse_args(args)
-    if options.output.is_dir():
-        raise ConfigError(f"convert: output {options.output} is a folder: give the file's path")
+    check_not_a_folder(options.output, "convert: output")
     if Path(options.reference).exists() and options.output.resolve() == Path(options.reference).resolve():
         raise ConfigError(f"convert: output {options.output} is the input: give another path (the input is kept)")
     check_writable(options.output.parent, "convert: output")

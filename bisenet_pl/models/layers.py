@@ -122,9 +122,9 @@ class SegmentHead(nn.Module):
         if refine_channels is not None:
             self.refine = ConvBNAct(mid_channels, refine_channels, 3)
             classifier_in = refine_channels
-            # By phases where it is faster: BiSeNetV2's step (192x256 crops, 2 cores, fp32 and bf16) ran the
-            # 128 -> 16 and 128 -> 64 refinements 1.3-4x faster so, the 128 -> 256 and 128 -> 1024 ones no
-            # faster or slower (their interleaving copy outweighs the saved multiply-adds).
+            # By phases only where that measured faster (BiSeNetV2's training step, 192x256 crops, 2 cores,
+            # fp32 and bf16): 1.3-4x for the 128 -> 16 and 128 -> 64 refinements; no faster or slower for
+            # 128 -> 256 and 128 -> 1024, whose interleaving copy outweighs the saved multiply-adds.
             self.refine_by_phases = refine_channels < mid_channels
         else:
             self.refine, self.refine_by_phases = None, False
