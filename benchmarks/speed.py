@@ -551,7 +551,8 @@ def training_table(args, device: torch.device) -> list[dict]:
     model_options, precision = recipe_options(args.train_config)
     precision = args.train_precision or precision
     # The recipe's dataset decides the class count where its class weights give it away.
-    num_classes = len(model_options["class_weights"]) if model_options.get("class_weights") else args.num_classes
+    class_weights = (model_options.get("loss") or {}).get("class_weights")
+    num_classes = len(class_weights) if class_weights else args.num_classes
     considered = [precision]  # the LightningModule's rows: each precision auto weighed, else the one given
     if precision == "auto" and device.type == "cpu":
         torch.manual_seed(0)

@@ -10,10 +10,20 @@ from collections.abc import Callable
 import lightning as L
 from lightning.fabric.connector import _PRECISION_INPUT as PRECISION_INPUT  # the Trainer's precision values
 
-__all__ = ["ONNX_REGISTRATION_LOGGER", "PRECISION_INPUT", "TRAIN_DESCRIPTION", "batches_done", "subcommand_parser"]
+__all__ = [
+    "CHECKPOINT_HYPERPARAMETERS",
+    "ONNX_REGISTRATION_LOGGER",
+    "PRECISION_INPUT",
+    "TRAIN_DESCRIPTION",
+    "batches_done",
+    "subcommand_parser",
+]
 
 #: The logger of torch's ONNX exporter that reports each operator it cannot register (silenced in export).
 ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+#: LightningCLI's method that lays a ``--ckpt_path``'s saved hyperparameters over the parsed config
+#: (the CLI replaces it, to read an older checkpoint's options under their new names).
+CHECKPOINT_HYPERPARAMETERS = "_parse_ckpt_path"
 #: RichProgressBar's method for the training bar's text: it has no public hook for it.
 TRAIN_DESCRIPTION = "_get_train_description"
 

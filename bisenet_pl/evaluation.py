@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bisenet_pl.errors import check_options
+
 EvalMode = Literal["ss", "ssc", "msf", "mscf"]
 #: The reference's multi-scale set.
 REFERENCE_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -27,7 +29,7 @@ REFERENCE_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 @dataclass(frozen=True)
 class EvaluationProtocol:
-    """How validation, test and prediction turn an image into class scores.
+    """How validation, test and prediction turn an image into class scores (``--model.evaluation.*``).
 
     Args:
         mode: ``ss``, ``ssc``, ``msf`` or ``mscf``.
@@ -46,12 +48,18 @@ class EvaluationProtocol:
     crop_stride: float = 2 / 3
 
     def __post_init__(self) -> None:
-        if self.mode not in ("ss", "ssc", "msf", "mscf"):
-            raise ValueError(f"evaluation mode must be ss, ssc, msf or mscf, got {self.mode!r}")
-        if self.scales is not None and (not self.scales or min(self.scales) <= 0):
-            raise ValueError(f"evaluation scales must be positive numbers, got {self.scales}")
-        if not 0 < self.crop_stride <= 1:
-            raise ValueError(f"crop_stride is a fraction of the crop size in (0, 1], got {self.crop_stride}")
+        scales, crop = self.scales, self.crop_size
+        check_options(
+            "model.evaluation",
+            mode=(self.mode, "ss, ssc, msf or mscf", self.mode in ("ss", "ssc", "msf", "mscf")),
+            scales=(scales, "positive numbers", scales is None or (len(scales) > 0 and min(scales) > 0)),
+            crop_size=(crop, "[height, width], each >= 1", len(crop) == 2 and min(crop) >= 1),
+            crop_stride=(self.crop_stride, "a fraction of the crop size in (0, 1]", 0 < self.crop_stride <= 1),
+        )
+        # Tuples whatever was given (YAML and JSON give lists): the protocol is compared and hashed.
+        object.__setattr__(self, "crop_size", tuple(crop))
+        if scales is not None:
+            object.__setattr__(self, "scales", tuple(scales))
 
     @property
     def multi_scale(self) -> bool:

@@ -6,13 +6,61 @@ Every loss is computed in float32 whatever the autocast dtype, so it is safe und
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bisenet_pl.errors import ConfigError, NonFiniteLossError, check_options
+
 LossName = Literal["ce", "ohem", "dice", "ce+dice", "ohem+dice"]
+
+
+def _numbers(value: float | list[float] | None) -> list[float]:
+    return [] if value is None else [value] if isinstance(value, (int, float)) else list(value)
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The training loss of every head (``--model.loss.*``; the defaults are the reference's).
+
+    Args:
+        name: ``ce``, ``ohem`` (the reference), ``dice``, or a sum such as ``ohem+dice``.
+        ohem_threshold: OHEM keeps pixels predicted below this probability.
+        ohem_min_kept_fraction: OHEM keeps at least this share of the valid pixels.
+        class_weights: per-class cross-entropy weights (e.g. median-frequency weights from
+            ``bisenet-pl stats``).
+        aux_weights: weight of each auxiliary head's loss, one number for all or one per head
+            (in the network's head order). A head with weight 0 is removed and never computed.
+    """
+
+    name: LossName = "ohem"
+    ohem_threshold: float = 0.7
+    ohem_min_kept_fraction: float = 1 / 16
+    class_weights: list[float] | None = None
+    aux_weights: float | list[float] = 1.0
+
+    def __post_init__(self) -> None:
+        check_options(
+            "model.loss",
+            ohem_threshold=(self.ohem_threshold, "in (0, 1)", 0 < self.ohem_threshold < 1),
+            ohem_min_kept_fraction=(self.ohem_min_kept_fraction, "in [0, 1]", 0 <= self.ohem_min_kept_fraction <= 1),
+            class_weights=(self.class_weights, "numbers >= 0", all(w >= 0 for w in _numbers(self.class_weights))),
+            aux_weights=(self.aux_weights, "numbers >= 0", all(w >= 0 for w in _numbers(self.aux_weights))),
+        )
+
+    def build(self, num_classes: int, ignore_index: int) -> nn.Module:
+        """The loss for ``num_classes`` classes (see :func:`build_loss`)."""
+        count = None if self.class_weights is None else len(self.class_weights)
+        if count is not None and count != num_classes:
+            raise ConfigError(f"model.loss.class_weights has {count} values for {num_classes} classes")
+        weights = torch.tensor(self.class_weights, dtype=torch.float32) if self.class_weights is not None else None
+        try:
+            return build_loss(self.name, ignore_index, self.ohem_threshold, self.ohem_min_kept_fraction, weights)
+        except ValueError as error:
+            raise ConfigError(f"model.loss.name: {error}") from None
 
 
 def _zero_like_graph(logits: torch.Tensor) -> torch.Tensor:
@@ -123,3 +171,12 @@ def build_loss(
         raise ValueError(f"unknown loss {name!r}; choose from ce, ohem, dice, ce+dice, ohem+dice")
     losses = [parts[n]() for n in names]
     return losses[0] if len(losses) == 1 else SumOfLosses(*losses)
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """A training loss that is not finite stops the run, in words, at the step it happened."""
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"non-finite training loss ({loss.item()}) at step {step}: lower model.optimizer.lr, "
+            "use precision 32 or bf16-mixed instead of 16-mixed, or check the data for corrupt images"
+        )

@@ -4,17 +4,58 @@ an exponential warm-up followed by poly decay, stepped every optimiser step."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from bisenet_pl.errors import check_options
 from bisenet_pl.models.base import SegmentationNetwork
 
 OptimizerName = Literal["sgd", "adamw"]
 #: The longest warm-up a run gets, as a share of its steps: a warm-up as long as the run would
 #: never reach the learning rate nor decay it (1000 warm-up steps in a 400-step run).
 MAX_WARMUP_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """The optimiser and its schedule (``--model.optimizer.*``; the defaults are the reference's).
+
+    Args:
+        name: ``sgd`` (with ``momentum``) or ``adamw`` (betas 0.9, 0.999), both with the warm-up
+            and poly schedule below.
+        lr: base learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay, not applied to BatchNorm parameters and biases.
+        head_lr_multiplier: learning-rate factor of the heads (the network's ``head_modules``).
+        warmup_steps: exponential warm-up steps.
+        warmup_ratio: learning-rate factor at the first step.
+        poly_power: power of the poly decay over ``trainer.estimated_stepping_batches``.
+    """
+
+    name: OptimizerName = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    head_lr_multiplier: float = 10.0
+    warmup_steps: int = 1000
+    warmup_ratio: float = 0.1
+    poly_power: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_options(
+            "model.optimizer",
+            name=(self.name, "sgd or adamw", self.name in ("sgd", "adamw")),
+            lr=(self.lr, "> 0", self.lr > 0),
+            momentum=(self.momentum, "in [0, 1)", 0 <= self.momentum < 1),
+            weight_decay=(self.weight_decay, ">= 0", self.weight_decay >= 0),
+            head_lr_multiplier=(self.head_lr_multiplier, "> 0", self.head_lr_multiplier > 0),
+            warmup_steps=(self.warmup_steps, ">= 0", self.warmup_steps >= 0),
+            warmup_ratio=(self.warmup_ratio, "in (0, 1]", 0 < self.warmup_ratio <= 1),
+            poly_power=(self.poly_power, ">= 0", self.poly_power >= 0),
+        )
 
 
 def max_warmup_steps(total_steps: int) -> int:
@@ -73,34 +114,24 @@ def fused_update(net: SegmentationNetwork) -> bool | None:
     return True if parameters and fusable else None
 
 
-def optimizer_and_schedule(
-    net: SegmentationNetwork,
-    total_steps: int,
-    *,
-    optimizer: OptimizerName,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    head_lr_multiplier: float,
-    warmup_steps: int,
-    warmup_ratio: float,
-    poly_power: float,
-) -> dict:
-    """What ``configure_optimizers`` returns for the recipe (options as the LightningModule documents and
-    defaults them): the optimiser and its per-step schedule. A warm-up longer than
-    :data:`MAX_WARMUP_FRACTION` of the run is shortened, with a warning."""
-    groups = parameter_groups(net, lr, head_lr_multiplier, weight_decay)
+def optimizer_and_schedule(net: SegmentationNetwork, total_steps: int, options: OptimizerOptions) -> dict:
+    """What ``configure_optimizers`` returns for the recipe: the optimiser and its per-step schedule.
+    A warm-up longer than :data:`MAX_WARMUP_FRACTION` of the run is shortened, with a warning."""
+    groups = parameter_groups(net, options.lr, options.head_lr_multiplier, options.weight_decay)
     fused = fused_update(net)
-    if optimizer == "adamw":
-        built = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
+    if options.name == "adamw":
+        built = torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay, fused=fused)
     else:
-        built = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
-    schedule = WarmupPolyLR(total_steps, warmup_steps, warmup_ratio, poly_power)
-    if schedule.warmup_steps < warmup_steps:
+        built = torch.optim.SGD(
+            groups, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay, fused=fused
+        )
+    warmup = options.warmup_steps
+    schedule = WarmupPolyLR(total_steps, warmup, options.warmup_ratio, options.poly_power)
+    if schedule.warmup_steps < warmup:
         rank_zero_warn(
-            f"model.warmup_steps={warmup_steps} is more than {MAX_WARMUP_FRACTION:.0%} of this run's {total_steps} "
-            f"steps: warming up over {schedule.warmup_steps} steps instead (give model.warmup_steps <= "
-            f"{max_warmup_steps(total_steps)} to choose)"
+            f"model.optimizer.warmup_steps={warmup} is more than {MAX_WARMUP_FRACTION:.0%} of this run's "
+            f"{total_steps} steps: warming up over {schedule.warmup_steps} steps instead (give "
+            f"model.optimizer.warmup_steps <= {max_warmup_steps(total_steps)} to choose)"
         )
     scheduler = torch.optim.lr_scheduler.LambdaLR(built, schedule)
     return {"optimizer": built, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

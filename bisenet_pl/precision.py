@@ -111,7 +111,7 @@ def _step_function(module, precision: str, batch: int, size: tuple[int, int], tr
         images = images.contiguous(memory_format=torch.channels_last)
     masks = torch.randint(0, module.num_classes, (batch, *size), generator=generator)
     dtype = torch.bfloat16 if precision == "bf16-mixed" else None
-    adamw = module.hparams.get("optimizer") == "adamw"
+    adamw = module.optimizer_options.name == "adamw"
     optimizer = (
         torch.optim.AdamW(net.parameters(), lr=0.0)
         if adamw
@@ -151,7 +151,7 @@ def measurement_key(module, batch: int, size: tuple[int, int], train: bool) -> s
     parts = [
         this_cpu(), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads", type(module.net).__name__,
         hashlib.sha1(spec.encode()).hexdigest()[:10], f"{'train' if train else 'eval'} {batch}x{size[0]}x{size[1]}",
-        "channels-last" if module.hparams.get("channels_last") else "nchw", f"{module.hparams.get('optimizer')} step",
+        "channels-last" if module.hparams.get("channels_last") else "nchw", f"{module.optimizer_options.name} step",
         f"code {code_digest()}", "freed memory kept" if freed_memory_kept() else "system allocator",
     ]  # fmt: skip
     return " | ".join(parts)

@@ -5,8 +5,10 @@ weights), and a trained module loaded or saved in one call (:meth:`PretrainedWei
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.errors import ConfigError
@@ -18,6 +20,7 @@ from bisenet_pl.models.weights import (
     read_state_dict,
     read_weights_info,
 )
+from bisenet_pl.module_options import is_renamed, plain, upgrade_options
 
 
 class PretrainedWeights:
@@ -28,11 +31,26 @@ class PretrainedWeights:
     weights_info: WeightsInfo | None = None  # what the file it was loaded from says (normalisation, colours)
 
     @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint``; a checkpoint of an older version, whose hyperparameters
+        hold the module's former flat options, is read under their new names (with a warning)."""
+        if isinstance(checkpoint_path, str | Path) and Path(checkpoint_path).is_file():
+            stored = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            hparams = stored.get("hyper_parameters") if isinstance(stored, dict) else None
+            if isinstance(hparams, dict) and any(is_renamed(key, value) for key, value in hparams.items()):
+                stored["hyper_parameters"] = upgrade_options(hparams, str(checkpoint_path))
+                checkpoint_path = io.BytesIO()
+                torch.save(stored, checkpoint_path)
+                checkpoint_path.seek(0)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    @classmethod
     def from_pretrained(cls, source: str | Path | StoredWeights, **options) -> PretrainedWeights:
         """A module in eval mode, in one call, from released weights (``"bisenetv2_camvid"``), a file
         of ``bisenet-pl export --format weights`` or a checkpoint of ``bisenet-pl fit``: the network,
         the class count and names and the ignored label come from the file; ``options`` are the other
-        arguments (``eval_mode="msf"``, ...). Aux heads are not built unless ``aux_weights`` is given.
+        arguments (``evaluation={"mode": "msf"}``, ...). Aux heads are not built unless the loss's
+        ``aux_weights`` are given.
         """
         source = StoredWeights.read(source)  # read once: described, then loaded
         info = read_weights_info(source)
@@ -42,7 +60,10 @@ class PretrainedWeights:
                 "SegmentationModule(net=..., num_classes=..., pretrained=...) instead"
             )
         known = {"ignore_index": info.ignore_index, "class_names": info.class_names}
-        options = {"aux_weights": 0.0} | {k: v for k, v in known.items() if v is not None} | options
+        options = {k: v for k, v in known.items() if v is not None} | options
+        loss = plain(options.get("loss")) if options.get("loss") is not None else {}
+        if isinstance(loss, dict) and "aux_weights" not in loss and "aux_weights" not in options:
+            options["loss"] = loss | {"aux_weights": 0.0}
         module = cls(net=info.network, num_classes=info.num_classes, pretrained=str(source), **options)
         module.load_pretrained(source, classes_from_file=True)
         module._weights_loaded = True

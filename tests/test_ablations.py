@@ -36,7 +36,9 @@ ABLATIONS = {
 def test_ablation_trains_one_step(name):
     cls, options = ABLATIONS[name]
     torch.manual_seed(0)
-    module = SegmentationModule(net=functools.partial(cls, **options), num_classes=3, ignore_index=255, loss="ce")
+    module = SegmentationModule(
+        net=functools.partial(cls, **options), num_classes=3, ignore_index=255, loss={"name": "ce"}
+    )
     images = torch.randn(2, 3, 64, 96)
     masks = torch.randint(0, 3, (2, 64, 96))
     outputs = module.net.train()(images)

@@ -131,11 +131,11 @@ def test_options_that_do_not_fit(tmp_path):
 @pytest.mark.parametrize(
     ("option", "expected"),
     [
-        ("--model.lr=-1", "model.lr must be > 0; got -1.0"),
-        ("--model.momentum=1.5", "model.momentum must be in [0, 1); got 1.5"),
-        ("--model.warmup_steps=-5", "model.warmup_steps must be >= 0; got -5"),
-        ("--model.aux_weights=[1,1,-1,1]", "model.aux_weights must be numbers >= 0"),
-        ("--model.ohem_threshold=1.5", "model.ohem_threshold must be in (0, 1); got 1.5"),
+        ("--model.optimizer.lr=-1", "model.optimizer.lr must be > 0; got -1.0"),
+        ("--model.optimizer.momentum=1.5", "model.optimizer.momentum must be in [0, 1); got 1.5"),
+        ("--model.optimizer.warmup_steps=-5", "model.optimizer.warmup_steps must be >= 0; got -5"),
+        ("--model.loss.aux_weights=[1,1,-1,1]", "model.loss.aux_weights must be numbers >= 0"),
+        ("--model.loss.ohem_threshold=1.5", "model.loss.ohem_threshold must be in (0, 1); got 1.5"),
         ("--data.val_batch_size=0", "data.val_batch_size must be >= 1; got 0"),
         ("--data.num_workers=-1", "data.num_workers must be >= 0; got -1"),
         ("--data.std=[0.2,0,0.2]", "data.std must be 3 numbers (RGB), each > 0"),
@@ -192,8 +192,10 @@ def test_checkpoint_with_another_class_count(tmp_path):
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):
     root = make_camvid_segnet(tmp_path / "camvid")
-    message = fit("camvid.yaml", root, "--model.lr=1e30", "--model.warmup_steps=0", "--trainer.max_steps=20")
-    assert "non-finite training loss" in message and "at step" in message and "lower model.lr" in message
+    message = fit(
+        "camvid.yaml", root, "--model.optimizer.lr=1e30", "--model.optimizer.warmup_steps=0", "--trainer.max_steps=20"
+    )
+    assert "non-finite training loss" in message and "at step" in message and "lower model.optimizer.lr" in message
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +292,8 @@ def test_validation_images_of_different_sizes_are_batched_by_size(tmp_path, monk
         ("--data.batch_size=abc", "--data.batch_size: Expected a <class 'int'>. Got value: abc"),
         ("--data.crop_size=[1,2,3]", "--data.crop_size: Expected a tuple with 2 elements. Got value: [1, 2, 3]"),
         (
-            "--model.eval_mode=foo",
-            "--model.eval_mode: Expected a typing.Literal['ss', 'ssc', 'msf', 'mscf']. Got value: foo",
+            "--model.evaluation.mode=foo",
+            "--model.evaluation.mode: Expected a typing.Literal['ss', 'ssc', 'msf', 'mscf']. Got value: foo",
         ),
         ("--trainer.precision=fp8", "--trainer.precision: Expected <class 'int'> or typing.Literal["),
         # The configs name no logger since the CSV log follows trainer.default_root_dir: the old way says so.
@@ -305,7 +307,7 @@ def test_wrong_types_are_one_line_naming_the_option(tmp_path, option, expected):
 
 def test_a_yaml_syntax_error_names_the_config_file(tmp_path):
     broken = tmp_path / "broken.yaml"
-    broken.write_text("model:\n  lr: [0.1\n")
+    broken.write_text("model:\n  optimizer: [0.1\n")
     message = fit("camvid.yaml", tmp_path, "--config", str(broken))
     assert "\n" not in message and f"--config {broken}: not valid YAML at line 3, column 1" in message
 

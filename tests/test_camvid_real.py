@@ -8,6 +8,7 @@ from conftest import CAMVID_DIR
 from bisenet_pl.data import CamVidDataModule, dataset_statistics
 from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.module import SegmentationModule
+from bisenet_pl.optim import OptimizerOptions
 
 pytestmark = pytest.mark.skipif(not (CAMVID_DIR / "trainannot").is_dir(), reason=f"no CamVid at {CAMVID_DIR}")
 
@@ -47,7 +48,11 @@ def test_bisenetv2_learns_real_camvid(tmp_path):
         val_batch_size=4,
     )
     module = SegmentationModule(
-        net=BiSeNetV2, num_classes=11, ignore_index=255, class_names=dm.class_names, warmup_steps=10
+        net=BiSeNetV2,
+        num_classes=11,
+        ignore_index=255,
+        class_names=dm.class_names,
+        optimizer=OptimizerOptions(warmup_steps=10),
     )
     trainer = L.Trainer(
         accelerator="cpu", max_steps=STEPS, val_check_interval=STEPS, check_val_every_n_epoch=None,

@@ -232,21 +232,21 @@ def test_options_given_with_ckpt_path_win_over_the_checkpoint(tmp_path, monkeypa
     config = str(REPO / "configs" / "camvid.yaml")
     trained = build_cli(
         ["fit", "--config", config, f"--data.root={root}", *CPU, "--trainer.fast_dev_run=true",
-         "--model.net.init_args.aggregation=sum", "--model.eval_mode=ssc", "--model.ohem_threshold=0.6"]
+         "--model.net.init_args.aggregation=sum", "--model.evaluation.mode=ssc", "--model.loss.ohem_threshold=0.6"]
     )  # fmt: skip
     checkpoint = tmp_path / "trained.ckpt"
     trained.trainer.save_checkpoint(checkpoint)
     common = ["--config", config, f"--data.root={root}", *CPU, f"--ckpt_path={checkpoint}"]
     common += ["--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
-    typed = build_cli(["validate", *common, "--model.eval_mode=msf", "--model.eval_scales=[0.5,1.0]"])
+    typed = build_cli(["validate", *common, "--model.evaluation.mode=msf", "--model.evaluation.scales=[0.5,1.0]"])
     assert typed.model.evaluation.mode == "msf" and typed.model.evaluation.scales == (0.5, 1.0)
     assert (
         type(typed.model.net.aggregation).__name__
         == type(trained.model.net.aggregation).__name__
         != "BilateralGuidedAggregation"
     )  # the network as trained, though camvid.yaml names the default
-    assert typed.model.hparams.ohem_threshold == 0.6  # not typed: the checkpoint's value
+    assert typed.model.loss_options.ohem_threshold == 0.6  # not typed: the checkpoint's value
     untyped = build_cli(["test", *common])
     assert untyped.model.evaluation.mode == "ssc"
-    with pytest.raises(SystemExit, match="model.eval_"):
-        main(["validate", *common, "--model.eval_scales=[0,-1]"])
+    with pytest.raises(SystemExit, match="model.evaluation.scales must be positive numbers"):
+        main(["validate", *common, "--model.evaluation.scales=[0,-1]"])

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl import compat
 from bisenet_pl.callbacks import ProgressBar
+from bisenet_pl.cli.lightning_cli import BiSeNetCLI
 from bisenet_pl.trainer import Trainer
 
 
@@ -40,3 +41,9 @@ def test_the_fit_loop_counts_the_batches_of_an_epoch(tmp_path):
 def test_the_cli_keeps_a_parser_per_subcommand():
     # LightningCLI fills the dict when it adds its subcommands; subcommand_parser reads it.
     assert "self._subcommand_parsers[subcommand] = subcommand_parser" in inspect.getsource(LightningCLI)
+
+
+def test_the_cli_still_lays_checkpoint_hyperparameters_in_the_named_method():
+    # LightningCLI calls it after parsing; the CLI's replacement reads older checkpoints' option names.
+    assert f"self.{compat.CHECKPOINT_HYPERPARAMETERS}()" in inspect.getsource(LightningCLI.__init__)
+    assert getattr(BiSeNetCLI, compat.CHECKPOINT_HYPERPARAMETERS) is BiSeNetCLI.parse_checkpoint_hyperparameters

@@ -101,8 +101,8 @@ def test_validate_in_every_mode(tmp_path, mode, capsys):
     main([
         "validate", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}",
         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32", "--trainer.logger=false",
-        "--data.num_workers=0", "--progress_bar.refresh_rate=0", f"--model.eval_mode={mode}",
-        "--model.eval_crop_size=[32,32]", "--model.eval_scales=[0.75,1.0]",
+        "--data.num_workers=0", "--progress_bar.refresh_rate=0", f"--model.evaluation.mode={mode}",
+        "--model.evaluation.crop_size=[32,32]", "--model.evaluation.scales=[0.75,1.0]",
     ])  # fmt: skip
     output = capsys.readouterr().out
     assert "val/mIoU" in output and "val/loss" not in output  # a loss of summed probabilities means nothing
@@ -129,8 +129,8 @@ def test_reference_checkpoint_scores_through_the_converter(tmp_path, reference_d
         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32",
         "--trainer.logger=false", "--trainer.sync_batchnorm=false", "--data.num_workers=0",
         "--progress_bar.refresh_rate=0",
-        f"--model.pretrained={tmp_path / 'model_final_v2_city.pth'}", f"--model.eval_mode={mode}",
-        "--model.eval_crop_size=[32,32]", *(["--model.eval_scales=[0.75,1.0]"] if mode == "mscf" else []),
+        f"--model.pretrained={tmp_path / 'model_final_v2_city.pth'}", f"--model.evaluation.mode={mode}",
+        "--model.evaluation.crop_size=[32,32]", *(["--model.evaluation.scales=[0.75,1.0]"] if mode == "mscf" else []),
     ])  # fmt: skip
     ours = cli.trainer.callback_metrics["val/mIoU"].item()
 

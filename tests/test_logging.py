@@ -30,7 +30,7 @@ def test_wandb_offline_runs_hold_metrics_images_and_config(tmp_path, monkeypatch
         "--trainer.logger.init_args.tags=[camvid,test]",
     ]  # fmt: skip
     for run in range(2):  # a second run beside the first: no config clash, each run its own config
-        main([*args, f"--model.lr={0.01 * (run + 1)}"])
+        main([*args, f"--model.optimizer.lr={0.01 * (run + 1)}"])
         wandb.finish()  # a notebook or test process would otherwise reuse the run
     runs = sorted((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2

@@ -11,9 +11,10 @@ from conftest import reference_state_dict
 from synthetic import TinyNetwork, make_folder
 
 from bisenet_pl.data import FolderDataModule
+from bisenet_pl.losses import LossOptions
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
 from bisenet_pl.module import SegmentationModule
-from bisenet_pl.optim import WarmupPolyLR, optimizer_and_schedule
+from bisenet_pl.optim import OptimizerOptions, WarmupPolyLR, optimizer_and_schedule
 
 
 def numpy_scores(preds: np.ndarray, target: np.ndarray, num_classes: int, ignore: int):
@@ -36,10 +37,10 @@ def test_metrics_equal_numpy_confusion_matrix_miou():
         target = rng.integers(0, 4, size=(2, 16, 16))  # class 4 never appears in targets...
         target[rng.random(target.shape) < 0.1] = 255
         preds = np.where(rng.random(target.shape) < 0.6, np.clip(target, 0, 3), rng.integers(0, 4, size=target.shape))
-        module.val_metrics.update(torch.tensor(preds), torch.tensor(target))  # ...nor in predictions
+        module.metrics["val"].update(torch.tensor(preds), torch.tensor(target))  # ...nor in predictions
         all_preds.append(preds.ravel())
         all_targets.append(target.ravel())
-    results = module.val_metrics.compute()
+    results = module.metrics["val"].compute()
     miou, iou, accuracy, confusion = numpy_scores(np.concatenate(all_preds), np.concatenate(all_targets), 5, 255)
     assert results["val/mIoU"].item() == pytest.approx(miou, abs=1e-6)  # absent class 4 excluded
     assert np.allclose(results["val/IoU"][:4].numpy(), iou[:4])
@@ -66,9 +67,10 @@ def test_a_warmup_longer_than_the_run_is_capped_and_said(tmp_path):
     schedule = WarmupPolyLR(total_steps=400, warmup_steps=1000)
     assert schedule.warmup_steps == 40 and schedule(40) == 1.0 and schedule(220) == pytest.approx(0.5**0.9)
     assert WarmupPolyLR(total_steps=20000, warmup_steps=1000).warmup_steps == 1000  # the reference's recipe is kept
-    module = SegmentationModule(net=BiSeNetV2, num_classes=3, warmup_steps=1000)
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, optimizer=OptimizerOptions(warmup_steps=1000))
     with pytest.warns(
-        UserWarning, match=r"model.warmup_steps=1000 is more than 10% of this run's 20 steps: warming up over 2 steps"
+        UserWarning,
+        match=r"model.optimizer.warmup_steps=1000 is more than 10% of this run's 20 steps: warming up over 2 steps",
     ):
         trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=20)
     assert trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].warmup_steps == 2
@@ -91,7 +93,9 @@ def fit(module, datamodule, tmp_path, **trainer_kwargs):
 
 
 def test_optimiser_groups_and_lr_follow_the_reference(tmp_path):
-    module = SegmentationModule(net=BiSeNetV2, num_classes=3, lr=0.02, warmup_steps=2, weight_decay=1e-4)
+    module = SegmentationModule(
+        net=BiSeNetV2, num_classes=3, optimizer=OptimizerOptions(lr=0.02, warmup_steps=2, weight_decay=1e-4)
+    )
     trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=4)
     groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
     assert set(groups) == {"body", "body_no_decay", "head", "head_no_decay"}
@@ -112,11 +116,8 @@ def test_the_fused_update_on_a_cpu_is_torch_s_update(optimizer):
     torch.manual_seed(0)
     nets = [BiSeNetV2(num_classes=3) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
-    options = dict(
-        optimizer=optimizer, lr=0.05, momentum=0.9, weight_decay=1e-4, head_lr_multiplier=10.0,
-        warmup_steps=1, warmup_ratio=0.1, poly_power=0.9,
-    )  # fmt: skip
-    fused, unfused = (optimizer_and_schedule(net, 10, **options) for net in nets)
+    options = OptimizerOptions(optimizer, lr=0.05, weight_decay=1e-4, warmup_steps=1)
+    fused, unfused = (optimizer_and_schedule(net, 10, options) for net in nets)
     assert all(group["fused"] for group in fused["optimizer"].param_groups)
     for group in unfused["optimizer"].param_groups:
         group["fused"] = None  # torch's default, one parameter at a time
@@ -141,16 +142,18 @@ def test_bisenetv1_fusion_trains_at_head_rate(tmp_path):
 
 
 def test_zero_aux_weight_removes_the_head(tmp_path):
-    module = SegmentationModule(net=BiSeNetV2, num_classes=3, aux_weights=[1.0, 0.0, 0.0, 0.5])
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, loss=LossOptions(aux_weights=[1.0, 0.0, 0.0, 0.5]))
     assert list(module.net.aux_heads) == ["stem", "stage5"] and module.aux_weights == [1.0, 0.5]
     fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
-    none = SegmentationModule(net=BiSeNetV2, num_classes=3, aux_weights=0)
+    none = SegmentationModule(net=BiSeNetV2, num_classes=3, loss=LossOptions(aux_weights=0))
     assert len(none.net.aux_heads) == 0
     fit(none, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
-    no_heads = SegmentationModule(net=functools.partial(BiSeNetV2, aux_heads=[]), num_classes=3, aux_weights=[])
+    no_heads = SegmentationModule(
+        net=functools.partial(BiSeNetV2, aux_heads=[]), num_classes=3, loss=LossOptions(aux_weights=[])
+    )
     fit(no_heads, tiny_datamodule(tmp_path), tmp_path, max_steps=1)
     with pytest.raises(ValueError, match="aux_weights has 2 values for the network's 4 aux heads"):
-        SegmentationModule(net=BiSeNetV2, num_classes=3, aux_weights=[1.0, 1.0])
+        SegmentationModule(net=BiSeNetV2, num_classes=3, loss=LossOptions(aux_weights=[1.0, 1.0]))
 
 
 @pytest.mark.parametrize(
@@ -159,7 +162,9 @@ def test_zero_aux_weight_removes_the_head(tmp_path):
     [("32", {}), ("bf16-mixed", {}), ("32", {"channels_last": True})],
 )
 def test_trains_and_validates(tmp_path, precision, options):
-    module = SegmentationModule(net=BiSeNetV2, num_classes=3, class_names=["a", "b", "c"], loss="ohem+dice", **options)
+    module = SegmentationModule(
+        net=BiSeNetV2, num_classes=3, class_names=["a", "b", "c"], loss=LossOptions("ohem+dice"), **options
+    )
     trainer = fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=2, precision=precision, val_check_interval=2)
     metrics = trainer.callback_metrics
     assert 0 <= metrics["val/mIoU"] <= 1 and "val/IoU/b" in metrics and torch.isfinite(metrics["train/loss"])
@@ -186,14 +191,14 @@ def test_pretrained_coincheung_weights_to_other_classes(tmp_path, reference_dir,
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):
-    module = SegmentationModule(net=BiSeNetV2, num_classes=3, lr=1e30, warmup_steps=0)
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step \d+: lower model.lr"):
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, optimizer=OptimizerOptions(lr=1e30, warmup_steps=0))
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step \d+: lower model.optimizer.lr"):
         fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=20)
 
 
 def test_checkpoints_rebuild_their_network(tmp_path):
     module = SegmentationModule(
-        net=functools.partial(BiSeNetV1, backbone="resnet34"), num_classes=3, aux_weights=[1.0, 0.0]
+        net=functools.partial(BiSeNetV1, backbone="resnet34"), num_classes=3, loss=LossOptions(aux_weights=[1.0, 0.0])
     )
     assert module.hparams.net == {
         "class_path": "bisenet_pl.models.bisenetv1.BiSeNetV1",
@@ -209,7 +214,7 @@ def test_checkpoints_rebuild_their_network(tmp_path):
 
 
 def test_compile_option_keeps_state_dict_keys(tmp_path):
-    module = SegmentationModule(net=TinyNetwork, num_classes=3, compile=True, aux_weights=0.0)
+    module = SegmentationModule(net=TinyNetwork, num_classes=3, compile=True, loss=LossOptions(aux_weights=0.0))
     keys = set(module.net.state_dict())
     fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=2)
     assert module.net._compiled_call_impl is not None  # nn.Module.compile: compiled in place

@@ -128,7 +128,7 @@ def test_every_network_keeps_the_contract(name):
     heads = list(net.aux_heads)
     kept, weights = net.keep_weighted_aux_heads([0.0] + [1.0] * (len(heads) - 1) if heads else 1.0)
     assert kept == heads[1:] and list(net.aux_heads) == heads[1:] and weights == [1.0] * len(kept)
-    with pytest.raises(ConfigError, match="model.aux_weights has"):
+    with pytest.raises(ConfigError, match="model.loss.aux_weights has"):
         net.keep_weighted_aux_heads([1.0] * (len(kept) + 1))
     # Built from its spec as a checkpoint stores it, it loads its own state dict exactly.
     rebuilt = build_network(network_spec(CONTRACT_NETWORKS[name]), 5)

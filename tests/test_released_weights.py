@@ -14,7 +14,7 @@ from bisenet_pl.cli import build_cli, main
 from bisenet_pl.data import CAMVID_CLASSES, CamVidDataModule
 from bisenet_pl.data.camvid import CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD
 from bisenet_pl.data.io import read_image
-from bisenet_pl.evaluation import class_scores
+from bisenet_pl.evaluation import EvaluationProtocol, class_scores
 from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.models.weights import WEIGHTS_FORMAT, read_weights_info, released_weights_path
 from bisenet_pl.module import SegmentationModule
@@ -48,7 +48,7 @@ def test_the_file_holds_float16_weights_of_bisenetv2_without_aux_heads():
 
 def test_one_call_in_python_loads_them_by_name_or_path():
     by_name = SegmentationModule.from_pretrained("bisenetv2_camvid")
-    by_path = SegmentationModule.from_pretrained(WEIGHTS, eval_mode="msf")
+    by_path = SegmentationModule.from_pretrained(WEIGHTS, evaluation=EvaluationProtocol("msf"))
     assert not by_name.training and isinstance(by_name.net, BiSeNetV2) and len(by_name.net.aux_heads) == 0
     assert by_name.class_names == list(CAMVID_CLASSES) and by_path.evaluation.mode == "msf"
     stored = torch.load(WEIGHTS, map_location="cpu", weights_only=True)["state_dict"]

@@ -27,7 +27,7 @@ def fit_args(root: Path, out: Path, precision: str, *extra: str) -> list[str]:
         "--data.crop_size=[32,48]", "--data.val_batch_size=1", "--progress_bar.refresh_rate=0",
         # 4 steps per epoch; last.ckpt every 3 steps; validation every 3 steps.
         "--trainer.max_steps=9", "--trainer.val_check_interval=3", "--last_checkpoint.every_n_train_steps=3",
-        "--model.warmup_steps=2", f"--trainer.default_root_dir={out}",
+        "--model.optimizer.warmup_steps=2", f"--trainer.default_root_dir={out}",
         *extra,
     ]  # fmt: skip
 

@@ -22,7 +22,7 @@ def write_sweep(path: Path, method: str = "grid") -> Path:
                 "program": "bisenet-pl",
                 "method": method,
                 "metric": {"name": "val/mIoU", "goal": "maximize"},
-                "parameters": {"model.aux_weights": {"values": [0.0, 1.0]}},
+                "parameters": {"model.loss.aux_weights": {"values": [0.0, 1.0]}},
                 "command": ["bisenet-pl", "fit", f"--config={REPO / 'configs' / 'camvid_cpu.yaml'}", "${args}"],
             }
         )
@@ -34,19 +34,19 @@ def test_a_two_run_sweep_runs_resumes_and_reads_back(tmp_path, capsys):
     camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 4, "val": 2, "test": 1})
     sweep, out = write_sweep(tmp_path / "tiny.yaml"), tmp_path / "runs"
     tiny = [
-        f"--config={REPO / 'configs' / 'camvid_cpu.yaml'}",  # sets model.aux_weights: 1.0, which must not win
+        f"--config={REPO / 'configs' / 'camvid_cpu.yaml'}",  # sets model.loss.aux_weights: 1.0, which must not win
         f"--data.root={camvid}", "--data.batch_size=2", "--data.crop_size=[32,48]", "--data.val_batch_size=1",
         "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.precision=32",
-        "--model.warmup_steps=0", "--bn_recalibration.images=4",
+        "--model.optimizer.warmup_steps=0", "--bn_recalibration.images=4",
     ]  # fmt: skip
     main(["sweep", str(sweep), f"--output={out}", "--", *tiny])
     first = capsys.readouterr().out
     assert "[1/2] aux_weights=0_seed42" in first and "[2/2] aux_weights=1_seed42" in first
-    runs = sorted(collect_local_runs(out), key=lambda run: run["config"]["model.aux_weights"])
-    assert [run["config"]["model.aux_weights"] for run in runs] == [0.0, 1.0]  # swept values beat the config
+    runs = sorted(collect_local_runs(out), key=lambda run: run["config"]["model.loss.aux_weights"])
+    assert [run["config"]["model.loss.aux_weights"] for run in runs] == [0.0, 1.0]  # swept values beat the config
     assert all(run["steps"] == 1 and run["config"]["seed_everything"] == 42 for run in runs)  # steps count from 0
     columns, rows = ablation_table(runs)
-    assert "model.aux_weights" in columns and len(rows) == 2  # what 03_ablations.ipynb shows
+    assert "model.loss.aux_weights" in columns and len(rows) == 2  # what 03_ablations.ipynb shows
     # Interrupted after the first run: the second is run again, the first is not.
     (out / "aux_weights=1_seed42" / "done").unlink()
     main(["sweep", str(sweep), f"--output={out}", "--", *tiny])

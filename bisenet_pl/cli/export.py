@@ -204,7 +204,7 @@ def check_written_file(net, output: Path, options, export_options, datamodule) -
     """The written file against PyTorch on a random image, then its precision choice or its score."""
     from bisenet_pl.deploy import compare_with_pytorch, describe_comparison
     from bisenet_pl.deploy.accuracy import choose_openvino_precision, score_export
-    from bisenet_pl.deploy.runtime import backend_for
+    from bisenet_pl.deploy.predictor import backend_for
 
     comparison = compare_with_pytorch(net, output, export_options, tuple(options.size))
     runtime, size = backend_for(output), f"{options.size[0]}x{options.size[1]}"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -17,12 +18,13 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.batchnorm import BatchNormRecalibration
 from bisenet_pl.callbacks import ConsoleReport, ProgressBar, TrainingTime, ValidationImages
-from bisenet_pl.compat import subcommand_parser
+from bisenet_pl.compat import CHECKPOINT_HYPERPARAMETERS, subcommand_parser
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import check_writable
 from bisenet_pl.loggers import SaveConfigToLoggers
 from bisenet_pl.models.weights import check_lightning_checkpoint
 from bisenet_pl.module import SegmentationModule
+from bisenet_pl.module_options import upgrade_command_line, upgrade_options
 from bisenet_pl.precision import TIME_RESERVE, fastest_cpu_precision, steps_within
 from bisenet_pl.trainer import LastCheckpoint, Trainer, auto_precision
 from bisenet_pl.writer import SegmentationWriter
@@ -90,16 +92,32 @@ class BiSeNetCLI(LightningCLI):
         parser.add_lightning_class_args(SegmentationWriter, "prediction_writer")
 
     def parse_arguments(self, parser, args) -> None:
-        # The options typed on the command line (not those of config files), for --train_minutes.
         typed = sys.argv[1:] if args is None else args if isinstance(args, list) else []
+        # The options typed on the command line (not those of config files), for --train_minutes.
         self._typed_options = {arg.split("=", 1)[0] for arg in typed if isinstance(arg, str) and arg.startswith("--")}
-        super().parse_arguments(parser, args)
+        if isinstance(args, dict | Namespace):
+            super().parse_arguments(parser, args)
+        else:  # what Lightning does with a list, the module's former flat options moved into their groups
+            self.config = parser.parse_args(upgrade_command_line(typed))
         subcommand = self.config.get("subcommand")
         checkpoint = self.config[subcommand].get("ckpt_path") if subcommand else None
         if checkpoint and Path(checkpoint).is_file():  # before Lightning unpickles it with a traceback
             check_lightning_checkpoint(checkpoint)
         # What the user set (config files and command line), before Lightning reads --ckpt_path.
         self._model_as_parsed = (subcommand, self.config[subcommand].model.clone()) if subcommand else None
+
+    def parse_checkpoint_hyperparameters(self) -> None:
+        """Lay a ``--ckpt_path``'s saved hyperparameters over the parsed config, as Lightning does, with the
+        module's former flat options of an older checkpoint moved into their groups."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not (path and Path(path).is_file()):
+            return
+        hparams = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if hparams:
+            hparams = upgrade_options(hparams, path)
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         if self._model_as_parsed is not None:  # a subcommand (run=False parses no subcommand)
@@ -200,6 +218,9 @@ class BiSeNetCLI(LightningCLI):
         return {"max_steps": steps, "val_check_interval": every, "check_val_every_n_epoch": None}
 
 
+# Lightning's own method for it would reject an older checkpoint's flat options.
+setattr(BiSeNetCLI, CHECKPOINT_HYPERPARAMETERS, BiSeNetCLI.parse_checkpoint_hyperparameters)
+
 #: Model options a checkpoint always decides: the network's shape and what the data links.
 CHECKPOINT_DECIDES = ("net", "num_classes", "ignore_index", "class_names")
 
@@ -208,7 +229,7 @@ def restore_user_model_options(typed, model, parser) -> None:
     """Undo Lightning's overwrite of user-set model options by a ``--ckpt_path``'s hyperparameters.
 
     Since Lightning 2.5.5, ``LightningCLI`` lays the checkpoint's saved hyperparameters over the
-    parsed config, command line included, so ``--model.eval_mode=msf`` with a checkpoint
+    parsed config, command line included, so ``--model.evaluation.mode=msf`` with a checkpoint
     evaluated ``ss``. ``typed`` is the model config as parsed; options in it that differ from
     the ``parser``'s defaults win again in ``model``; options left at their default, and the
     network itself, come from the checkpoint.

@@ -175,21 +175,9 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def dataset(self, split: str, train: bool = False) -> SegmentationDataset:
         """A dataset of ``split`` with the training or the evaluation pipeline."""
-        transform = (
-            train_transform(
-                self.crop_size,
-                self.scale_range,
-                self.ignore_index,
-                self.mean,
-                self.std,
-                self.hflip,
-                self.color_jitter,
-                self.blur,
-                self.noise,
-            )
-            if train
-            else eval_transform(self.mean, self.std)
-        )
+        augmentation = (self.crop_size, self.scale_range, self.ignore_index, self.mean, self.std, self.hflip)
+        augmentation += (self.color_jitter, self.blur, self.noise)
+        transform = train_transform(*augmentation) if train else eval_transform(self.mean, self.std)
         return SegmentationDataset(
             self.split_samples(split), self.num_classes, self.ignore_index, self.label_map(), transform
         )

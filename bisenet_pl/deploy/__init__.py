@@ -1,5 +1,6 @@
 """Deployment: a trained network made deployable (:mod:`.network`), written to ONNX, OpenVINO or
-TorchScript in fp32, bf16 or int8 (:mod:`.export`, :mod:`.quantize`) and run on a CPU (:mod:`.runtime`)."""
+TorchScript in fp32, bf16 or int8 (:mod:`.export`, :mod:`.quantize`) and run on a CPU (:mod:`.predictor`,
+:mod:`.runtime`)."""
 
 from bisenet_pl.batchnorm import recalibrate_batchnorm
 from bisenet_pl.deploy.export import (
@@ -22,8 +23,9 @@ from bisenet_pl.deploy.network import (
     fold_batchnorm,
     inference_network,
 )
+from bisenet_pl.deploy.predictor import BACKENDS, Backend, Precision, Predictor
 from bisenet_pl.deploy.quantize import model_input, quantize_onnx
-from bisenet_pl.deploy.runtime import BACKENDS, Backend, Precision, Predictor, load_predictor, onnx_session
+from bisenet_pl.deploy.runtime import load_predictor, onnx_session
 from bisenet_pl.hardware import CpuFeatures, cpu_features
 
 __all__ = [

@@ -20,8 +20,9 @@ from torch import nn
 
 from bisenet_pl.compat import ONNX_REGISTRATION_LOGGER
 from bisenet_pl.deploy.network import ImageInput, LabelDtype, deployable, example_images
+from bisenet_pl.deploy.predictor import Backend, Precision
 from bisenet_pl.deploy.quantize import quantize_onnx
-from bisenet_pl.deploy.runtime import PRECISION_RT_INFO, Backend, Precision, import_openvino, load_predictor
+from bisenet_pl.deploy.runtime import PRECISION_RT_INFO, import_openvino, load_predictor
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import atomic_write
 

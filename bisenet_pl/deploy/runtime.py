@@ -1,4 +1,5 @@
-"""Running exported files on the CPU with ONNX Runtime or OpenVINO (what the CPU offers them: bisenet_pl.hardware)."""
+"""Running exported files on the CPU with ONNX Runtime or OpenVINO (what the CPU offers them: bisenet_pl.hardware):
+the two predictors, OpenVINO's measured precision, and :func:`load_predictor`."""
 
 from __future__ import annotations
 
@@ -12,76 +13,16 @@ from typing import Literal
 
 import numpy as np
 
+from bisenet_pl.deploy.predictor import Backend, Precision, Predictor, backend_for
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.precision import PrecisionChoice, choose_fastest, measured_step_ms, this_cpu
 
-Backend = Literal["onnxruntime", "openvino"]
-BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
-#: Precisions a runtime computes in. int8 is a property of the file (quantized at export), fp32 and
-#: bf16 a choice of OpenVINO's at load time (ONNX Runtime's CPU kernels compute fp32).
-Precision = Literal["fp32", "bf16", "int8"]
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 #: Where an OpenVINO file written by bisenet-pl export keeps the inference precision it was exported
 #: for (OpenVINO's own default depends on the CPU: bf16 wherever it is native).
 PRECISION_RT_INFO = ["bisenet_pl", "inference_precision"]
 #: The image size ``precision="auto"`` times a file at unless told (the papers' 512x1024).
 AUTO_EXAMPLE_SIZE = (512, 1024)
-
-
-def backend_for(path: str | Path, backend: Backend | None = None) -> Backend:
-    """``backend``, or the one a file's suffix implies: OpenVINO for ``.xml``, ONNX Runtime for ``.onnx``."""
-    suffix = Path(path).suffix.lower()
-    if backend is None:
-        if suffix not in (".onnx", ".xml"):
-            raise ConfigError(f"{path}: expected an exported .onnx or OpenVINO .xml file")
-        return "openvino" if suffix == ".xml" else "onnxruntime"
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    if backend == "onnxruntime" and suffix != ".onnx":
-        raise ConfigError(f"{path}: ONNX Runtime runs .onnx files; use the openvino backend for OpenVINO IR")
-    return backend
-
-
-class Predictor:
-    """An exported file loaded in a CPU runtime: ``predictor(images)`` runs a batch (a numpy array in
-    the file's input layout and type) and returns its output (logits or class ids)."""
-
-    backend: Backend
-    precision: str  # what the runtime computes in; found when first asked, not at load
-    path: str | Path
-    input_dtype: np.dtype  # of the file's input: uint8 (8-bit images as read) or float32 (normalised)
-    channels_last: bool  # the file's input layout: (N, H, W, 3) or (N, 3, H, W)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def check_input(self, images: np.ndarray) -> None:
-        """A batch the file takes, else one :class:`ConfigError` saying what it takes (not the runtime's
-        message about ranks and dimensions)."""
-        layout = "(N, H, W, 3)" if self.channels_last else "(N, 3, H, W)"
-        shape = getattr(images, "shape", ())
-        fits = (
-            isinstance(images, np.ndarray)
-            and images.dtype == self.input_dtype
-            and len(shape) == 4
-            and shape[3 if self.channels_last else 1] == 3
-            and min(shape) > 0
-        )
-        if not fits:
-            got = f"an array {tuple(shape)} of {images.dtype}" if isinstance(images, np.ndarray) else type(images)
-            raise ConfigError(
-                f"{self.path} takes a batch of images {layout} of {np.dtype(self.input_dtype).name} (see bisenet-pl "
-                f"export --input); got {got}"
-            )
-
-    def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Each batch's output, in order (frames of a video, images of a folder): one batch at a time
-        here; OpenVINO loaded with ``throughput=True`` keeps several in flight."""
-        for batch in batches:
-            yield self(batch)
-
-    def describe(self) -> str:
-        return f"{self.backend} {self.precision}"
 
 
 class OnnxRuntimePredictor(Predictor):

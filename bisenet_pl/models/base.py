@@ -65,7 +65,7 @@ class SegmentationNetwork(nn.Module):
         weights = [float(aux_weights)] * len(names) if isinstance(aux_weights, (int, float)) else list(aux_weights)
         if len(weights) != len(names):
             raise ConfigError(
-                f"model.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}"
+                f"model.loss.aux_weights has {len(weights)} values for the network's {len(names)} aux heads {names}"
             )
         self.remove_aux_heads(name for name, weight in zip(names, weights) if weight == 0)
         kept = [(name, weight) for name, weight in zip(names, weights) if weight != 0]
