@@ -30,7 +30,7 @@ BOOKKEEPING_PREFIXES = (
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"lr": 0.05}}`` -> ``{"model.lr": 0.05}``; lists stay values."""
+    """``{"model": {"optimizer": {"lr": 0.05}}}`` -> ``{"model.optimizer.lr": 0.05}``; lists stay values."""
     flat = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
@@ -198,6 +198,9 @@ CPU_STUDY = {
         Variant("BiSeNetV2", _v2(branches="both", aggregation="bga", aux_heads=BOOSTERS), 73.4),
     ],
 }
+
+#: The two comparisons of the study that 1000 steps left open, at 3000 steps (sweeps/cpu_study_3000.yaml).
+CPU_STUDY_3000 = {f"3000 steps: {title}": CPU_STUDY[title] for title in list(CPU_STUDY)[2:]}
 
 
 def study_table(

@@ -10,7 +10,14 @@ from nbclient import NotebookClient
 from synthetic import make_camvid_segnet
 
 from bisenet_pl.cli import build_cli
-from bisenet_pl.results import CPU_STUDY, ablation_table, collect_local_runs, markdown_table, study_table
+from bisenet_pl.results import (
+    CPU_STUDY,
+    CPU_STUDY_3000,
+    ablation_table,
+    collect_local_runs,
+    markdown_table,
+    study_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -73,6 +80,7 @@ def test_notebook_runs_top_to_bottom(path, runs, monkeypatch):
     monkeypatch.setenv("BISENET_DATA_ROOT", str(runs["camvid"]))
     monkeypatch.setenv("BISENET_CHECKPOINT", str(checkpoint))
     monkeypatch.setenv("BISENET_RUNS_DIR", str(runs["outputs"]))
+    monkeypatch.setenv("BISENET_LONG_RUNS_DIR", str(runs["outputs"] / "no-such-study"))
     monkeypatch.setenv("BISENET_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     notebook = execute(path)
@@ -96,9 +104,11 @@ def test_the_ablations_notebook_reads_the_committed_study(monkeypatch):
     notebook = execute(REPO / "notebooks" / "03_ablations.ipynb")
     text = outputs_text(notebook)
     assert "14 runs from ../results/cpu_study, compared on their last dev/mIoU" in text
-    assert text.count("no run") == 0 and figures_in(notebook) == 2
-    for title in CPU_STUDY:
+    assert "6 runs from ../results/cpu_study_3000, compared on their last dev/mIoU" in text
+    assert text.count("no run") == 0 and figures_in(notebook) == 3
+    for title in [*CPU_STUDY, *CPU_STUDY_3000]:
         assert f"**{title}**" in text
+    assert "READING" not in "".join(cell.source for cell in notebook.cells)
 
 
 def execute(path: Path):
@@ -118,12 +128,12 @@ def figures_in(notebook) -> int:
     )
 
 
-def test_the_readme_shows_the_committed_study():
+@pytest.mark.parametrize("folder,study", [("cpu_study", CPU_STUDY), ("cpu_study_3000", CPU_STUDY_3000)])
+def test_the_readme_shows_the_committed_study(folder, study):
     """The README's study tables are the ones the committed runs give, to the digit."""
-    study = REPO / "results" / "cpu_study"
-    runs = {metric: collect_local_runs(study, metric) for metric in ("dev/mIoU", "val/mIoU")}
+    runs = {metric: collect_local_runs(REPO / "results" / folder, metric) for metric in ("dev/mIoU", "val/mIoU")}
     readme = (REPO / "README.md").read_text()
-    for title, variants in CPU_STUDY.items():
+    for title, variants in study.items():
         table, rows = study_table(title, variants, runs["dev/mIoU"], runs["val/mIoU"])
         assert all(len(row["values"]) == 2 for row in rows), title  # two seeds of every variant
         assert table in readme, title
