@@ -34,11 +34,22 @@ def agent_command(sweep: dict, parameters: dict) -> list[str]:
     return command
 
 
-CASES = [
-    pytest.param(path, parameters, id=f"{path.stem}-{index}")
-    for path in SWEEPS
-    for index, parameters in enumerate(parameter_sets(yaml.safe_load(path.read_text())))
-]
+def sweep_cases() -> list:
+    """Every grid combination of every sweep file, each run once: a combination another file already
+    sweeps with the same base config (cpu_study_3000.yaml repeats cpu_study.yaml's rows) is not fitted twice."""
+    cases, seen = [], set()
+    for path in SWEEPS:
+        sweep = yaml.safe_load(path.read_text())
+        base = [part for part in sweep["command"] if part.startswith("--config")]
+        for index, parameters in enumerate(parameter_sets(sweep)):
+            key = repr((base, parameters))
+            if key not in seen:
+                seen.add(key)
+                cases.append(pytest.param(path, parameters, id=f"{path.stem}-{index}"))
+    return cases
+
+
+CASES = sweep_cases()
 
 
 def test_sweeps_cover_the_paper_ablations():
