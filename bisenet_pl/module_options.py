@@ -64,6 +64,15 @@ def upgrade_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
     return upgraded
 
 
+def read_checkpoint_lazily(path: str | Path) -> dict:
+    """A Lightning checkpoint with its tensors memory-mapped, not read: its hyperparameters are looked at
+    before Lightning reads the file itself."""
+    import torch
+
+    stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return stored if isinstance(stored, dict) else {}
+
+
 def plain(options: object) -> object:
     """A group as plain data (dicts, lists, numbers and strings), as checkpoints and YAML hold it."""
     if is_dataclass(options) and not isinstance(options, type):

@@ -20,7 +20,7 @@ from bisenet_pl.models.weights import (
     read_state_dict,
     read_weights_info,
 )
-from bisenet_pl.module_options import is_renamed, plain, upgrade_options
+from bisenet_pl.module_options import is_renamed, plain, read_checkpoint_lazily, upgrade_options
 
 
 class PretrainedWeights:
@@ -35,8 +35,8 @@ class PretrainedWeights:
         """Lightning's ``load_from_checkpoint``; a checkpoint of an older version, whose hyperparameters
         hold the module's former flat options, is read under their new names (with a warning)."""
         if isinstance(checkpoint_path, str | Path) and Path(checkpoint_path).is_file():
-            stored = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            hparams = stored.get("hyper_parameters") if isinstance(stored, dict) else None
+            stored = read_checkpoint_lazily(checkpoint_path)
+            hparams = stored.get("hyper_parameters")
             if isinstance(hparams, dict) and any(is_renamed(key, value) for key, value in hparams.items()):
                 stored["hyper_parameters"] = upgrade_options(hparams, str(checkpoint_path))
                 checkpoint_path = io.BytesIO()

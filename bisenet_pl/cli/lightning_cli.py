@@ -24,7 +24,7 @@ from bisenet_pl.files import check_writable
 from bisenet_pl.loggers import SaveConfigToLoggers
 from bisenet_pl.models.weights import check_lightning_checkpoint
 from bisenet_pl.module import SegmentationModule
-from bisenet_pl.module_options import upgrade_command_line, upgrade_options
+from bisenet_pl.module_options import read_checkpoint_lazily, upgrade_command_line, upgrade_options
 from bisenet_pl.precision import TIME_RESERVE, fastest_cpu_precision, steps_within
 from bisenet_pl.trainer import LastCheckpoint, Trainer, auto_precision
 from bisenet_pl.writer import SegmentationWriter
@@ -113,7 +113,7 @@ class BiSeNetCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not (path and Path(path).is_file()):
             return
-        hparams = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams = read_checkpoint_lazily(path).get("hyper_parameters") or {}
         hparams.pop("_instantiator", None)
         if hparams:
             hparams = upgrade_options(hparams, path)
