@@ -15,7 +15,8 @@ improving.
 
 Training never uses the running statistics, so they can be recomputed at the evaluation size
 whenever they are looked at, without changing training: :class:`BatchNormRecalibration` does that
-before every validation and every checkpoint.
+before every validation and every checkpoint, for the weights those use: the module's, or the average
+of a weight-averaging callback (Lightning's ``EMAWeightAveraging``) when the run has one.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from collections.abc import Iterable
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from bisenet_pl.compat import averaged_module
 from bisenet_pl.errors import check_options
 
 BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -66,6 +68,22 @@ def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> in
     return seen
 
 
+def evaluated_module(trainer: L.Trainer, pl_module: L.LightningModule) -> nn.Module:
+    """The module whose weights validation and checkpoints use: while fitting with a weight-averaging
+    callback, the average it keeps (swapped in for validation, saved as the checkpoint's state dict)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, WeightAveraging) and (average := averaged_module(callback)) is not None:
+            return average
+    return pl_module
+
+
+def copy_batchnorm_statistics(source: nn.Module, target: nn.Module) -> None:
+    targets = batchnorm_layers(target)
+    for name, norm in batchnorm_layers(source).items():
+        for buffer in BATCHNORM_BUFFERS:
+            getattr(targets[name], buffer).copy_(getattr(norm, buffer))
+
+
 class BatchNormRecalibration(Callback):
     """While fitting, recompute the BatchNorm running statistics on ``images`` whole training images
     (a fixed subset, unaugmented, at their full size) before every validation and before every
@@ -98,17 +116,18 @@ class BatchNormRecalibration(Callback):
             )
             self.images = 0
 
-    def _recalibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _recalibrate(self, trainer: L.Trainer, module: nn.Module) -> None:
         if not self.images or trainer.sanity_checking or self._recalibrated_at == trainer.global_step:
             return
-        if not batchnorm_layers(pl_module):  # nothing to recompute: spare the forward passes
+        if not batchnorm_layers(module):  # nothing to recompute: spare the forward passes
             return
         datamodule = trainer.datamodule
         batch_size = self.batch_size or max(2, datamodule.batch_size)
         start = time.perf_counter()
-        batches = (images.to(pl_module.device) for images in datamodule.full_size_batches(self.images, batch_size))
+        device = next(module.parameters()).device
+        batches = (images.to(device) for images in datamodule.full_size_batches(self.images, batch_size))
         with trainer.precision_plugin.forward_context():
-            used = recalibrate_batchnorm(pl_module, batches)
+            used = recalibrate_batchnorm(module, batches)
         self._recalibrated_at = trainer.global_step
         if not self._reported:
             self._reported = True
@@ -119,17 +138,27 @@ class BatchNormRecalibration(Callback):
             )
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Before on_validation_epoch_start, where a weight-averaging callback swaps its average in.
         if trainer.state.fn == "fit":
-            self._recalibrate(trainer, pl_module)
+            self._recalibrate(trainer, evaluated_module(trainer, pl_module))
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn != "fit":
             return
-        self._recalibrate(trainer, pl_module)
+        module = evaluated_module(trainer, pl_module)
+        self._recalibrate(trainer, module)
         # The checkpoint's state dict was taken before this hook: put the new statistics in it.
         saved = checkpoint.get("state_dict", {})
-        for name, norm in batchnorm_layers(pl_module).items():
+        for name, norm in batchnorm_layers(module).items():
             for buffer in BATCHNORM_BUFFERS:
                 key = f"{name}.{buffer}"
                 if key in saved:
                     saved[key] = getattr(norm, buffer).detach().clone()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The module fit leaves behind (an average's weights once a weight-averaging callback has copied them
+        # in) holds statistics of the evaluation size too, for a test in the same process.
+        module = evaluated_module(trainer, pl_module)
+        self._recalibrate(trainer, module)
+        if module is not pl_module and self.images:
+            copy_batchnorm_statistics(module, pl_module)

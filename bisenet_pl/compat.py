@@ -9,12 +9,15 @@ from collections.abc import Callable
 
 import lightning as L
 from lightning.fabric.connector import _PRECISION_INPUT as PRECISION_INPUT  # the Trainer's precision values
+from lightning.pytorch.callbacks import WeightAveraging
+from torch import nn
 
 __all__ = [
     "CHECKPOINT_HYPERPARAMETERS",
     "ONNX_REGISTRATION_LOGGER",
     "PRECISION_INPUT",
     "TRAIN_DESCRIPTION",
+    "averaged_module",
     "batches_done",
     "subcommand_parser",
 ]
@@ -26,6 +29,13 @@ ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
 CHECKPOINT_HYPERPARAMETERS = "_parse_ckpt_path"
 #: RichProgressBar's method for the training bar's text: it has no public hook for it.
 TRAIN_DESCRIPTION = "_get_train_description"
+
+
+def averaged_module(callback: WeightAveraging) -> nn.Module | None:
+    """The LightningModule holding a weight-averaging callback's average (e.g. EMAWeightAveraging's), or None
+    outside fit, before its setup: the callback offers no public way to reach it."""
+    average = callback._average_model
+    return None if average is None else average.module
 
 
 def batches_done(trainer: L.Trainer) -> Callable[[], int]:

@@ -22,11 +22,11 @@ COMMON = [
 ]  # fmt: skip
 
 
-def fit_run(root: Path, out: Path, images: int) -> Path:
+def fit_run(root: Path, out: Path, images: int, *extra: str) -> Path:
     build_cli([
         "fit", *COMMON, f"--data.root={root}", "--trainer.max_steps=4", "--trainer.val_check_interval=2",
         "--last_checkpoint.every_n_train_steps=2", f"--bn_recalibration.images={images}",
-        f"--trainer.default_root_dir={out}",
+        f"--trainer.default_root_dir={out}", *extra,
     ])  # fmt: skip
     return next(out.rglob("metrics.csv")).parent
 
@@ -66,6 +66,26 @@ def test_logged_val_equals_a_fresh_evaluation_of_the_saved_checkpoint_and_its_ex
         "--trainer.logger=false",
     ])  # fmt: skip
     assert tested.trainer.callback_metrics["test/mIoU"].item() == pytest.approx(curve[3], abs=0.005)
+
+
+def test_with_an_ema_of_the_weights_the_checkpoint_holds_the_average_and_scores_what_was_logged(tmp_path):
+    """Lightning's EMAWeightAveraging validates and saves the average of the weights: their statistics are
+    recomputed for the average, not for the weights being trained."""
+    root = make_camvid_segnet(tmp_path / "camvid", {"train": 6, "val": 2})
+    ema = ["--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.5"]
+    run = fit_run(root, tmp_path / "out", 4, *ema)
+    curve = logged(run, "val/mIoU")
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    average, trained = checkpoint["state_dict"], checkpoint["current_model_state"]
+    weights = [key for key in average if key.endswith(".weight")]
+    assert any(not torch.equal(average[key], trained[key]) for key in weights)  # the average is saved
+    module = SegmentationModule.load_from_checkpoint(last, map_location="cpu")
+    expected = full_size_statistics(module, CamVidDataModule(root=str(root), batch_size=2, num_workers=0), 4)
+    for name, norm in batchnorm_layers(module).items():
+        torch.testing.assert_close(norm.running_var, expected[name])
+    validated = build_cli(["validate", *COMMON, f"--data.root={root}", f"--ckpt_path={last}", "--trainer.logger=false"])
+    assert validated.trainer.callback_metrics["val/mIoU"].item() == pytest.approx(curve[3], abs=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ import importlib.util
 import inspect
 import typing
 
-from lightning.pytorch.callbacks import RichProgressBar
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from bisenet_pl import compat
@@ -47,3 +49,15 @@ def test_the_cli_still_lays_checkpoint_hyperparameters_in_the_named_method():
     # LightningCLI calls it after parsing; the CLI's replacement reads older checkpoints' option names.
     assert f"self.{compat.CHECKPOINT_HYPERPARAMETERS}()" in inspect.getsource(LightningCLI.__init__)
     assert getattr(BiSeNetCLI, compat.CHECKPOINT_HYPERPARAMETERS) is BiSeNetCLI.parse_checkpoint_hyperparameters
+
+
+def test_a_weight_averaging_callback_keeps_its_average_as_a_copy_of_the_module(tmp_path):
+    module = L.LightningModule()
+    module.layer = torch.nn.Linear(2, 2)
+    callback = EMAWeightAveraging(decay=0.5)
+    assert compat.averaged_module(callback) is None  # before fit
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    callback.setup(trainer, module, "fit")
+    average = compat.averaged_module(callback)
+    assert isinstance(average, L.LightningModule) and average is not module
+    assert torch.equal(average.layer.weight, module.layer.weight)
