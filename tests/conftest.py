@@ -13,6 +13,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="bisenet-pl-test-hub-cache-")
 # precision=auto measures once per shape: in the tests, into a cache of their own.
 os.environ["BISENET_PL_CACHE"] = tempfile.mkdtemp(prefix="bisenet-pl-test-cache-")
+# pytest-xdist's workers (make test runs one per core) share the cores: compute threads split between them,
+# not each worker's threads on every core. The processes a test starts get the same count (OMP_NUM_THREADS),
+# so that a run in a process of its own computes as one in the test's process.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 SHARED = Path(os.environ.get("BISENET_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
 REFERENCE_DIR = SHARED / "reference" / "coincheung"
