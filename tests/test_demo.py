@@ -166,3 +166,11 @@ def test_a_real_browser_uploads_an_image_and_sees_the_overlay(page, camvid_image
             shutil.copy(screenshot, os.environ["BISENET_PL_SCREENSHOT"])
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_a_port_out_of_range_is_one_line_naming_the_option(port, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", f"--port={port}"])
+    assert exit_info.value.code == 2
+    assert f"argument --port: expected a port number in 1-65535, got '{port}'" in capsys.readouterr().err

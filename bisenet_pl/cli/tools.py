@@ -15,6 +15,13 @@ from bisenet_pl.models import convert_coincheung_state_dict
 from bisenet_pl.models.weights import RELEASED_WEIGHTS, check_lightning_checkpoint, read_state_dict
 
 
+def port_number(text: str) -> int:
+    port = int(text) if text.isdecimal() else 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 1-65535, got {text!r}")
+    return port
+
+
 def demo_command(args: list[str]) -> None:
     """``bisenet-pl demo``: a page on this machine (Gradio) that segments an uploaded image or video."""
     from bisenet_pl.demo import DemoModel, build_app
@@ -30,7 +37,7 @@ def demo_command(args: list[str]) -> None:
     )
     parser.add_argument("--config", type=Path, help="a checkpoint's training config (default: fit's config.yaml)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to serve on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=port_number, default=7860, help="the port to serve on (1-65535)")
     options = parser.parse_args(args)
     if options.ckpt_path:
         check_lightning_checkpoint(options.ckpt_path)
