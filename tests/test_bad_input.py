@@ -305,6 +305,15 @@ def test_wrong_types_are_one_line_naming_the_option(tmp_path, option, expected):
     assert "\n" not in message and expected in message
 
 
+def test_an_option_the_chosen_class_does_not_take_is_named_with_the_class(tmp_path):
+    message = fit("camvid.yaml", tmp_path, "--data.crop_sise=[64,64]")
+    assert "\n" not in message
+    assert "--data.crop_sise: not an option of bisenet_pl.data.CamVidDataModule" in message
+    # predict without a config: no DataModule is chosen to take the option
+    message = error_of("predict", "--model.pretrained=bisenetv2_camvid", "--data.predict_source=image.png")
+    assert "--data.predict_source: not an option of lightning.LightningDataModule (none is chosen: give " in message
+
+
 def test_a_yaml_syntax_error_names_the_config_file(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("model:\n  optimizer: [0.1\n")

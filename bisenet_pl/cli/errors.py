@@ -48,6 +48,12 @@ def parse_error_line(message: str, configs: list[str]) -> str:
             "--trainer.default_root_dir (the configs no longer name a CSVLogger); to set a logger's options, "
             "name it first (--trainer.logger=CLASS, or --config configs/wandb.yaml)"
         )
+    refused = re.search(r"given class_path '([^']+)':\s*Option '([^']+)' is not accepted", message)
+    if keys and refused:  # an option the chosen class does not take (a typo, or no class chosen yet)
+        class_path, option = refused.groups()
+        unchosen = class_path in ("lightning.LightningDataModule", "lightning.LightningModule")
+        hint = f" (none is chosen: give --config configs/NAME.yaml or --{keys[0]}=CLASS)" if unchosen else ""
+        return f"--{'.'.join(keys)}.{option}: not an option of {class_path}{hint}"
     reasons = [line.strip().removeprefix("- ") for line in message.splitlines()]
     expected = [r for r in reasons if r.startswith("Expected a") and "NoneType" not in r]
     given = next((r.removeprefix("Given value: ") for r in reasons if r.startswith("Given value: ")), None)
