@@ -255,7 +255,7 @@ def test_a_batch_the_file_does_not_take_is_one_line_saying_what_it_takes(tmp_pat
 
 
 def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
-    with pytest.raises(ConfigError, match="expected an exported .onnx or OpenVINO .xml"):
+    with pytest.raises(ConfigError, match=r"expected an exported .onnx or OpenVINO .xml file \(a weights file or "):
         load_predictor(tmp_path / "net.pt")
     path = export(net, tmp_path / "net.onnx", options=ExportOptions(example_size=(64, 96)))
     with pytest.raises(ConfigError, match="needs OpenVINO: load_predictor\\(path, backend='openvino', ...\\)"):

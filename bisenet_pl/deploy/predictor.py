@@ -22,7 +22,10 @@ def backend_for(path: str | Path, backend: Backend | None = None) -> Backend:
     suffix = Path(path).suffix.lower()
     if backend is None:
         if suffix not in (".onnx", ".xml"):
-            raise ConfigError(f"{path}: expected an exported .onnx or OpenVINO .xml file")
+            hint = ""
+            if suffix in (".pt", ".pth", ".ckpt", ".safetensors"):
+                hint = " (a weights file or checkpoint: bisenet-pl export --format openvino makes one of it)"
+            raise ConfigError(f"{path}: expected an exported .onnx or OpenVINO .xml file{hint}")
         return "openvino" if suffix == ".xml" else "onnxruntime"
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
