@@ -77,11 +77,16 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, precision, capsy
     assert final_a and final_a == final_b
 
 
-def test_a_run_stopped_at_max_steps_and_continued_longer_matches_one_never_stopped(tmp_path):
+EMA = ["--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.5"]
+
+
+@pytest.mark.parametrize("averaging", [[], EMA], ids=["plain", "ema"])
+def test_a_run_stopped_at_max_steps_and_continued_longer_matches_one_never_stopped(tmp_path, averaging):
     """Stopped by max_steps=1 mid-epoch and continued to 3 steps: the same epoch, order and weights as 3
-    steps straight (it used to start a new epoch, and to take its first step at the old schedule's rate)."""
+    steps straight (it used to start a new epoch, and to take its first step at the old schedule's rate);
+    with an EMA of the weights, the same average and the same trained weights."""
     root = make_camvid_segnet(tmp_path / "camvid", {"train": 8, "val": 2, "test": 1})
-    quick = ["--trainer.limit_val_batches=0", "--data.num_workers=0"]
+    quick = ["--trainer.limit_val_batches=0", "--data.num_workers=0", *averaging]
     build_cli(fit_args(root, tmp_path / "straight", "32", *quick, "--trainer.max_steps=3"))
     build_cli(fit_args(root, tmp_path / "resumed", "32", *quick, "--trainer.max_steps=1"))
     assert newest_last(tmp_path / "resumed")["epoch"] == 0  # saved mid-epoch, as the periodic saves are
@@ -90,6 +95,9 @@ def test_a_run_stopped_at_max_steps_and_continued_longer_matches_one_never_stopp
     assert (a["global_step"], a["epoch"]) == (b["global_step"], b["epoch"]) == (3, 0)
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    if averaging:  # the trained weights beside the average, for the next --ckpt_path last
+        for key, value in a["current_model_state"].items():
+            torch.testing.assert_close(b["current_model_state"][key], value, rtol=0, atol=1e-6, msg=key)
     assert not list((tmp_path / "resumed").rglob("last-v*.ckpt"))  # one last.ckpt per run folder
 
 
