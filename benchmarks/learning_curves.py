@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = {}
     for spec in args.runs:
-        label, sep, folder = spec.rpartition("=")
+        label, sep, folder = spec.partition("=")  # at the first "=": sweep run folders hold "=" (net=BiSeNetV2_seed1)
         if not sep or not (Path(folder) / "metrics.csv").is_file():
             parser.error(f"{spec!r}: expected LABEL=RUN_DIR with RUN_DIR/metrics.csv")
         if not any(metric_history(folder, metric)[1] for metric in args.metric):

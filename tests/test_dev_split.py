@@ -130,3 +130,6 @@ def test_learning_curves_plot_val_and_dev_of_a_committed_run(tmp_path, capsys):
     assert [row.split(" | ")[1] for row in rows] == ["val/mIoU", "dev/mIoU"]
     assert rows[1].split(" | ")[4] == "34.45"  # the README's recipe-study baseline, dev at step 1000
     assert read_image(tmp_path / "curves.png").shape[2] == 3
+    sweep_run = REPO / "results" / "cpu_study_3000" / "net=BiSeNetV2_seed42"  # a folder name with "=" in it
+    load_benchmark("learning_curves").main([f"recipe={sweep_run}", "--output", str(tmp_path / "sweep.png")])
+    assert "| recipe | val/mIoU | 2999 |" in capsys.readouterr().out
