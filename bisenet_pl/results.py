@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,10 +147,32 @@ class Variant:
     paper: float | None = None
 
     def runs(self, runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [run for run in runs if all(run["config"].get(k, _MISSING) == v for k, v in self.config.items())]
+        return [run for run in runs if all(matches(run["config"].get(k, _MISSING), v) for k, v in self.config.items())]
 
 
 _MISSING = object()
+
+
+def matches(value: Any, wanted: Any) -> bool:
+    """A config value is the one wanted, or passes it where ``wanted`` is a test (e.g. :func:`has_callback`)."""
+    return wanted(value) if callable(wanted) else value == wanted
+
+
+def has_callback(class_name: str, **init_args: Any) -> Callable[[Any], bool]:
+    """A test of ``trainer.callbacks``: it holds a callback of that class with those arguments (others as they are)."""
+
+    def test(callbacks: Any) -> bool:
+        if not isinstance(callbacks, list):  # none, or the option missing from the run's config
+            return False
+        return any(
+            str(callback.get("class_path", "")).rpartition(".")[2] == class_name
+            and all((callback.get("init_args") or {}).get(key, _MISSING) == value for key, value in init_args.items())
+            for callback in callbacks
+            if isinstance(callback, dict)
+        )
+
+    test.__name__ = f"has_callback({class_name}, {init_args})"
+    return test
 
 
 def variant_summary(runs: Sequence[dict[str, Any]], variant: Variant, metric: str, which: str = "last") -> dict:
@@ -201,6 +223,27 @@ CPU_STUDY = {
 
 #: The two comparisons of the study that 1000 steps left open, at 3000 steps (sweeps/cpu_study_3000.yaml).
 CPU_STUDY_3000 = {f"3000 steps: {title}": CPU_STUDY[title] for title in list(CPU_STUDY)[2:]}
+
+#: The recipe study's second round on the dev split (sweeps/recipe_*_3000.yaml), each change against the recipe
+#: itself (cpu_study_3000's BiSeNetV2 runs: configs/camvid_cpu.yaml for 3000 steps). No paper has these rows.
+RECIPE_SAME = {"data.init_args.crop_size": [192, 256], "data.init_args.batch_size": 8, "trainer.callbacks": None}
+RECIPE_STUDY_3000 = {
+    "Recipe, second round: 3000 steps of configs/camvid_cpu.yaml, one change each": [
+        Variant(
+            "4 crops of 288x384 a step (was 8 of 192x256)",
+            CPU_STUDY["BiSeNetV1 against BiSeNetV2"][1].config
+            | RECIPE_SAME
+            | {"data.init_args.crop_size": [288, 384], "data.init_args.batch_size": 4},
+        ),
+        Variant(
+            "EMA of the weights, decay 0.999",
+            CPU_STUDY["BiSeNetV1 against BiSeNetV2"][1].config
+            | RECIPE_SAME
+            | {"trainer.callbacks": has_callback("EMAWeightAveraging", decay=0.999)},
+        ),
+        Variant("the recipe", CPU_STUDY["BiSeNetV1 against BiSeNetV2"][1].config | RECIPE_SAME),
+    ]
+}
 
 
 def study_table(

@@ -13,8 +13,11 @@ from bisenet_pl.cli import build_cli
 from bisenet_pl.results import (
     CPU_STUDY,
     CPU_STUDY_3000,
+    RECIPE_STUDY_3000,
+    Variant,
     ablation_table,
     collect_local_runs,
+    has_callback,
     markdown_table,
     study_table,
 )
@@ -128,12 +131,33 @@ def figures_in(notebook) -> int:
     )
 
 
-@pytest.mark.parametrize("folder,study", [("cpu_study", CPU_STUDY), ("cpu_study_3000", CPU_STUDY_3000)])
-def test_the_readme_shows_the_committed_study(folder, study):
+@pytest.mark.parametrize(
+    "folders,study",
+    [
+        (["cpu_study"], CPU_STUDY),
+        (["cpu_study_3000"], CPU_STUDY_3000),
+        (["recipe_study_3000", "cpu_study_3000"], RECIPE_STUDY_3000),  # the recipe's own runs are the study's
+    ],
+)
+def test_the_readme_shows_the_committed_study(folders, study):
     """The README's study tables are the ones the committed runs give, to the digit."""
-    runs = {metric: collect_local_runs(REPO / "results" / folder, metric) for metric in ("dev/mIoU", "val/mIoU")}
+    runs = {
+        metric: [run for folder in folders for run in collect_local_runs(REPO / "results" / folder, metric)]
+        for metric in ("dev/mIoU", "val/mIoU")
+    }
     readme = (REPO / "README.md").read_text()
     for title, variants in study.items():
         table, rows = study_table(title, variants, runs["dev/mIoU"], runs["val/mIoU"])
         assert all(len(row["values"]) == 2 for row in rows), title  # two seeds of every variant
         assert table in readme, title
+
+
+def test_a_variant_can_ask_for_a_callback_by_class_and_arguments():
+    ema = has_callback("EMAWeightAveraging", decay=0.999)
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.999}}]
+    assert ema(callbacks) and not ema(None) and not ema([{"class_path": "x.EMAWeightAveraging"}])
+    assert not has_callback("EMAWeightAveraging", decay=0.99)(callbacks)
+    variant = Variant("EMA", {"trainer.callbacks": ema})
+    assert variant.runs([{"config": {"trainer.callbacks": callbacks}}, {"config": {}}]) == [
+        {"config": {"trainer.callbacks": callbacks}}
+    ]
