@@ -34,7 +34,7 @@ lock: $(STAMP)
 		--no-emit-index-url --no-emit-find-links -c $(VENV)/torch-constraint.txt -o requirements.lock pyproject.toml
 
 # The linters first (seconds), then the suite, one pytest-xdist worker per core (at most 4): much of it waits on
-# Python-bound exporters, compilers and processes of its own, so two workers on 2 cores took 6.5 minutes
+# Python-bound exporters, compilers and processes of its own, so two workers on 2 cores took 6.0 minutes
 # where one took 11.7. PYTEST_ARGS= runs it in one process.
 PYTEST_ARGS ?= -n auto --maxprocesses=4
 test: $(STAMP)
