@@ -28,6 +28,8 @@ from bisenet_pl.errors import ConfigError
 
 #: The seeds of ``--seeds N``: the first N (42 first, as in every config of this project).
 SEEDS = (42, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+#: The W&B distributions a random search here draws from (W&B has more; those need its agent).
+DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values", "q_uniform")
 DONE = "done"  # the marker a finished run leaves in its folder (holding its minutes)
 
 
@@ -71,7 +73,33 @@ def load_sweep(path: str | Path) -> dict:
         raise ConfigError(f"{path}: its command must be [bisenet-pl, fit, ..., ${{args}}] (as the agent runs it)")
     if sweep.get("method") not in ("grid", "random", "bayes"):
         raise ConfigError(f"{path}: method must be grid, random or bayes; got {sweep.get('method')!r}")
+    for name, spec in sweep["parameters"].items():
+        check_parameter(spec, f"{path}: parameter {name}")
     return sweep
+
+
+def check_parameter(spec, where: str) -> None:
+    """Refuse a parameter spec no run could be drawn from, before the first run starts."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a mapping such as {{values: [...]}} or {{value: ...}}; got {spec!r}")
+    if "value" in spec:
+        return
+    if "values" in spec:
+        if not isinstance(spec["values"], list) or not spec["values"]:
+            raise ConfigError(f"{where}: 'values' must be a non-empty list; got {spec['values']!r}")
+        return
+    low, high = spec.get("min"), spec.get("max")
+    if not all(isinstance(bound, (int, float)) and not isinstance(bound, bool) for bound in (low, high)):
+        raise ConfigError(f"{where} needs 'values', 'value' or numbers 'min' and 'max'; got {spec!r}")
+    if low > high:
+        raise ConfigError(f"{where}: min {low} is above max {high}")
+    distribution = spec.get("distribution", "uniform")
+    if distribution not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}: distribution {distribution!r} is not one of {', '.join(DISTRIBUTIONS)}")
+    if distribution == "log_uniform_values" and low <= 0:
+        raise ConfigError(f"{where}: log_uniform_values needs min above 0; got {low}")
+    if distribution == "q_uniform" and not spec.get("q", 1) > 0:
+        raise ConfigError(f"{where}: q must be above 0; got {spec['q']!r}")
 
 
 def draw(spec: dict, rng: random.Random):
@@ -92,7 +120,7 @@ def draw(spec: dict, rng: random.Random):
         return math.exp(rng.uniform(math.log(low), math.log(high)))
     if distribution == "q_uniform":
         return round(rng.uniform(low, high) / spec.get("q", 1)) * spec.get("q", 1)
-    raise ConfigError(f"sweep parameter distribution {distribution!r} is not one bisenet-pl sweep draws from")
+    raise ConfigError(f"sweep parameter distribution {distribution!r} is not one of {', '.join(DISTRIBUTIONS)}")
 
 
 def parameter_sets(sweep: dict, count: int | None = None) -> list[dict]:
@@ -112,8 +140,10 @@ def parameter_sets(sweep: dict, count: int | None = None) -> list[dict]:
             "a Bayesian search chooses each run from the ones before on the W&B server: run it with wandb agent, "
             "or set method: random here"
         )
-    if not count or count < 1:
+    if count is None:
         raise ConfigError("a random search needs --count N (how many runs to draw)")
+    if count < 1:
+        raise ConfigError(f"--count must be at least 1; got {count}")
     rng = random.Random(0)
     return [{name: draw(spec, rng) for name, spec in parameters.items()} for _ in range(count)]
 

@@ -84,3 +84,29 @@ def test_an_output_that_cannot_be_a_folder_is_refused_before_any_run(tmp_path):
         with pytest.raises(SystemExit, match=f"--output {output}: .*notes.txt is a file, not a folder"):
             main(["sweep", str(sweep), "--output", str(output)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "tiny.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"values": []}, "'values' must be a non-empty list"),  # ran no run and printed an empty table, exit 0
+        (0.01, "must be a mapping such as"),  # was a TypeError traceback
+        ({"min": 0.1}, "needs 'values', 'value' or numbers 'min' and 'max'"),  # was a KeyError traceback
+        ({"min": 1.0, "max": 0.1}, "min 1.0 is above max 0.1"),  # drew from the reversed range without a word
+        ({"distribution": "log_uniform_values", "min": 0, "max": 0.1}, "needs min above 0"),  # math domain error
+        ({"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0}, "q must be above 0"),  # ZeroDivisionError
+        ({"distribution": "normal", "min": 0.0, "max": 1.0}, "distribution 'normal' is not one of uniform"),
+    ],
+)
+def test_a_parameter_no_run_could_be_drawn_from_is_refused_before_any_run(spec, message, tmp_path):
+    sweep = yaml.safe_load(write_sweep(tmp_path / "tiny.yaml", method="random").read_text())
+    sweep["parameters"]["model.optimizer.lr"] = spec
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(sweep))
+    with pytest.raises(SystemExit, match=f"tiny.yaml: parameter model.optimizer.lr.*{message}"):
+        main(["sweep", str(tmp_path / "tiny.yaml"), "--count=1", f"--output={tmp_path / 'runs'}"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_count_below_one_is_refused_with_its_value(tmp_path):
+    with pytest.raises(SystemExit, match="--count must be at least 1; got 0"):
+        main(["sweep", str(write_sweep(tmp_path / "tiny.yaml", method="random")), "--count=0"])
