@@ -181,7 +181,9 @@ def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
         (["--precision=int8"], "--precision int8 needs calibration images"),
         (["--precision=int8", "--calibration={empty}"], "the folder holds no images"),
         (["--precision=int8", "--calibration={missing}"], "no such data config or folder of images"),
-        (["--score"], "--score: no config.yaml"),
+        (["--score"], "--score: a weights file holds no data config; give the training config as --config"),
+        (["--calibration={empty}"], "--calibration calibrates an int8 file: add --precision int8"),  # was ignored
+        (["--calibration_images=5"], "--calibration_images calibrates an int8 file"),  # was ignored
         (["--calibration_images=0", "--precision=int8"], "--calibration_images must be >= 1"),
         (["--size", "0", "8"], "--size H W must be two sizes >= 1"),
         (["--output={empty}"], "is a folder: give the file's path, e.g. .*empty/bisenetv2_camvid.onnx"),

@@ -89,7 +89,7 @@ def export_command(args: list[str]) -> None:
         help="int8: a data config (its train split) or a folder of images; default: the training config",
     )
     parser.add_argument(
-        "--calibration_images", type=int, default=300, metavar="N", help="int8: how many images calibrate it"
+        "--calibration_images", type=int, metavar="N", help="int8: how many images calibrate it (default: 300)"
     )
     parser.add_argument(
         "--score", action="store_true", help="score the file and the PyTorch network (fp32) on the config's val split"
@@ -97,6 +97,11 @@ def export_command(args: list[str]) -> None:
     options = parser.parse_args(args)
     if options.bn_images < 0:
         raise ConfigError(f"--bn_images must be >= 0; got {options.bn_images}")
+    if options.precision != "int8" and (options.calibration is not None or options.calibration_images is not None):
+        given = "--calibration" if options.calibration is not None else "--calibration_images"
+        raise ConfigError(f"{given} calibrates an int8 file: add --precision int8, or leave it out")
+    if options.calibration_images is None:
+        options.calibration_images = 300
     if options.calibration_images < 1:
         raise ConfigError(f"--calibration_images must be >= 1; got {options.calibration_images}")
     if min(options.size) < 1:
@@ -137,7 +142,11 @@ def export_command(args: list[str]) -> None:
     if config is None and options.ckpt_path and (saved := Path(source).parent.parent / "config.yaml").is_file():
         config = saved  # fit saves it in the run folder, checkpoints in run/checkpoints
     datamodule = datamodule_from_config(config, options.data_root) if config is not None else None
-    no_data = f"no config.yaml beside {source}; {GIVE_CONFIG}"
+    no_data = (
+        f"no config.yaml in the run folder of {source}; {GIVE_CONFIG}"
+        if options.ckpt_path
+        else f"a weights file holds no data config; {GIVE_CONFIG}"
+    )
     if datamodule is not None:
         info.mean, info.std, info.palette = (
             list(datamodule.mean),
