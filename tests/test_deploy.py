@@ -263,6 +263,12 @@ def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
     with pytest.raises(ConfigError, match="needs OpenVINO: load_predictor\\(path, backend='openvino', ...\\)"):
         load_predictor(path, precision="bf16")
     assert load_predictor(path, backend="openvino", precision="fp32").describe() == "openvino fp32"
+    # int8 asked of a float file ran it in float without a word, in both runtimes
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(ConfigError, match="net.onnx is not quantized: int8 needs a file that bisenet-pl export"):
+            load_predictor(path, backend=backend, precision="int8")
+    with pytest.raises(ConfigError, match="precision must be fp32, bf16, int8 or auto .*; got 'fp16'"):
+        load_predictor(path, precision="fp16")  # pointed ONNX Runtime users to OpenVINO, which refused it too
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_predictor(tmp_path / "missing.onnx")
     with pytest.raises(ConfigError, match="threads must be >= 1 .*; got -1"):

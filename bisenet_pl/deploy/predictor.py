@@ -40,6 +40,7 @@ class Predictor:
 
     backend: Backend
     precision: str  # what the runtime computes in; found when first asked, not at load
+    quantized: bool  # whether the file holds int8 layers (export --precision int8)
     path: str | Path
     input_dtype: np.dtype  # of the file's input: uint8 (8-bit images as read) or float32 (normalised)
     channels_last: bool  # the file's input layout: (N, H, W, 3) or (N, 3, H, W)

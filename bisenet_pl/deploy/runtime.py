@@ -43,11 +43,16 @@ class OnnxRuntimePredictor(Predictor):
         self.channels_last = spec.shape[3] == 3
 
     @cached_property
-    def precision(self) -> str:
+    def quantized(self) -> bool:
+        """Whether the file holds int8 layers (written by ``bisenet-pl export --precision int8``)."""
         import onnx
 
         nodes = onnx.load(str(self.path), load_external_data=False).graph.node
-        return "int8" if any(node.op_type in ("QuantizeLinear", "QLinearConv") for node in nodes) else "fp32"
+        return any(node.op_type in ("QuantizeLinear", "QLinearConv") for node in nodes)
+
+    @cached_property
+    def precision(self) -> str:
+        return "int8" if self.quantized else "fp32"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         self.check_input(images)
@@ -124,8 +129,12 @@ class OpenVinoPredictor(Predictor):
         """What OpenVINO compiles the file to on this CPU, asked of a small compilation of it."""
         computes = self.compiled(self.input_shape(64, 64)).get_property("INFERENCE_PRECISION_HINT").to_string()
         computes = {"f32": "fp32", "f16": "fp16"}.get(computes, computes)
-        quantized = any(op.get_type_name() == "FakeQuantize" for op in self.model.get_ops())
-        return f"int8+{computes}" if quantized else computes
+        return f"int8+{computes}" if self.quantized else computes
+
+    @cached_property
+    def quantized(self) -> bool:
+        """Whether the file holds int8 layers (written by ``bisenet-pl export --precision int8``)."""
+        return any(op.get_type_name() == "FakeQuantize" for op in self.model.get_ops())
 
     def compiled(self, shape: tuple[int, ...]):
         model = self.model.clone()
@@ -238,6 +247,8 @@ def load_predictor(
     compiles for images per second over many images, run through ``predictor.map(batches)``.
     """
     backend = backend_for(path, backend)
+    if precision not in (None, "auto", "fp32", "bf16", "int8"):
+        raise ConfigError(f"precision must be fp32, bf16, int8 or auto (None: the file's own); got {precision!r}")
     if threads is not None and threads < 0:
         raise ConfigError(f"threads must be >= 1 (or None or 0: every core); got {threads}")
     if len(auto_size) != 2 or min(auto_size) < 1:
@@ -249,7 +260,7 @@ def load_predictor(
             choice = fastest_openvino_precision(path, threads, auto_size)
             logging.getLogger(__name__).info(choice.describe())
             precision = choice.precision
-        return OpenVinoPredictor(path, precision, threads, throughput)
+        return not_quantized_refused(OpenVinoPredictor(path, precision, threads, throughput), precision)
     if throughput:
         raise ConfigError(
             f"{path}: throughput mode is OpenVINO's: load_predictor(path, backend='openvino', throughput=True)"
@@ -261,4 +272,13 @@ def load_predictor(
             f"{path}: ONNX Runtime computes a file in fp32 (or int8 if quantized); {precision} needs OpenVINO: "
             "load_predictor(path, backend='openvino', ...)"
         )
-    return OnnxRuntimePredictor(path, threads)
+    return not_quantized_refused(OnnxRuntimePredictor(path, threads), precision)
+
+
+def not_quantized_refused(predictor: Predictor, precision: str | None) -> Predictor:
+    """The predictor, unless int8 was asked of a float file (which would run in float without a word)."""
+    if precision == "int8" and not predictor.quantized:
+        raise ConfigError(
+            f"{predictor.path} is not quantized: int8 needs a file that bisenet-pl export --precision int8 wrote"
+        )
+    return predictor
