@@ -274,3 +274,19 @@ def test_decoders_print_nothing_of_their_own(tmp_path, capfd):
     with pytest.warns(UserWarning, match="decoded"):
         list(VideoFrames(video, eval_transform()))
     assert capfd.readouterr().err == ""
+
+
+def test_a_video_whose_header_has_no_frame_count_is_predicted(tmp_path):
+    """OpenCV reports no frame count for some streams (here an image named .mp4, read by its image-sequence reader):
+    the length was 0, and predict wrote nothing with exit 0."""
+    write_rgb(tmp_path / "still.png", np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    video = tmp_path / "still.mp4"
+    (tmp_path / "still.png").rename(video)
+    capture = cv2.VideoCapture(str(video))
+    assert capture.isOpened() and capture.get(cv2.CAP_PROP_FRAME_COUNT) <= 0  # what made the length 0
+    capture.release()
+    frames = VideoFrames(video, eval_transform())
+    assert len(frames) == 1 and [item["frame"] for item in frames] == [0]
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(DataError, match="cannot open video|has no frame OpenCV can decode"):
+        VideoFrames(tmp_path / "empty.mp4", eval_transform())
