@@ -44,7 +44,7 @@ from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou
 from bisenet_pl.deploy.calibration import calibration_images as export_calibration_images
 from bisenet_pl.deploy.export import ExportOptions, export
 from bisenet_pl.errors import UserError
-from bisenet_pl.files import atomic_write
+from bisenet_pl.files import atomic_write, check_writable
 from bisenet_pl.hardware import cpu_features
 from bisenet_pl.measure import count_flops, count_parameters, cpu_description, measure_interleaved, percentile
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
@@ -78,6 +78,21 @@ def parse_size(text: str) -> tuple[int, int]:
     if min(height, width) < 32:
         raise argparse.ArgumentTypeError(f"{text!r}: height and width must be at least 32 (the networks' stride)")
     return height, width
+
+
+def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (found before any work, not after minutes of it)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}; got {value}")
+        return value
+
+    return parse
 
 
 def machine() -> str:
@@ -666,15 +681,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=["v2", "v1"])
     parser.add_argument("--sizes", nargs="+", default=PAPER_SIZES, help="H x W, e.g. 512x1024")
     parser.add_argument("--variants", nargs="+", help=f"default: CPU {CPU_VARIANTS}; GPU {GPU_VARIANTS}")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--num-classes", type=int, default=19)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--batch-size", type=at_least(1), default=1)
+    parser.add_argument("--num-classes", type=at_least(2), default=19)
+    parser.add_argument("--warmup", type=at_least(0), default=3)
+    parser.add_argument("--iterations", type=at_least(1), default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--train-size", default="192x256", help="training crop H x W")
-    parser.add_argument("--train-batch", type=int, default=8)
-    parser.add_argument("--train-steps", type=int, default=12, help="timed steps per way, over --train-rounds blocks")
-    parser.add_argument("--train-rounds", type=int, default=3, help="alternating blocks of each way")
+    parser.add_argument("--train-batch", type=at_least(2, " (BatchNorm of a training step)"), default=8)
+    parser.add_argument(
+        "--train-steps", type=at_least(1), default=12, help="timed steps per way, over --train-rounds blocks"
+    )
+    parser.add_argument("--train-rounds", type=at_least(1), default=3, help="alternating blocks of each way")
     parser.add_argument(
         "--train-config", type=Path, default=REPO / "configs" / "camvid_cpu.yaml",
         help="the recipe whose model options and precision the LightningModule runs with",
@@ -692,14 +709,16 @@ def main(argv: list[str] | None = None) -> None:
         help="a CamVid-layout root: its val split scores each variant (with --checkpoint), its train split "
         "calibrates int8",
     )
-    parser.add_argument("--val-images", type=int, help="score on the first N val images only (default: all)")
-    parser.add_argument("--calibration-images", type=int, default=300, help="training images that calibrate int8")
+    parser.add_argument("--val-images", type=at_least(1), help="score on the first N val images only (default: all)")
+    parser.add_argument(
+        "--calibration-images", type=at_least(1), default=300, help="training images that calibrate int8"
+    )
     parser.add_argument(
         "--no-throughput", dest="throughput", action="store_false",
         help="leave out the OpenVINO variants' images per second with several images in flight",
     )  # fmt: skip
     parser.add_argument(
-        "--benchmark-app", type=int, metavar="SECONDS", default=0,
+        "--benchmark-app", type=at_least(0), metavar="SECONDS", default=0,
         help="also time each OpenVINO variant's file with OpenVINO's benchmark_app for SECONDS (latency hint)",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as a JSON list of objects")
@@ -710,6 +729,13 @@ def main(argv: list[str] | None = None) -> None:
                 parse_size(size)
             except argparse.ArgumentTypeError as error:
                 parser.error(f"{option}: {error}")
+    if args.json is not None:
+        if args.json.is_dir():
+            parser.error(f"--json {args.json} is a folder: give the file's path, e.g. {args.json / 'speed.json'}")
+        try:
+            check_writable(args.json.parent, "--json")
+        except UserError as error:
+            parser.error(str(error))
     device = torch.device(args.device)
     if args.variants is None:
         args.variants, skipped = supported_variants(GPU_VARIANTS if device.type == "cuda" else CPU_VARIANTS)

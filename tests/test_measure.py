@@ -61,6 +61,33 @@ def test_bad_sizes_are_one_line_errors(capsys, option, value, message):
     assert exited.value.code == 2 and f"error: {option}: '{value}'" in error and message in error
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--train-batch", "0", "must be at least 2 (BatchNorm of a training step); got 0"),  # a traceback after the table
+    ("--train-steps", "0", "must be at least 1; got 0"), ("--train-rounds", "0", "must be at least 1; got 0"),
+    ("--iterations", "0", "must be at least 1"), ("--warmup", "-1", "must be at least 0"),
+    ("--batch-size", "0", "must be at least 1"), ("--num-classes", "1", "must be at least 2"),
+    ("--val-images", "0", "must be at least 1"), ("--calibration-images", "0", "must be at least 1"),
+    ("--benchmark-app", "-5", "must be at least 0"), ("--iterations", "many", "'many' is not a whole number"),
+])  # fmt: skip
+def test_bad_counts_are_one_line_errors_before_any_work(capsys, option, value, message):
+    with pytest.raises(SystemExit) as exited:
+        load_script().main([option, value])
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and f"argument {option}: {message}" in error and "Traceback" not in error
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    for path, message in (
+        (tmp_path, f"--json {tmp_path} is a folder: give the file's path"),  # found after the whole run
+        (tmp_path / "notes.txt" / "speed.json", "notes.txt is a file, not a folder"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            load_script().main(["--json", str(path)])
+        printed = capsys.readouterr()
+        assert exited.value.code == 2 and message in printed.err and "Machine:" not in printed.out  # no work began
+
+
 def test_a_checkpoint_that_is_not_there_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "garbage.pt").write_bytes(b"garbage")
     for checkpoint, message in (
