@@ -107,7 +107,7 @@ def test_the_ablations_notebook_reads_the_committed_study(monkeypatch):
     notebook = execute(REPO / "notebooks" / "03_ablations.ipynb")
     text = outputs_text(notebook)
     assert "14 runs from ../results/cpu_study, compared on their last dev/mIoU" in text
-    assert "6 runs from ../results/cpu_study_3000, compared on their last dev/mIoU" in text
+    assert "14 runs from ../results/cpu_study_3000, compared on their last dev/mIoU" in text
     assert text.count("no run") == 0 and figures_in(notebook) == 3
     for title in [*CPU_STUDY, *CPU_STUDY_3000]:
         assert f"**{title}**" in text
