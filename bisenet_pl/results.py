@@ -220,8 +220,8 @@ CPU_STUDY = {
     ],
 }
 
-#: The whole study at 3000 steps (sweeps/cpu_study_3000.yaml), where two seeds of one variant agree within about
-#: a dev point (1000 steps left up to 3 points, 5.7 for sum, between seeds).
+#: The whole study at 3000 steps (sweeps/cpu_study_3000.yaml): seeds of five of its seven variants agree within a
+#: dev point there (at 1000 steps, up to 3.1); sum and concatenation do not at either budget.
 CPU_STUDY_3000 = {f"3000 steps: {title}": variants for title, variants in CPU_STUDY.items()}
 
 #: The recipe study's second round on the dev split (sweeps/recipe_*_3000.yaml), each change against the recipe

@@ -151,9 +151,10 @@ class VideoFrames(IterableDataset):
         self.fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         if self.frame_count <= 0:  # a header without a count (some streams): a length of 0 predicted nothing
+            self.frame_count = 0
             with native_output_hidden():
                 while capture.grab():
-                    self.frame_count = max(self.frame_count, 0) + 1
+                    self.frame_count += 1
         capture.release()
         if self.frame_count <= 0:
             raise DataError(f"video {self.path} has no frame OpenCV can decode")
