@@ -41,6 +41,7 @@ from bisenet_pl.data.base import SegmentationDataModule
 from bisenet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bisenet_pl.deploy import DeployedNetwork, inference_network, load_predictor
 from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou
+from bisenet_pl.deploy.calibration import CALIBRATION_IMAGES
 from bisenet_pl.deploy.calibration import calibration_images as export_calibration_images
 from bisenet_pl.deploy.export import ExportOptions, export
 from bisenet_pl.errors import UserError
@@ -711,7 +712,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--val-images", type=at_least(1), help="score on the first N val images only (default: all)")
     parser.add_argument(
-        "--calibration-images", type=at_least(1), default=300, help="training images that calibrate int8"
+        "--calibration-images", type=at_least(1), default=CALIBRATION_IMAGES, help="training images that calibrate int8"
     )
     parser.add_argument(
         "--no-throughput", dest="throughput", action="store_false",

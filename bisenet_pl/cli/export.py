@@ -27,7 +27,7 @@ def export_command(args: list[str]) -> None:
     calibrated int8, optionally from 8-bit images to class ids; or as a float16 weights file that
     ``--model.pretrained`` and ``SegmentationModule.from_pretrained`` load."""
     from bisenet_pl.deploy import EXPORT_SUFFIXES, IMAGE_INPUTS, ExportOptions, export, inference_network
-    from bisenet_pl.deploy.calibration import GIVE_CONFIG, calibration_images
+    from bisenet_pl.deploy.calibration import CALIBRATION_IMAGES, GIVE_CONFIG, calibration_images
     from bisenet_pl.deploy.export import check_format
 
     parser = argparse.ArgumentParser(prog="bisenet-pl export", description=export_command.__doc__)
@@ -89,7 +89,10 @@ def export_command(args: list[str]) -> None:
         help="int8: a data config (its train split) or a folder of images; default: the training config",
     )
     parser.add_argument(
-        "--calibration_images", type=int, metavar="N", help="int8: how many images calibrate it (default: 300)"
+        "--calibration_images",
+        type=int,
+        metavar="N",
+        help=f"int8: how many images calibrate it (default: {CALIBRATION_IMAGES})",
     )
     parser.add_argument(
         "--score", action="store_true", help="score the file and the PyTorch network (fp32) on the config's val split"
@@ -101,7 +104,7 @@ def export_command(args: list[str]) -> None:
         given = "--calibration" if options.calibration is not None else "--calibration_images"
         raise ConfigError(f"{given} calibrates an int8 file: add --precision int8, or leave it out")
     if options.calibration_images is None:
-        options.calibration_images = 300
+        options.calibration_images = CALIBRATION_IMAGES
     if options.calibration_images < 1:
         raise ConfigError(f"--calibration_images must be >= 1; got {options.calibration_images}")
     if min(options.size) < 1:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from bisenet_pl.data import SegmentationDataModule
 
 GIVE_CONFIG = "give the training config as --config"
+#: How many training images calibrate an int8 file unless told (export and the speed benchmark alike).
+CALIBRATION_IMAGES = 300
 
 
 def calibration_images(source: Path | None, datamodule: SegmentationDataModule | None, count: int) -> list:

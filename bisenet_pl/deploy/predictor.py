@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -15,6 +15,7 @@ BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
 #: Precisions a runtime computes in. int8 is a property of the file (quantized at export), fp32 and
 #: bf16 a choice of OpenVINO's at load time (ONNX Runtime's CPU kernels compute fp32).
 Precision = Literal["fp32", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def backend_for(path: str | Path, backend: Backend | None = None) -> Backend:

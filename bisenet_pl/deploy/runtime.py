@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from bisenet_pl.deploy.predictor import Backend, Precision, Predictor, backend_for
+from bisenet_pl.deploy.predictor import PRECISIONS, Backend, Precision, Predictor, backend_for
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.precision import PrecisionChoice, choose_fastest, measured_step_ms, this_cpu
 
@@ -247,7 +247,7 @@ def load_predictor(
     compiles for images per second over many images, run through ``predictor.map(batches)``.
     """
     backend = backend_for(path, backend)
-    if precision not in (None, "auto", "fp32", "bf16", "int8"):
+    if precision not in (None, "auto", *PRECISIONS):
         raise ConfigError(f"precision must be fp32, bf16, int8 or auto (None: the file's own); got {precision!r}")
     if threads is not None and threads < 0:
         raise ConfigError(f"threads must be >= 1 (or None or 0: every core); got {threads}")
