@@ -1,6 +1,7 @@
 import importlib.util
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,7 +28,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load_benchmark(name: str):
-    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    """A script of benchmarks/ as a module (they are scripts, not a package), its folder on the import
+    path as when Python runs it (speed.py imports its parts from beside it)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
