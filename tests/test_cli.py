@@ -1,5 +1,6 @@
 """The ``bisenet-pl`` command: the console script as a user runs it (fit, DDP, a shell error), the rest in-process."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def imagenet_cache(tmp_path, monkeypatch):
 
 
 #: Configs added after a main one (tested in test_logging).
-FRAGMENTS = ["wandb.yaml"]
+FRAGMENTS = ["wandb.yaml", "camvid_cpu_finish.yaml"]
 
 
 def test_configs_are_the_documented_set():
@@ -66,6 +67,26 @@ def test_every_config_fits(tmp_path, config, imagenet_cache, monkeypatch):
         ["fit", "--config", str(REPO / "configs" / config), f"--data.root={root}", "--trainer.fast_dev_run=true", *CPU]
     )
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
+
+
+def test_the_finish_config_continues_a_recipe_run_on_whole_frames(tmp_path, caplog):
+    """configs/camvid_cpu_finish.yaml after the CPU recipe: the run's weights, 2 crops of 360x480, lr 5e-4."""
+    root = make_camvid_segnet(tmp_path / "camvid")
+    recipe = ["--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", *CPU]
+    build_cli(["fit", *recipe, "--trainer.max_steps=2", f"--trainer.default_root_dir={tmp_path / 'recipe'}"])
+    last = next((tmp_path / "recipe").rglob("last.ckpt"))
+    whole_frames = [option for option in CPU if not option.startswith(("--data.crop_size", "--data.batch_size"))]
+    caplog.set_level(logging.INFO)
+    finish = build_cli([
+        "fit", "--config", str(REPO / "configs" / "camvid_cpu.yaml"), "--config",
+        str(REPO / "configs" / "camvid_cpu_finish.yaml"), f"--model.pretrained={last}", f"--data.root={root}",
+        *whole_frames, "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+        f"--trainer.default_root_dir={tmp_path / 'finish'}",
+    ])  # fmt: skip
+    assert f"Loaded pretrained weights from {last}" in caplog.text
+    assert finish.trainer.global_step == 1 and finish.model.optimizer_options.lr == 0.0005
+    batch = next(iter(finish.datamodule.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 360, 480)
 
 
 def test_fit_then_test_prints_per_class_iou(tmp_path, capsys):
