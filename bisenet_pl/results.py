@@ -245,6 +245,20 @@ RECIPE_STUDY_3000 = {
     ]
 }
 
+#: The recipe's 3000-step runs continued for 600 steps (weights only: a new warm-up and poly schedule from lr 5e-4),
+#: at full resolution against the recipe's own crops, which tell what the 600 more steps give by themselves.
+FINISH = RECIPE | {"trainer.max_steps": 600, "model.optimizer.lr": 0.0005}
+RECIPE_FINISH = {
+    "A finish of 600 steps after the recipe's 3000, from each seed's last checkpoint": [
+        Variant(
+            "at full resolution: 2 crops of 360x480 a step",
+            FINISH | {"data.init_args.crop_size": [360, 480], "data.init_args.batch_size": 2},
+        ),
+        Variant("at the recipe's crops: 8 of 192x256 a step", FINISH),
+        Variant("no finish: the recipe's 3000 steps", RECIPE | {"trainer.max_steps": 3000}),
+    ]
+}
+
 
 def study_table(
     title: str,
