@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights" / "bisenetv2_camvid.pt"
 #: Val images the guard scores, and their pixel accuracy (%) when the weights were released.
 GUARD_IMAGES = (0, 25, 50, 75)
-RELEASED_PIXEL_ACCURACY = 95.21
+RELEASED_PIXEL_ACCURACY = 96.15
 
 
 def test_the_file_holds_float16_weights_of_bisenetv2_without_aux_heads():
