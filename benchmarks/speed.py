@@ -35,14 +35,12 @@ from inference_speed import (
     supported_variants,
 )
 from speed_table import machine, markdown, parse_size, which_to_pick
-from training_speed import training_table
+from training_speed import RECIPE_CONFIG, training_table
 
 from bisenet_pl.deploy.calibration import CALIBRATION_IMAGES
 from bisenet_pl.errors import UserError
 from bisenet_pl.files import atomic_write, check_writable
 from bisenet_pl.models.weights import read_weights_info
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def at_least(minimum: int, why: str = "") -> Callable[[str], int]:
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--train-rounds", type=at_least(1), default=3, help="alternating blocks of each way")
     parser.add_argument(
-        "--train-config", type=Path, default=REPO / "configs" / "camvid_cpu.yaml",
+        "--train-config", type=Path, default=RECIPE_CONFIG,
         help="the recipe whose model options and precision the LightningModule runs with",
     )  # fmt: skip
     parser.add_argument(

@@ -24,6 +24,8 @@ from bisenet_pl.models.layers import Dropout, SegmentHead
 from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
+#: The recipe whose model options and precision the LightningModule runs with, unless --train-config says another.
+RECIPE_CONFIG = REPO / "configs" / "camvid_cpu.yaml"
 
 
 def recipe_options(config: Path) -> tuple[dict, str]:

@@ -71,15 +71,18 @@ def test_every_config_fits(tmp_path, config, imagenet_cache, monkeypatch):
 
 def test_the_finish_config_continues_a_recipe_run_on_whole_frames(tmp_path, caplog):
     """configs/camvid_cpu_finish.yaml after the CPU recipe: the run's weights, 2 crops of 360x480, lr 5e-4."""
-    root = make_camvid_segnet(tmp_path / "camvid")
-    recipe = ["--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", *CPU]
-    build_cli(["fit", *recipe, "--trainer.max_steps=2", f"--trainer.default_root_dir={tmp_path / 'recipe'}"])
+    recipe = [
+        "--config",
+        str(REPO / "configs" / "camvid_cpu.yaml"),
+        f"--data.root={make_camvid_segnet(tmp_path / 'camvid')}",
+    ]
+    build_cli(["fit", *recipe, *CPU, "--trainer.max_steps=2", f"--trainer.default_root_dir={tmp_path / 'recipe'}"])
     last = next((tmp_path / "recipe").rglob("last.ckpt"))
+    # The finish's own crop and batch, not the tiny ones the other tests train on.
     whole_frames = [option for option in CPU if not option.startswith(("--data.crop_size", "--data.batch_size"))]
     caplog.set_level(logging.INFO)
     finish = build_cli([
-        "fit", "--config", str(REPO / "configs" / "camvid_cpu.yaml"), "--config",
-        str(REPO / "configs" / "camvid_cpu_finish.yaml"), f"--model.pretrained={last}", f"--data.root={root}",
+        "fit", *recipe, "--config", str(REPO / "configs" / "camvid_cpu_finish.yaml"), f"--model.pretrained={last}",
         *whole_frames, "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
         f"--trainer.default_root_dir={tmp_path / 'finish'}",
     ])  # fmt: skip
