@@ -24,7 +24,8 @@ from bisenet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bisenet_pl.deploy import DeployedNetwork, inference_network, load_predictor
 from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou
 from bisenet_pl.deploy.calibration import calibration_images as export_calibration_images
-from bisenet_pl.deploy.export import ExportOptions, export
+from bisenet_pl.deploy.export import ExportOptions, export, save_onnx
+from bisenet_pl.deploy.labels import append_argmax
 from bisenet_pl.hardware import cpu_features
 from bisenet_pl.measure import count_flops, count_parameters, measure_interleaved
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
@@ -42,6 +43,8 @@ EXPORTED_VARIANTS = [
     "openvino-bf16",
     "openvino-int8",
     "openvino-int8+bf16",
+    "openvino-int8+half",
+    "openvino-int8+bf16+half",
 ]
 CPU_VARIANTS = ["reference", "folded+channels_last", "pytorch-bf16", *EXPORTED_VARIANTS]
 GPU_VARIANTS = ["reference", "channels_last", "folded+channels_last", "amp", "compile+amp"]
@@ -102,10 +105,12 @@ def pytorch_variant(variant: str, net: torch.nn.Module, mean, std, device: torch
 
 def exported_files(
     net: torch.nn.Module, folder: Path, mean, std, calibration: list[np.ndarray] | None
-) -> dict[str, tuple[Path, Path]]:
-    """The network as `bisenet-pl export --format onnx --input uint8_nhwc [--precision int8] [--labels int64]`
-    writes it, by the same function and (int8) from the same calibration images: for each precision, a file
-    of logits and one of class ids."""
+) -> dict[str, tuple[Path, Path, Path]]:
+    """The network as `bisenet-pl export --format onnx --input uint8_nhwc [--precision int8] [--labels int64]
+    [--label_resolution half]` writes it, by the same functions and (int8) from the same calibration images: for
+    each precision, a file of logits, one of class ids and one of class ids at half resolution."""
+    import onnx
+
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for precision in ["fp32"] + (["int8"] if calibration is not None else []):
@@ -114,18 +119,22 @@ def exported_files(
             options = ExportOptions(labels, "uint8_nhwc", mean, std, precision, example_size=(64, 64))
             path = folder / f"{precision}{'.labels' if labels else ''}.onnx"
             written.append(export(net, path, "onnx", options=options, calibration=calibration))
-        files[precision] = (written[0], written[1])
+        # As export appends it to the (quantized) logits: the same file with half-resolution labels.
+        half = save_onnx(append_argmax(onnx.load(str(written[0])), "int64", "half"), folder / f"{precision}.half.onnx")
+        files[precision] = (*written, half)
     return files
 
 
-def exported_variant_files(variant: str, files: dict[str, tuple[Path, Path]], threads: int) -> tuple[Path, Path, dict]:
+def exported_variant_files(
+    variant: str, files: dict[str, tuple[Path, Path, Path]], threads: int
+) -> tuple[Path, Path, dict]:
     """The logits file and the class-ids file of an exported variant, and the ``load_predictor`` options."""
     backend, _, precision = variant.partition("-")
     file_precision = "int8" if "int8" in precision else "fp32"
     compute = "bf16" if "bf16" in precision else "fp32"
-    logits_file, labels_file = files[file_precision]
+    logits_file, labels_file, half_labels_file = files[file_precision]
     options = {"backend": backend, "threads": threads} | ({"precision": compute} if backend == "openvino" else {})
-    return logits_file, labels_file, options
+    return logits_file, half_labels_file if precision.endswith("+half") else labels_file, options
 
 
 def exported_variant(variant: str, files: dict[str, tuple[Path, Path]], threads: int) -> Variant:

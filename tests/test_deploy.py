@@ -120,9 +120,10 @@ def test_export_command_writes_int8_openvino_and_scores_it(tmp_path, capsys):
     main([
         "export", "--model.pretrained=bisenetv2_camvid", "--format=openvino", "--precision=int8", "--input=uint8_nhwc",
         "--labels=int32", f"--config={REPO / 'configs' / 'camvid.yaml'}", f"--data.root={camvid}", "--size", "64", "96",
-        "--calibration_images=2", "--score", f"--output={output}",
+        "--calibration_images=2", "--score", f"--output={output}", "--label_resolution=half",
     ])  # fmt: skip
     printed = capsys.readouterr().out
+    assert "labels int32 (argmax at half resolution) out" in printed
     assert "wrote" in printed and "openvino int8 against PyTorch fp32 at 64x96" in printed
     assert "val mIoU on 2 images: the file" in printed and "PyTorch fp32" in printed
     assert sorted(p.name for p in output.parent.iterdir()) == ["camvid.bin", "camvid.xml"]
@@ -189,6 +190,8 @@ def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
         (["--output={empty}"], "is a folder: give the file's path, e.g. .*empty/bisenetv2_camvid.onnx"),
         (["--output={noext}"], "an ONNX file ends in .onnx"),
         (["--format=openvino", "--output={noext}.onnx"], "an OpenVINO file ends in .xml"),
+        (["--label_resolution=half"], "--label_resolution half is for class ids: give --labels"),
+        (["--format=torchscript", "--labels=int32", "--label_resolution=half"], "is for --format onnx or openvino"),
     ],
 )
 def test_export_command_refuses_what_it_cannot_do(tmp_path, options, message):
@@ -209,6 +212,26 @@ def test_export_command_refuses_what_it_cannot_do(tmp_path, options, message):
             ]
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written
+
+
+@pytest.mark.parametrize("format, dtype", [("onnx", "int64"), ("openvino", "int32")])
+def test_half_resolution_labels_are_the_argmax_at_half_size_repeated_2x2(net, tmp_path, format, dtype):
+    options = ExportOptions(dtype, "uint8_nhwc", MEAN, STD, example_size=(64, 96), label_resolution="half")
+    path = export(net, tmp_path / f"net.{'xml' if format == 'openvino' else 'onnx'}", format, options=options)
+    image = images(1, seed=2)[0]  # 64x96
+    scores = {}
+    hook = net.head.classifier.register_forward_hook(lambda module, inputs, output: scores.update(low=output))
+    with torch.no_grad():
+        full = DeployedNetwork(net, image_input="uint8_nhwc", mean=MEAN, std=STD)(torch.from_numpy(image[None]))
+    hook.remove()
+    half = torch.nn.functional.interpolate(scores["low"], size=(32, 48), mode="bilinear", align_corners=False)
+    expected = half.argmax(dim=1).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2).numpy()
+    labels = load_predictor(path, threads=1)(image[None])
+    assert labels.dtype == np.dtype(dtype) and labels.shape == (1, 64, 96)
+    assert (labels == expected).mean() > 0.999
+    assert 0.8 < (labels == full.argmax(dim=1).numpy()).mean() < 1  # the full size's ids but along boundaries
+    odd = load_predictor(path, threads=1)(np.zeros((1, 37, 50, 3), np.uint8))
+    assert odd.shape == (1, 37, 50)  # any size: half of it rounded up, back to it
 
 
 def test_uint8_input_needs_the_training_normalisation():

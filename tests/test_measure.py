@@ -154,23 +154,24 @@ def test_speed_script_scores_every_variant_with_weights_and_data(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
     done = subprocess.run([
         sys.executable, str(script), "--networks", "v2", "--sizes", "64x96", "--variants", "reference", "onnxruntime",
-        "openvino", "openvino-int8", "--iterations", "1", "--warmup", "0", "--skip-training", "--checkpoint",
+        "openvino", "openvino-int8", "openvino-int8+half", "--iterations", "1", "--warmup", "0", "--skip-training",
+        "--checkpoint",
         "bisenetv2_camvid", "--data-root", str(camvid), "--calibration-images", "2", "--benchmark-app", "1",
         "--json", str(tmp_path / "speed.json"),
     ], capture_output=True, text=True, timeout=300, env=os.environ | {"WANDB_MODE": "disabled"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     written = json.loads((tmp_path / "speed.json").read_text())
     rows = {row["variant"]: row for row in written if row["kind"] == "inference"}
-    assert list(rows) == ["reference", "onnxruntime", "openvino", "openvino-int8"]
+    assert list(rows) == ["reference", "onnxruntime", "openvino", "openvino-int8", "openvino-int8+half"]
     # OpenVINO's files also timed by OpenVINO's benchmark_app, and with several images in flight
-    for variant in ("openvino", "openvino-int8"):
+    for variant in ("openvino", "openvino-int8", "openvino-int8+half"):
         assert rows[variant]["benchmark_app_p50_ms"] > 0
         assert rows[variant]["p50_vs_benchmark_app"] == pytest.approx(
             rows[variant]["p50_ms"] / rows[variant]["benchmark_app_p50_ms"]
         )
     assert "benchmark_app_p50_ms" not in rows["onnxruntime"]
     throughput = [row for row in written if row["kind"] == "throughput"]
-    assert [row["variant"].split(" (")[0] for row in throughput] == ["openvino", "openvino-int8"]
+    assert [row["variant"].split(" (")[0] for row in throughput] == ["openvino", "openvino-int8", "openvino-int8+half"]
     assert all(row["images_per_s"] > 0 and "in flight)" in row["variant"] for row in throughput)
     assert "Throughput, several images in flight:" in done.stdout
     for row in rows.values():
@@ -179,6 +180,8 @@ def test_speed_script_scores_every_variant_with_weights_and_data(tmp_path):
     assert rows["onnxruntime"]["exact"] and rows["openvino"]["exact"]  # fp32: PyTorch's logits to round-off
     assert rows["onnxruntime"]["miou"] == pytest.approx(rows["reference"]["miou"], abs=0.01)
     assert not rows["openvino-int8"]["exact"]  # int8 is close, not equal
+    # half-resolution labels: the same logits (compared as such), other class ids (scored as such)
+    assert rows["openvino-int8+half"]["max_abs_diff"] == rows["openvino-int8"]["max_abs_diff"]
     assert "| logit_scale | exact | miou | within_1_miou |" in done.stdout
 
 

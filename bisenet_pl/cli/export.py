@@ -29,6 +29,7 @@ def export_command(args: list[str]) -> None:
     from bisenet_pl.deploy import EXPORT_SUFFIXES, IMAGE_INPUTS, ExportOptions, export, inference_network
     from bisenet_pl.deploy.calibration import CALIBRATION_IMAGES, GIVE_CONFIG, calibration_images
     from bisenet_pl.deploy.export import check_format
+    from bisenet_pl.deploy.labels import LABEL_RESOLUTIONS, check_label_resolution
 
     parser = argparse.ArgumentParser(prog="bisenet-pl export", description=export_command.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -63,6 +64,11 @@ def export_command(args: list[str]) -> None:
         choices=["int32", "int64"],
         help="put the argmax in the graph: class ids of this type instead of logits",
     )
+    parser.add_argument(
+        "--label_resolution", choices=LABEL_RESOLUTIONS, default="full",
+        help="with --labels: half takes the argmax at half the image's size and repeats each id 2x2 (faster; class "
+        "boundaries up to a pixel off)",
+    )  # fmt: skip
     parser.add_argument(
         "--size",
         type=int,
@@ -111,6 +117,7 @@ def export_command(args: list[str]) -> None:
         raise ConfigError(
             f"--size H W must be two sizes >= 1 (the example image's); got {' '.join(map(str, options.size))}"
         )
+    check_label_resolution(options.label_resolution, options.labels)
     weights_only = options.format in ("weights", "hub")
     if weights_only and (options.precision, options.image_input, options.labels) != ("fp32", "float", None):
         raise ConfigError(
@@ -124,7 +131,9 @@ def export_command(args: list[str]) -> None:
             "(ONNX Runtime computes fp32; int8 is --precision int8)"
         )
     if not weights_only:
-        check_format(options.format, "fp32" if options.precision == "auto" else options.precision)
+        check_format(
+            options.format, "fp32" if options.precision == "auto" else options.precision, options.label_resolution
+        )
     suffix = {"weights": ".pt", "hub": "", **EXPORT_SUFFIXES}[options.format]
     source = options.ckpt_path or options.pretrained
     if options.ckpt_path and not Path(source).is_file():
@@ -191,8 +200,9 @@ def export_command(args: list[str]) -> None:
         raise ConfigError(f"--score: {no_data}")
     written_precision = "fp32" if options.precision == "auto" else options.precision
     export_options = ExportOptions(
-        options.labels, options.image_input, info.mean, info.std, written_precision, tuple(options.size)
-    )
+        options.labels, options.image_input, info.mean, info.std, written_precision, tuple(options.size),
+        options.label_resolution,
+    )  # fmt: skip
     calibration = None
     if options.precision == "int8":
         calibration = calibration_images(options.calibration, datamodule, options.calibration_images)
@@ -200,7 +210,8 @@ def export_command(args: list[str]) -> None:
     export(module.net, output, options.format, options=export_options, calibration=calibration)
     print(
         f"wrote {output} ({options.format} {options.precision}, {options.image_input} images in, "
-        f"{'labels ' + options.labels if options.labels else 'logits'} out, {what})"
+        f"{'labels ' + options.labels if options.labels else 'logits'}"
+        f"{' (argmax at half resolution)' if options.label_resolution == 'half' else ''} out, {what})"
     )
     if options.format == "torchscript":
         return

@@ -13,6 +13,7 @@ from bisenet_pl.deploy.export import (
     export_onnx,
     export_torchscript,
 )
+from bisenet_pl.deploy.labels import LABEL_RESOLUTIONS, LabelResolution, append_argmax
 from bisenet_pl.deploy.network import (
     IMAGE_INPUTS,
     DeployedNetwork,
@@ -29,9 +30,9 @@ from bisenet_pl.deploy.runtime import load_predictor, onnx_session
 from bisenet_pl.hardware import CpuFeatures, cpu_features
 
 __all__ = [
-    "BACKENDS", "EXPORT_SUFFIXES", "IMAGE_INPUTS", "Backend", "CpuFeatures", "DeployedNetwork", "ExportFormat",
-    "ExportOptions", "ImageInput", "LabelDtype", "Precision", "Predictor", "compare_with_pytorch", "cpu_features",
-    "deployable", "describe_comparison", "example_images", "export", "export_onnx", "export_torchscript",
-    "fold_batchnorm", "inference_network", "load_predictor", "model_input", "onnx_session", "quantize_onnx",
-    "recalibrate_batchnorm",
+    "BACKENDS", "Backend", "CpuFeatures", "DeployedNetwork", "EXPORT_SUFFIXES", "ExportFormat", "ExportOptions",
+    "IMAGE_INPUTS", "ImageInput", "LABEL_RESOLUTIONS", "LabelDtype", "LabelResolution", "Precision", "Predictor",
+    "append_argmax", "compare_with_pytorch", "cpu_features", "deployable", "describe_comparison", "example_images",
+    "export", "export_onnx", "export_torchscript", "fold_batchnorm", "inference_network", "load_predictor",
+    "model_input", "onnx_session", "quantize_onnx", "recalibrate_batchnorm",
 ]  # fmt: skip

@@ -4,7 +4,6 @@ checking the file against PyTorch."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import tempfile
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from bisenet_pl.compat import ONNX_REGISTRATION_LOGGER
+from bisenet_pl.deploy.labels import LabelResolution, append_argmax, check_label_resolution
 from bisenet_pl.deploy.network import ImageInput, LabelDtype, deployable, example_images
 from bisenet_pl.deploy.predictor import Backend, Precision
 from bisenet_pl.deploy.quantize import quantize_onnx
@@ -41,8 +41,10 @@ class ExportOptions:
     std: Sequence[float] | None = None
     precision: Precision = "fp32"
     example_size: tuple[int, int] = (512, 1024)  # for tracing; the file takes any size
+    label_resolution: LabelResolution = "full"  # half: the argmax at half size, ids repeated 2x2 (faster)
 
     def __post_init__(self) -> None:
+        check_label_resolution(self.label_resolution, self.labels)
         if self.image_input != "float" and (self.mean is None or self.std is None):
             raise ConfigError(
                 f"8-bit input ({self.image_input}) needs the training data's mean and std: give the training config"
@@ -80,7 +82,7 @@ def export_onnx(net: nn.Module, path: str | Path, options: ExportOptions = Expor
     registration.setLevel(level)
     onnx_model = program.model_proto
     if options.labels:
-        onnx_model = append_argmax(onnx_model, options.labels)
+        onnx_model = append_argmax(onnx_model, options.labels, options.label_resolution)
     return save_onnx(onnx_model, path)
 
 
@@ -91,27 +93,6 @@ def save_onnx(model, path: str | Path) -> Path:
     with atomic_write(path) as partial:
         onnx.save(model, str(partial))
     return path
-
-
-def append_argmax(model, dtype: LabelDtype):
-    """The ONNX model with its logits replaced by their argmax over classes: (N, H, W) ``labels``
-    of ``dtype``. Added after quantization too, so the argmax always compares float logits."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = copy.deepcopy(model)
-    graph = model.graph
-    (logits,) = graph.output
-    ids = "labels" if dtype == "int64" else "labels_int64"
-    graph.node.append(helper.make_node("ArgMax", [logits.name], [ids], axis=1, keepdims=0, name="argmax"))
-    if dtype == "int32":
-        graph.node.append(helper.make_node("Cast", [ids], ["labels"], to=TensorProto.INT32, name="labels_int32"))
-    dims = [d.dim_param or d.dim_value for i, d in enumerate(logits.type.tensor_type.shape.dim) if i != 1]
-    del graph.output[:]
-    element = TensorProto.INT64 if dtype == "int64" else TensorProto.INT32
-    graph.output.append(helper.make_tensor_value_info("labels", element, dims or None))
-    onnx.checker.check_model(model)
-    return model
 
 
 def export_torchscript(net: nn.Module, path: str | Path, options: ExportOptions = ExportOptions()) -> Path:
@@ -139,14 +120,16 @@ def save_openvino(model, path: Path) -> Path:
     return path
 
 
-def check_format(format: str, precision: str) -> None:
-    """Refuse a format and precision that do not go together, before any work is done."""
+def check_format(format: str, precision: str, label_resolution: str = "full") -> None:
+    """Refuse a format, precision and label resolution that do not go together, before any work is done."""
     if format not in EXPORT_SUFFIXES:
         raise ConfigError(f"export format must be one of {', '.join(EXPORT_SUFFIXES)}; got {format!r}")
     if precision not in ("fp32", "bf16", "int8"):
         raise ConfigError(f"export precision must be fp32, bf16 or int8; got {precision!r}")
     if format == "torchscript" and precision != "fp32":
         raise ConfigError(f"TorchScript export is fp32; {precision} needs --format onnx or openvino")
+    if format == "torchscript" and label_resolution != "full":
+        raise ConfigError(f"--label_resolution {label_resolution} is for --format onnx or openvino, not torchscript")
     if format == "onnx" and precision == "bf16":
         raise ConfigError(
             "bf16 is an OpenVINO inference precision: use --format openvino (ONNX Runtime's CPU kernels are fp32 or "
@@ -164,7 +147,7 @@ def export(
     """Export ``net`` as ``format`` to ``path`` as ``options`` say (the one way to give them). int8
     needs ``calibration``: RGB uint8 HxWx3 training images (a few hundred); bf16 is OpenVINO's."""
     path = Path(path)
-    check_format(format, options.precision)
+    check_format(format, options.precision, options.label_resolution)
     if format == "torchscript":
         return export_torchscript(net, path, options=options)
     if options.precision == "int8" and calibration is None:
@@ -177,7 +160,8 @@ def export(
 
     # Intermediate files beside the output: the last one is moved into place, never copied.
     with tempfile.TemporaryDirectory(prefix=".bisenet-export-", dir=path.parent) as scratch:
-        onnx_path = export_onnx(net, Path(scratch) / "float.onnx", options=replace(options, labels=None))
+        logits = replace(options, labels=None, label_resolution="full")
+        onnx_path = export_onnx(net, Path(scratch) / "float.onnx", options=logits)
         if options.precision == "int8":
             mean, std = options.mean or (0, 0, 0), options.std or (1, 1, 1)
             onnx_path = save_onnx(
@@ -185,7 +169,8 @@ def export(
             )
         if options.labels:
             onnx_path = save_onnx(
-                append_argmax(onnx.load(str(onnx_path)), options.labels), Path(scratch) / "labels.onnx"
+                append_argmax(onnx.load(str(onnx_path)), options.labels, options.label_resolution),
+                Path(scratch) / "labels.onnx",
             )
         if format == "onnx":
             os.replace(onnx_path, path)
