@@ -189,6 +189,12 @@ def variant_summary(runs: Sequence[dict[str, Any]], variant: Variant, metric: st
     }
 
 
+def pretrained_from(fragment: str) -> Callable[[Any], bool]:
+    """A test of ``model.pretrained``: the run started from a checkpoint whose path holds ``fragment`` (e.g. the
+    run folder's name a sweep gave it)."""
+    return lambda path: isinstance(path, str) and fragment in path
+
+
 def _v2(**init_args: Any) -> dict[str, Any]:
     return {"model.net.class_path": "bisenet_pl.models.BiSeNetV2"} | {
         f"model.net.init_args.{name}": value for name, value in init_args.items()
@@ -248,13 +254,16 @@ RECIPE_STUDY_3000 = {
 #: The recipe's 3000-step runs continued for 600 steps (weights only: a new warm-up and poly schedule from lr 5e-4),
 #: at full resolution against the recipe's own crops, which tell what the 600 more steps give by themselves.
 FINISH = RECIPE | {"trainer.max_steps": 600, "model.optimizer.lr": 0.0005}
+FULL_FINISH = FINISH | {"data.init_args.crop_size": [360, 480], "data.init_args.batch_size": 2}
+FROM_RECIPE = {"model.pretrained": pretrained_from("net=BiSeNetV2_seed")}  # the recipe's 3000-step runs
 RECIPE_FINISH = {
-    "A finish of 600 steps after the recipe's 3000, from each seed's last checkpoint": [
-        Variant(
-            "at full resolution: 2 crops of 360x480 a step",
-            FINISH | {"data.init_args.crop_size": [360, 480], "data.init_args.batch_size": 2},
-        ),
+    "A finish of 600 steps after 3000, from each seed's last checkpoint": [
+        Variant("at full resolution: 2 crops of 360x480 a step", FULL_FINISH | FROM_RECIPE),
         Variant("at the recipe's crops: 8 of 192x256 a step", FINISH),
+        Variant(
+            "at full resolution, after 3000 steps on 4 crops of 288x384 instead",
+            FULL_FINISH | {"model.pretrained": pretrained_from("crop_size=288+384,batch_size=4_seed")},
+        ),
         Variant("no finish: the recipe's 3000 steps", RECIPE | {"trainer.max_steps": 3000}),
     ]
 }
