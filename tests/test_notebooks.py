@@ -20,6 +20,7 @@ from bisenet_pl.results import (
     collect_local_runs,
     has_callback,
     markdown_table,
+    pretrained_from,
     study_table,
 )
 
@@ -152,6 +153,17 @@ def test_the_readme_shows_the_committed_study(folders, study):
         table, rows = study_table(title, variants, runs["dev/mIoU"], runs["val/mIoU"])
         assert all(len(row["values"]) >= 2 for row in rows), title  # two seeds or more of every variant
         assert table in readme, title
+
+
+def test_a_variant_can_ask_where_a_run_started_from():
+    crops = Variant("after the crops", {"model.pretrained": pretrained_from("crop_size=288+384")})
+    runs = [
+        {"config": {"model.pretrained": "/runs/crop_size=288+384,batch_size=4_seed1/last.ckpt"}},
+        {"config": {"model.pretrained": "/runs/net=BiSeNetV2_seed1/last.ckpt"}},
+        {"config": {"model.pretrained": None}},
+        {"config": {}},
+    ]
+    assert crops.runs(runs) == runs[:1]
 
 
 def test_a_variant_can_ask_for_a_callback_by_class_and_arguments():
