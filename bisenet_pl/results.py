@@ -104,14 +104,11 @@ def collect_wandb_runs(path: str, group: str | None = None, metric: str = "val/m
 def varying_options(runs: Sequence[dict[str, Any]], ignore: Iterable[str] = BOOKKEEPING_PREFIXES) -> list[str]:
     """Config keys whose values differ between runs: the ablation's columns."""
     keys = sorted(set().union(*(run["config"] for run in runs)))
-    varying = []
-    for key in keys:
-        if key.startswith(tuple(ignore)):
-            continue
-        values = {repr(run["config"].get(key)) for run in runs}
-        if len(values) > 1:
-            varying.append(key)
-    return varying
+    return [
+        key
+        for key in keys
+        if not key.startswith(tuple(ignore)) and len({repr(run["config"].get(key)) for run in runs}) > 1
+    ]
 
 
 def ablation_table(runs: Sequence[dict[str, Any]], metric: str = "val/mIoU") -> tuple[list[str], list[list[Any]]]:
@@ -190,8 +187,7 @@ def variant_summary(runs: Sequence[dict[str, Any]], variant: Variant, metric: st
 
 
 def pretrained_from(fragment: str) -> Callable[[Any], bool]:
-    """A test of ``model.pretrained``: the run started from a checkpoint whose path holds ``fragment`` (e.g. the
-    run folder's name a sweep gave it)."""
+    """A test of ``model.pretrained``: the run started from a checkpoint whose path holds ``fragment``."""
     return lambda path: isinstance(path, str) and fragment in path
 
 
