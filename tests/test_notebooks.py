@@ -139,7 +139,7 @@ def figures_in(notebook) -> int:
         (["cpu_study"], CPU_STUDY),
         (["cpu_study_3000"], CPU_STUDY_3000),
         (["recipe_study_3000", "cpu_study_3000"], RECIPE_STUDY_3000),  # the recipe's own runs are the study's
-        (["recipe_finish", "cpu_study_3000"], RECIPE_FINISH),
+        (["recipe_finish", "recipe_study_3000", "cpu_study_3000"], RECIPE_FINISH),
     ],
 )
 def test_the_readme_shows_the_committed_study(folders, study):
