@@ -137,7 +137,7 @@ def exported_variant_files(
     return logits_file, half_labels_file if precision.endswith("+half") else labels_file, options
 
 
-def exported_variant(variant: str, files: dict[str, tuple[Path, Path]], threads: int) -> Variant:
+def exported_variant(variant: str, files: dict[str, tuple[Path, Path, Path]], threads: int) -> Variant:
     logits_file, labels_file, options = exported_variant_files(variant, files, threads)
     return Variant(segment=load_predictor(labels_file, **options), logits=load_predictor(logits_file, **options))
 

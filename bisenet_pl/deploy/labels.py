@@ -73,10 +73,10 @@ def append_argmax(model, dtype: LabelDtype, resolution: LabelResolution = "full"
     if dtype == "int32" or resolution == "half":
         ids = node("Cast", [ids], to=TensorProto.INT32)  # the nearest resize takes int32, not int64
     if resolution == "half":
-        one_channel = node("Add", [node("Mul", [sizes, constant("labels_drop_c", [1, 0, 1, 1])]),
+        full_size_one_class = node("Add", [node("Mul", [sizes, constant("labels_drop_c", [1, 0, 1, 1])]),
                                    constant("labels_one_c", [0, 1, 0, 0])])  # fmt: skip
         axis = constant("labels_axis", [1])
-        full = node("Resize", [node("Unsqueeze", [ids, axis]), "", "", one_channel], mode="nearest",
+        full = node("Resize", [node("Unsqueeze", [ids, axis]), "", "", full_size_one_class], mode="nearest",
                     coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil")  # fmt: skip
         ids = node("Squeeze", [full, axis])
         if dtype == "int64":
