@@ -191,7 +191,7 @@ def training_table(args, device: torch.device) -> list[dict]:
     optimiser, class and aux weights), and a plain loop with the recipe's settings (what the Trainer
     costs), in alternating blocks."""
     from bisenet_pl.allocator import keep_freed_memory
-    from bisenet_pl.precision import fastest_cpu_precision
+    from bisenet_pl.precision import CPU_CANDIDATES, candidate_name, fastest_cpu_precision, parse_candidate
     from bisenet_pl.trainer import auto_precision
 
     keep_freed_memory()  # as bisenet-pl does, before anything is timed
@@ -201,15 +201,22 @@ def training_table(args, device: torch.device) -> list[dict]:
     # The recipe's dataset decides the class count where its class weights give it away.
     class_weights = (model_options.get("loss") or {}).get("class_weights")
     num_classes = len(class_weights) if class_weights else args.num_classes
-    considered = [precision]  # the LightningModule's rows: each precision auto weighed, else the one given
-    if precision == "auto" and device.type == "cpu":
+    channels_last = model_options.get("channels_last", False)
+    if precision == "auto" and device.type != "cpu":
+        precision = auto_precision(device.type)[0]
+    considered, not_timed = [], []  # the LightningModule's rows: each candidate auto weighed, else the given one
+    if device.type == "cpu" and "auto" in (precision, channels_last):
         torch.manual_seed(0)
         probe = SegmentationModule(net=BiSeNetV2, num_classes=num_classes, **model_options)
-        choice = fastest_cpu_precision(probe, args.train_batch, (height, width))
+        candidates = CPU_CANDIDATES if precision == "auto" else (precision,)
+        choice = fastest_cpu_precision(probe, args.train_batch, (height, width), candidates=candidates)
         print(choice.describe(), file=sys.stderr, flush=True)
-        precision, considered = choice.precision, list(choice.step_ms)
-    elif precision == "auto":
-        precision = considered[0] = auto_precision(device.type)[0]
+        considered = [name for name, ms in choice.step_ms.items() if math.isfinite(ms)]
+        not_timed = [name for name in choice.step_ms if name not in considered]
+        chosen = choice.chosen
+    else:
+        chosen = candidate_name(precision, channels_last is True or (channels_last == "auto" and device.type != "cpu"))
+        considered = [chosen]
     rounds = max(1, min(args.train_rounds, args.train_steps))
     per_block = [args.train_steps // rounds + (1 if r < args.train_steps % rounds else 0) for r in range(rounds)]
     settings = {
@@ -219,20 +226,20 @@ def training_table(args, device: torch.device) -> list[dict]:
     bench = TrainingBench(settings)
 
     def recipe(candidate: str) -> str:
-        chosen = " (auto's choice)" if len(considered) > 1 and candidate == precision else ""
-        return (
-            f"{args.train_config.name}: "
-            f"{candidate}{chosen}{', channels-last' if model_options.get('channels_last') else ''}"
-        )
+        auto = " (auto's choice)" if len(considered) + len(not_timed) > 1 and candidate == chosen else ""
+        return f"{args.train_config.name}: {candidate}{auto}"
 
-    plain = bench.module(**model_options).to(device)
+    def module(candidate: str) -> SegmentationModule:
+        return bench.module(**model_options | {"channels_last": parse_candidate(candidate)[1]}).to(device)
+
+    plain = module(chosen)
+    chosen_precision = parse_candidate(chosen)[0]
     ours: dict[str, Callable[[int], list[float]]] = {
-        f"plain loop ({recipe(precision)})": lambda n: bench.plain_block(plain, n, precision, reference=False)
+        f"plain loop ({recipe(chosen)})": lambda n: bench.plain_block(plain, n, chosen_precision, reference=False)
     }
     for candidate in considered:
-        model = bench.module(**model_options).to(device)
-        ours[f"LightningModule ({recipe(candidate)})"] = lambda n, model=model, candidate=candidate: (
-            bench.lightning_block(model, n, candidate)
+        ours[f"LightningModule ({recipe(candidate)})"] = lambda n, model=module(candidate), candidate=candidate: (
+            bench.lightning_block(model, n, parse_candidate(candidate)[0])
         )
     reference = ReferenceProcess(settings)  # started last: closed by the finally below whatever happens
     blocks = {"reference (plain loop, fp32, NCHW)": reference.block, **ours}
@@ -263,6 +270,10 @@ def training_table(args, device: torch.device) -> list[dict]:
             }
         )
         print(format_row(rows[-1]), file=sys.stderr, flush=True)
+    for candidate in not_timed:  # what auto's forward pass ruled out, without a time
+        variant = f"LightningModule ({recipe(candidate)}, not timed: a forward pass over 2x the fastest's)"
+        rows.append({"kind": "train", "network": "BiSeNetV2", "size": args.train_size, "batch": args.train_batch,
+                     "variant": variant})  # fmt: skip
     return rows
 
 

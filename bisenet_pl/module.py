@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from bisenet_pl.errors import ConfigError
@@ -18,6 +20,7 @@ from bisenet_pl.models.base import build_network, network_spec
 from bisenet_pl.models.weights import check_checkpoint_fits
 from bisenet_pl.module_options import module_groups, plain
 from bisenet_pl.optim import OptimizerOptions, optimizer_and_schedule, sync_learning_rates
+from bisenet_pl.precision import fastest_cpu_precision
 from bisenet_pl.pretrained import PretrainedWeights
 from bisenet_pl.resume_state import keep_this_runs_schedule, restore_random_state, save_random_state
 
@@ -41,7 +44,9 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
             re-initialised.
         backbone_weights: BiSeNetV1 only: ImageNet ResNet weights for training,
             ``imagenet`` (torchvision's, downloaded once), a path or a URL.
-        compile, channels_last: ``torch.compile`` the network; run it in channels-last memory format.
+        compile: ``torch.compile`` the network.
+        channels_last: run the network in channels-last memory format; ``auto``: in the format a
+            measurement finds faster on a CPU (see :mod:`bisenet_pl.precision`), channels-last on a GPU.
         renamed: the options' former flat names (``lr=...``, see :mod:`bisenet_pl.module_options`),
             moved into their groups with a warning.
     """
@@ -58,7 +63,7 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
         pretrained: str | None = None,
         backbone_weights: str | None = None,
         compile: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | Literal["auto"] = False,
         **renamed: Any,
     ) -> None:
         super().__init__()
@@ -84,6 +89,13 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
         #: The last epoch's confusion matrix per stage (rows: target, columns: prediction).
         self.confusion_matrices: dict[str, torch.Tensor] = {}
         self._compiled = False
+        #: ``channels_last="auto"`` resolved: by the command line's measurement, else when a Trainer sets up.
+        self.measured_channels_last: bool | None = None
+
+    @property
+    def uses_channels_last(self) -> bool:
+        setting = self.hparams.channels_last
+        return bool(self.measured_channels_last) if setting == "auto" else bool(setting)
 
     def setup(self, stage: str) -> None:
         crop_size = getattr(self.trainer.datamodule, "crop_size", None) if self._trainer else None
@@ -106,14 +118,32 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
         check_checkpoint_fits(self.state_dict(), theirs, f"net.{self.net.classifier_weight}", self.num_classes)
 
     def configure_model(self) -> None:
-        if self.hparams.channels_last:
+        if self.hparams.channels_last == "auto" and self.measured_channels_last is None:
+            self.measured_channels_last = self._faster_memory_format()
+        if self.uses_channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and not self._compiled:  # configure_model runs for every trainer call
             self.net.compile()
             self._compiled = True
 
+    def _faster_memory_format(self) -> bool:
+        """``channels_last=auto`` where the command line has not measured it (a Trainer set up in Python):
+        channels-last on a GPU; on a CPU the faster format in the Trainer's precision at the DataModule's
+        batch and crop, or NCHW where there is no DataModule with both to measure with."""
+        if self.trainer.strategy.root_device.type != "cpu":  # the module is moved there after this hook
+            rank_zero_info("model.channels_last=auto: channels-last, as convolutions prefer it on a GPU")
+            return True
+        data = self.trainer.datamodule
+        batch, size = getattr(data, "batch_size", None), getattr(data, "crop_size", None)
+        if not (batch and size):
+            rank_zero_info("model.channels_last=auto: NCHW, as there is no DataModule's batch_size and crop_size")
+            return False
+        choice = fastest_cpu_precision(self, max(2, batch), tuple(size), candidates=(str(self.trainer.precision),))
+        rank_zero_info(replace(choice, setting="model.channels_last=auto").describe())
+        return bool(choice.channels_last)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if self.hparams.channels_last:
+        if self.uses_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 

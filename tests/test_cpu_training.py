@@ -25,7 +25,8 @@ from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.precision import (
     CPU_CANDIDATES,
-    _step_function,
+    CandidateStep,
+    candidate_name,
     choose_fastest,
     fastest_cpu_precision,
     steps_within,
@@ -57,6 +58,12 @@ def test_the_fastest_step_wins_and_bf16_must_beat_float32_clearly():
     assert choose_fastest({"32-true": 1.0, "bf16-mixed": 0.55}) == "bf16-mixed"
     assert choose_fastest({"32-true": 1.0, "bf16-mixed": 0.95}) == "32-true"  # 5% faster: not worth the numerics
     assert choose_fastest({"32-true": 1.0, "bf16-mixed": 1.4}) == "32-true"
+    # Memory formats compute alike: the faster float32 wins by any margin, and bf16 must beat it.
+    exact = lambda name: name.startswith("32-true")  # noqa: E731
+    formats = {"32-true NCHW": 0.9, "32-true channels-last": 1.0, "bf16-mixed NCHW": 0.85}
+    assert choose_fastest(formats, exact=exact) == "32-true NCHW"
+    assert choose_fastest(formats | {"bf16-mixed channels-last": 0.5}, exact=exact) == "bf16-mixed channels-last"
+    assert choose_fastest({"32-true NCHW": float("inf"), "bf16-mixed NCHW": 2.0}, exact=exact) == "bf16-mixed NCHW"
     clock = FakeClock()
     medians = time_alternately({"32-true": clock.step(0.8), "bf16-mixed": clock.step(0.5)}, budget_s=60, clock=clock)
     assert medians == {"32-true": pytest.approx(0.8), "bf16-mixed": pytest.approx(0.5)}
@@ -72,6 +79,30 @@ def test_the_fastest_step_wins_and_bf16_must_beat_float32_clearly():
     assert len(calls) == 3  # one untimed, two timed
 
 
+def test_a_candidate_far_slower_in_its_forward_pass_is_never_timed():
+    """bf16 without native instructions: a training step took 24 s where float32's took 2.5 (Zen 3)."""
+    clock, calls = FakeClock(), []
+
+    def emulated_step() -> None:
+        calls.append("step")
+        clock.now += 24
+
+    probes = {
+        "32-true NCHW": clock.step(0.1),
+        "32-true channels-last": clock.step(0.15),
+        "bf16-mixed NCHW": clock.step(1.0),
+    }
+    steps = {
+        "32-true NCHW": clock.step(2.3),
+        "32-true channels-last": clock.step(2.5),
+        "bf16-mixed NCHW": emulated_step,
+    }
+    medians = time_alternately(steps, budget_s=20, clock=clock, probes=probes)
+    assert calls == [] and medians["bf16-mixed NCHW"] == float("inf")
+    assert medians["32-true NCHW"] == pytest.approx(2.3) and medians["32-true channels-last"] == pytest.approx(2.5)
+    assert clock.now == pytest.approx(2 * 1.25 + 4 * 4.8)  # two probes each, then float32's untimed and 3 timed steps
+
+
 def test_measuring_leaves_the_run_s_random_stream_alone(tmp_path):
     """The CPU study's seed-42 runs drew other dropout masks when precision=auto measured than when it read
     the cache (the probe trains a copy of the network): a run's result must not depend on the cache."""
@@ -80,7 +111,7 @@ def test_measuring_leaves_the_run_s_random_stream_alone(tmp_path):
     def measure_by_running(steps):
         for step in steps.values():
             step()  # a training step of the copy: dropout draws from the global RNG
-        return {"32-true": 0.9, "bf16-mixed": 0.4}
+        return {"32-true NCHW": 0.9, "bf16-mixed NCHW": 0.4}
 
     torch.manual_seed(42)
     before = torch.get_rng_state()
@@ -95,13 +126,14 @@ def test_auto_measures_once_per_machine_and_shape_then_reads_the_cache(tmp_path)
 
     def fake_measure(steps):
         measured.append(sorted(steps))
-        return {"32-true": 0.9, "bf16-mixed": 0.4}
+        return {"32-true channels-last": 0.9, "bf16-mixed channels-last": 0.4}
 
     first = fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache)
-    assert first.precision == "bf16-mixed" and not first.cached and measured == [["32-true", "bf16-mixed"]]
+    assert (first.precision, first.channels_last, first.cached) == ("bf16-mixed", True, False)
+    assert measured == [["32-true channels-last", "bf16-mixed channels-last"]]
     assert (
-        "bf16-mixed, the fastest for a training step of BiSeNetV2 (8 x 192x256) (measured now: 32-true 900 ms, "
-        "bf16-mixed 400 ms (2.25x))" in first.describe()
+        "bf16-mixed channels-last, the fastest for a training step of BiSeNetV2 (8 x 192x256) (measured now: "
+        "32-true channels-last 900 ms, bf16-mixed channels-last 400 ms (2.25x))" in first.describe()
     )
     again = fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache)
     assert again.cached and again.precision == "bf16-mixed" and len(measured) == 1
@@ -109,33 +141,61 @@ def test_auto_measures_once_per_machine_and_shape_then_reads_the_cache(tmp_path)
     fastest_cpu_precision(module, 4, (192, 256), train=False, measure=fake_measure, cache=cache)  # evaluation: measured
     assert len(measured) == 3 and len(json.loads(cache.read_text())) == 3
     only_fp32 = fastest_cpu_precision(module, 8, (192, 256), candidates=("32-true",), measure=fake_measure, cache=cache)
-    assert only_fp32.cached and only_fp32.step_ms == {"32-true": 900.0}  # a subset of what was measured
+    assert only_fp32.cached and only_fp32.step_ms == {"32-true channels-last": 900.0}  # a subset of what was measured
     cache.write_text("{not json")  # a damaged cache is measured again and rewritten
     assert not fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache).cached
 
 
+def test_channels_last_auto_measures_both_memory_formats_and_says_what_was_not_timed(tmp_path):
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, channels_last="auto")
+    timings = {"32-true NCHW": 2.3, "32-true channels-last": 2.5, "bf16-mixed NCHW": float("inf"),
+               "bf16-mixed channels-last": float("inf")}  # fmt: skip
+    choice = fastest_cpu_precision(
+        module, 8, (192, 256), measure=lambda steps: {n: timings[n] for n in steps}, cache=tmp_path / "c.json"
+    )
+    assert (choice.precision, choice.channels_last, choice.chosen) == ("32-true", False, "32-true NCHW")
+    assert choice.describe().endswith(
+        "(measured now: 32-true NCHW 2300 ms, 32-true channels-last 2500 ms (0.92x); not timed, a forward pass over "
+        "2x the fastest's: bf16-mixed NCHW, bf16-mixed channels-last)"
+    )
+    cached = fastest_cpu_precision(module, 8, (192, 256), measure=None, cache=tmp_path / "c.json")
+    assert cached.cached and cached.chosen == "32-true NCHW"  # infinities survive the JSON cache
+
+
 def test_the_step_functions_run_a_real_step_in_each_precision():
     module = SegmentationModule(net=BiSeNetV2, num_classes=3)
-    seconds = time_alternately(
-        {name: _step_function(module, name, 2, (64, 64), train=True) for name in CPU_CANDIDATES}, timed_steps=1
-    )
-    assert set(seconds) == set(CPU_CANDIDATES) and all(s > 0 for s in seconds.values())
+    names = [candidate_name(precision, last) for precision in CPU_CANDIDATES for last in (False, True)]
+    steps = {name: CandidateStep(module, name, 2, (64, 64), train=True) for name in names}
+    seconds = time_alternately(steps, timed_steps=1, probes={name: step.probe for name, step in steps.items()})
+    assert set(seconds) == set(names) and all(s > 0 for s in seconds.values())
+    assert steps["32-true channels-last"].images.is_contiguous(memory_format=torch.channels_last)
+    assert steps["32-true NCHW"].images.is_contiguous()
 
 
 def test_the_command_line_resolves_auto_by_measuring(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
     root = make_camvid_segnet(tmp_path / "camvid")
-    timings = {"32-true": 0.3, "bf16-mixed": 0.7}
-    monkeypatch.setattr(precision_module, "time_alternately", lambda steps: {name: timings[name] for name in steps})
+    timings = {
+        "32-true NCHW": 0.3,
+        "32-true channels-last": 0.35,
+        "bf16-mixed NCHW": 0.7,
+        "bf16-mixed channels-last": 0.6,
+    }
+    monkeypatch.setattr(
+        precision_module, "time_alternately", lambda steps, **_: {name: timings[name] for name in steps}
+    )
     args = [
         "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--trainer.max_steps=1",
         "--data.batch_size=2", "--data.crop_size=[32,48]", "--progress_bar.refresh_rate=0",
         f"--trainer.default_root_dir={tmp_path}",
     ]  # fmt: skip
     with caplog.at_level(logging.INFO):
-        assert build_cli(args, run=False).trainer.precision == "32-true"
-    assert "trainer.precision=auto: 32-true, the fastest for a training step of BiSeNetV2 (2 x 32x48)" in caplog.text
-    timings.update({"bf16-mixed": 0.1})  # cached: the earlier measurement stands
+        cli = build_cli(args, run=False)
+    assert cli.trainer.precision == "32-true" and cli.model.measured_channels_last is False
+    assert (
+        "trainer.precision=auto: 32-true NCHW, the fastest for a training step of BiSeNetV2 (2 x 32x48)" in caplog.text
+    )
+    timings.update({"bf16-mixed NCHW": 0.1})  # cached: the earlier measurement stands
     assert build_cli(args, run=False).trainer.precision == "32-true"
     assert (
         build_cli([*args, "--trainer.precision=bf16-mixed"], run=False).trainer.precision == "bf16-mixed"
@@ -148,7 +208,7 @@ def test_train_minutes_sizes_the_schedule_from_the_measured_step(tmp_path, monke
     monkeypatch.setattr(
         precision_module,
         "time_alternately",
-        lambda steps: {name: {"32-true": 0.5, "bf16-mixed": 0.25}[name] for name in steps},
+        lambda steps, **_: {name: {"32-true": 0.5, "bf16-mixed": 0.25}[name.split()[0]] for name in steps},
     )
     args = [
         "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--data.batch_size=2",
@@ -159,8 +219,8 @@ def test_train_minutes_sizes_the_schedule_from_the_measured_step(tmp_path, monke
     # 10 minutes, 80% of them training at 250 ms a step (bf16, auto's choice): 1920 steps, validated at thirds.
     assert trainer.precision == "bf16-mixed" and trainer.max_steps == 1920 and trainer.val_check_interval == 640
     assert (
-        "--train_minutes=10: a training step of 2 x 32x48 in bf16-mixed takes 250 ms on this CPU, so max_steps=1920"
-        in caplog.text
+        "--train_minutes=10: a training step of 2 x 32x48 in bf16-mixed NCHW takes 250 ms on this CPU, so "
+        "max_steps=1920" in caplog.text
     )
     assert build_cli([*args, "--trainer.precision=32"], run=False).trainer.max_steps == 960  # float32's step: 500 ms
     odd = build_cli([*args, "--train_minutes=1"], run=False).trainer  # 192 steps fit: validated at 64, 128, 192
@@ -204,7 +264,7 @@ def test_cached_images_are_the_decoded_files_and_read_only(tmp_path):
     assert dataset.hold_in_memory(budget_bytes=1000) == 0 and dataset.decoded is None
 
 
-def test_cpu_recipe_trains_with_cached_images_and_channels_last(tmp_path, monkeypatch):
+def test_cpu_recipe_trains_with_cached_images_in_the_measured_memory_format(tmp_path, monkeypatch):
     root = make_camvid_segnet(tmp_path / "camvid")
     monkeypatch.chdir(tmp_path)
     cli = build_cli([
@@ -216,7 +276,8 @@ def test_cpu_recipe_trains_with_cached_images_and_channels_last(tmp_path, monkey
     assert cli.trainer.precision in ("32-true", "bf16-mixed")  # measured (tests/conftest.py keeps the cache in tmp)
     assert cli.datamodule.datasets["train"].decoded is not None
     weight = cli.model.net.detail_branch.stage1[0].conv.weight
-    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert cli.model.measured_channels_last in (True, False)  # channels_last: auto, measured with the precision
+    assert weight.is_contiguous(memory_format=torch.channels_last) == cli.model.measured_channels_last
     # Minutes of training are logged with each validation, and the curves script plots them.
     run_dir = Path(cli.trainer.logger.log_dir)
     steps, minutes = metric_history(run_dir, "time/minutes")

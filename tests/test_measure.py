@@ -31,15 +31,16 @@ def test_speed_script_prints_both_tables_and_json(capsys, tmp_path):
     assert "| kind | network | size | batch | variant | params_M | GFLOPs | ms_per_batch |" in output
     assert "| inference | BiSeNetV2 | 64x96 | 1 | reference | 3.35 |" in output and "| folded+channels_last |" in output
     assert "| train | BiSeNetV2 | 64x96 | 2 | reference (plain loop, fp32, NCHW) |" in output
-    # precision auto: a row for each precision it measured, the fastest marked as its choice.
-    assert (
-        "| LightningModule (camvid_cpu.yaml: 32-true" in output
-        and "| LightningModule (camvid_cpu.yaml: bf16-mixed" in output
-    )
+    # precision and channels_last auto: a row for each precision and memory format it weighed, the fastest
+    # marked as its choice; one its forward pass ruled out (bf16 without bf16 instructions) says so, untimed.
+    for candidate in ("32-true NCHW", "32-true channels-last", "bf16-mixed NCHW", "bf16-mixed channels-last"):
+        assert f"| LightningModule (camvid_cpu.yaml: {candidate}" in output
     assert output.count("(auto's choice)") == 2  # its plain loop and its LightningModule row
     rows = json.loads((tmp_path / "speed.json").read_text())
-    assert [row["kind"] for row in rows] == ["inference"] * 2 + ["train"] * 4
-    for row in rows:
+    assert [row["kind"] for row in rows] == ["inference"] * 2 + ["train"] * 6
+    untimed = [row for row in rows if "ms_per_batch" not in row]
+    assert all("not timed: a forward pass over 2x the fastest's" in row["variant"] for row in untimed)
+    for row in (row for row in rows if row not in untimed):
         assert {"kind", "network", "size", "batch", "variant", "ms_per_batch", "images_per_s", "x_reference"} <= set(
             row
         )

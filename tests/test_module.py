@@ -10,6 +10,7 @@ import torch
 from conftest import reference_state_dict
 from synthetic import TinyNetwork, make_folder
 
+from bisenet_pl import precision as precision_module
 from bisenet_pl.data import FolderDataModule
 from bisenet_pl.losses import LossOptions
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
@@ -169,6 +170,37 @@ def test_trains_and_validates(tmp_path, precision, options):
     metrics = trainer.callback_metrics
     assert 0 <= metrics["val/mIoU"] <= 1 and "val/IoU/b" in metrics and torch.isfinite(metrics["train/loss"])
     assert module.confusion_matrices["val"].shape == (3, 3)
+
+
+@pytest.mark.parametrize("faster", ["32-true NCHW", "32-true channels-last"])
+def test_channels_last_auto_in_python_measures_with_the_trainers_precision(tmp_path, monkeypatch, caplog, faster):
+    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
+    timed = []
+
+    def fake_timing(steps, **_):
+        timed.append(sorted(steps))
+        return {name: 1.0 if name == faster else 1.5 for name in steps}
+
+    monkeypatch.setattr(precision_module, "time_alternately", fake_timing)
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, channels_last="auto")
+    with caplog.at_level(logging.INFO):
+        fit(module, tiny_datamodule(tmp_path), tmp_path, max_steps=1, limit_val_batches=0)
+    assert timed == [["32-true NCHW", "32-true channels-last"]]  # the Trainer's precision, both formats
+    assert module.uses_channels_last == (faster == "32-true channels-last")
+    weight = module.net.detail_branch.stage1[0].conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) == module.uses_channels_last
+    assert f"model.channels_last=auto: {faster}, the fastest for a training step" in caplog.text
+    # Without a DataModule's batch and crop there is nothing to measure: NCHW, said so.
+    bare = SegmentationModule(net=BiSeNetV2, num_classes=3, channels_last="auto")
+    loader = tiny_datamodule(tmp_path / "bare")
+    loader.setup("fit")
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        trainer.fit(bare, train_dataloaders=loader.train_dataloader())
+    assert bare.measured_channels_last is False and "NCHW, as there is no DataModule's batch_size" in caplog.text
 
 
 def test_pretrained_coincheung_weights_to_other_classes(tmp_path, reference_dir, caplog):

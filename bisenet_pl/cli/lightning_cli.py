@@ -192,7 +192,13 @@ class BiSeNetCLI(LightningCLI):
         batch, size, train = self._probe_shape()
         choice = fastest_cpu_precision(self.model, batch, size, train=train)
         rank_zero_info(choice.describe())
+        self._resolve_channels_last(choice)
         return choice.precision
+
+    def _resolve_channels_last(self, choice) -> None:
+        """``model.channels_last=auto``: the memory format of the measured choice."""
+        if self.model.hparams.get("channels_last") == "auto":
+            self.model.measured_channels_last = choice.channels_last
 
     def schedule_for_minutes(self, minutes: float, trainer_config: dict, interval_typed: bool = False) -> dict:
         """``--train_minutes``: ``max_steps`` from the measured time of a training step in the run's
@@ -203,11 +209,13 @@ class BiSeNetCLI(LightningCLI):
         precision = str(trainer_config.get("precision") or "32-true")
         precision = {"32": "32-true", "bf16": "bf16-mixed", "16-mixed": "bf16-mixed"}.get(precision, precision)
         batch, size, _ = self._probe_shape()
-        step_ms = fastest_cpu_precision(self.model, batch, size, candidates=(precision,)).step_ms[precision]
+        choice = fastest_cpu_precision(self.model, batch, size, candidates=(precision,))
+        self._resolve_channels_last(choice)
+        step_ms = choice.step_ms[choice.chosen]
         every = max(1, steps_within(minutes, step_ms) // 3)
         steps = 3 * every  # the third validation falls on the last step
         rank_zero_info(
-            f"--train_minutes={minutes:g}: a training step of {batch} x {size[0]}x{size[1]} in {precision} takes "
+            f"--train_minutes={minutes:g}: a training step of {batch} x {size[0]}x{size[1]} in {choice.chosen} takes "
             f"{step_ms:.0f} ms "
             f"on this CPU, so max_steps={steps} ({TIME_RESERVE:.0%} of the time kept for validation, data and "
             f"checkpoints), validating "
