@@ -126,6 +126,11 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
             self.net.compile()
             self._compiled = True
 
+    def use_measured_memory_format(self, channels_last: bool | None) -> None:
+        """``channels_last=auto``: run in the memory format a measurement chose (the command line's)."""
+        if self.hparams.channels_last == "auto":
+            self.measured_channels_last = channels_last
+
     def _faster_memory_format(self) -> bool:
         """``channels_last=auto`` where the command line has not measured it (a Trainer set up in Python):
         channels-last on a GPU; on a CPU the faster format in the Trainer's precision at the DataModule's

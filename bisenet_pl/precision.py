@@ -40,8 +40,6 @@ TIMED_STEPS = 3
 #: A candidate whose forward pass takes more than this many times the fastest's is not timed further
 #: (bf16 without native bf16 instructions: one training step of it took 24 s where float32's took 2.5).
 PROBE_SLOWER = 2.0
-#: Share of a time budget (``--train_minutes``) kept for validation, data, the optimiser and checkpoints.
-TIME_RESERVE = 0.2
 
 
 def cache_path() -> Path:
@@ -282,8 +280,3 @@ def fastest_cpu_precision(
     chosen = choose_fastest(step_ms, exact=lambda name: parse_candidate(name)[0] == candidates[0])
     precision, channels_last = parse_candidate(chosen)
     return PrecisionChoice(precision, step_ms, what, cached, channels_last=channels_last)
-
-
-def steps_within(minutes: float, step_ms: float, reserve: float = TIME_RESERVE) -> int:
-    """Training steps of ``step_ms`` each that fit in ``minutes``, ``reserve`` of the time kept aside."""
-    return max(1, int(minutes * 60_000 * (1 - reserve) / step_ms))

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,10 @@ from bisenet_pl.precision import (
     candidate_name,
     choose_fastest,
     fastest_cpu_precision,
-    steps_within,
     time_alternately,
 )
 from bisenet_pl.results import metric_history
+from bisenet_pl.time_budget import steps_within
 from bisenet_pl.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,39 +203,44 @@ def test_the_command_line_resolves_auto_by_measuring(tmp_path, monkeypatch, capl
     )  # given: kept
 
 
-def test_train_minutes_sizes_the_schedule_from_the_measured_step(tmp_path, monkeypatch, caplog):
+def test_train_minutes_sizes_the_schedule_from_the_measured_step_and_validations(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
-    root = make_camvid_segnet(tmp_path / "camvid")
-    monkeypatch.setattr(
-        precision_module,
-        "time_alternately",
-        lambda steps, **_: {name: {"32-true": 0.5, "bf16-mixed": 0.25}[name.split()[0]] for name in steps},
-    )
+    root = make_camvid_segnet(tmp_path / "camvid")  # 4 train and 2 val images
+
+    def fake_timing(steps, **_):  # a training step 500 ms in float32, 250 in bf16; 1 s a validation image
+        return {name: {"32-true": 0.5, "bf16-mixed": 0.25}[name.split()[0]] if step.train else len(step.images)
+                for name, step in steps.items()}  # fmt: skip
+
+    monkeypatch.setattr(precision_module, "time_alternately", fake_timing)
     args = [
         "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--data.batch_size=2",
         "--data.crop_size=[32,48]", "--train_minutes=10",
     ]  # fmt: skip
     with caplog.at_level(logging.INFO):
         trainer = build_cli(args, run=False).trainer
-    # 10 minutes, 80% of them training at 250 ms a step (bf16, auto's choice): 1920 steps, validated at thirds.
-    assert trainer.precision == "bf16-mixed" and trainer.max_steps == 1920 and trainer.val_check_interval == 640
-    assert (
-        "--train_minutes=10: a training step of 2 x 32x48 in bf16-mixed NCHW takes 250 ms on this CPU, so "
-        "max_steps=1920" in caplog.text
+    # A validation: the 2 val images and BatchNorm recalibrated on the 4 train images (at most 64), 6 s; three of
+    # them in 10 minutes, 10% kept aside, leave 522 s for steps of 250 ms (bf16, auto's choice): 2088, at thirds.
+    assert trainer.precision == "bf16-mixed" and trainer.max_steps == 2088 and trainer.val_check_interval == 696
+    assert re.search(
+        r"--train_minutes=10: a training step of 2 x 32x48 in bf16-mixed NCHW takes 250 ms and a validation about 6 s "
+        r"\(6 images of \d+x\d+ at 1000 ms\) on this CPU, so max_steps=2088 \(3 validations, 10% of the time for",
+        caplog.text,
     )
-    assert build_cli([*args, "--trainer.precision=32"], run=False).trainer.max_steps == 960  # float32's step: 500 ms
-    odd = build_cli([*args, "--train_minutes=1"], run=False).trainer  # 192 steps fit: validated at 64, 128, 192
-    assert (odd.max_steps, odd.val_check_interval) == (192, 64)
-    uneven = build_cli([*args, "--train_minutes=1.01"], run=False).trainer  # 193 steps fit: cut to 3 x 64
-    assert (uneven.max_steps, uneven.val_check_interval) == (192, 64)
+    assert build_cli([*args, "--trainer.precision=32"], run=False).trainer.max_steps == 1044  # float32's step: 500 ms
+    odd = build_cli([*args, "--train_minutes=1"], run=False).trainer  # (54 - 18) s: 144 steps, validated at thirds
+    assert (odd.max_steps, odd.val_check_interval) == (144, 48)
+    uneven = build_cli([*args, "--train_minutes=1.01"], run=False).trainer  # 146 steps fit: cut to 3 x 48
+    assert (uneven.max_steps, uneven.val_check_interval) == (144, 48)
+    squeezed = build_cli([*args, "--train_minutes=0.3"], run=False).trainer  # validations alone overrun: 3 steps
+    assert (squeezed.max_steps, squeezed.val_check_interval) == (3, 1)
     with pytest.raises(ConfigError, match="--train_minutes must be > 0; got 0.0"):
         build_cli([*args, "--train_minutes=0"], run=False)
-    assert steps_within(1, 60_000) == 1  # never zero steps
+    assert steps_within(1, 60_000) == 1 and steps_within(1, 100, other_ms=90_000) == 1  # never zero steps
     # What the user types is never replaced: a typed max_steps contradicts the minutes, a typed interval stays.
     with pytest.raises(ConfigError, match="--train_minutes sets trainer.max_steps .* give one of them"):
         build_cli([*args, "--trainer.max_steps=10"], run=False)
     typed = build_cli([*args, "--trainer.val_check_interval=100"], run=False).trainer
-    assert (typed.max_steps, typed.val_check_interval) == (1920, 100)
+    assert (typed.max_steps, typed.val_check_interval) == (2088, 100)
 
 
 def test_a_trainer_built_in_python_has_no_step_to_time_and_says_so(caplog):

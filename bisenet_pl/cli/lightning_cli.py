@@ -25,7 +25,8 @@ from bisenet_pl.loggers import SaveConfigToLoggers
 from bisenet_pl.models.weights import check_lightning_checkpoint
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.module_options import read_checkpoint_lazily, upgrade_command_line, upgrade_options
-from bisenet_pl.precision import TIME_RESERVE, fastest_cpu_precision, steps_within
+from bisenet_pl.precision import fastest_cpu_precision
+from bisenet_pl.time_budget import TIME_RESERVE, VALIDATIONS, steps_within, validation_cost
 from bisenet_pl.trainer import LastCheckpoint, Trainer, auto_precision
 from bisenet_pl.writer import SegmentationWriter
 
@@ -169,8 +170,9 @@ class BiSeNetCLI(LightningCLI):
                     "--train_minutes sets trainer.max_steps from the measured step, and --trainer.max_steps was given "
                     "too: give one of them"
                 )
+            recalibration = getattr(subcommand_config.get("bn_recalibration"), "images", 0)
             kwargs |= self.schedule_for_minutes(
-                minutes, {**config, **kwargs}, interval_typed="--trainer.val_check_interval" in typed
+                minutes, {**config, **kwargs}, "--trainer.val_check_interval" in typed, recalibration
             )
         return super().instantiate_trainer(**kwargs)
 
@@ -192,38 +194,35 @@ class BiSeNetCLI(LightningCLI):
         batch, size, train = self._probe_shape()
         choice = fastest_cpu_precision(self.model, batch, size, train=train)
         rank_zero_info(choice.describe())
-        self._resolve_channels_last(choice)
+        self.model.use_measured_memory_format(choice.channels_last)
         return choice.precision
 
-    def _resolve_channels_last(self, choice) -> None:
-        """``model.channels_last=auto``: the memory format of the measured choice."""
-        if self.model.hparams.get("channels_last") == "auto":
-            self.model.measured_channels_last = choice.channels_last
-
-    def schedule_for_minutes(self, minutes: float, trainer_config: dict, interval_typed: bool = False) -> dict:
-        """``--train_minutes``: ``max_steps`` from the measured time of a training step in the run's
-        precision (cached with ``auto``'s measurements), and three validations at thirds of them unless
-        ``--trainer.val_check_interval`` was typed."""
+    def schedule_for_minutes(
+        self, minutes: float, trainer_config: dict, interval_typed: bool = False, recalibration_images: int = 0
+    ) -> dict:
+        """``--train_minutes``: ``max_steps`` from the measured times of a training step and a validation (see
+        :mod:`bisenet_pl.time_budget`), validated at thirds unless ``--trainer.val_check_interval`` was typed."""
         if not self._cpu_training(trainer_config.get("accelerator", "auto")):
             raise ConfigError("--train_minutes measures a training step on the CPU; on a GPU set --trainer.max_steps")
         precision = str(trainer_config.get("precision") or "32-true")
         precision = {"32": "32-true", "bf16": "bf16-mixed", "16-mixed": "bf16-mixed"}.get(precision, precision)
         batch, size, _ = self._probe_shape()
         choice = fastest_cpu_precision(self.model, batch, size, candidates=(precision,))
-        self._resolve_channels_last(choice)
-        step_ms = choice.step_ms[choice.chosen]
-        every = max(1, steps_within(minutes, step_ms) // 3)
-        steps = 3 * every  # the third validation falls on the last step
+        self.model.use_measured_memory_format(choice.channels_last)
+        step_ms, validation = (
+            choice.step_ms[choice.chosen],
+            validation_cost(self.model, self.datamodule, choice.chosen, recalibration_images),
+        )
+        every = max(1, steps_within(minutes, step_ms, other_ms=VALIDATIONS * validation.ms) // VALIDATIONS)
+        steps = VALIDATIONS * every  # the third validation falls on the last step
+        validating = "as --trainer.val_check_interval says" if interval_typed else f"every {every} steps"
         rank_zero_info(
             f"--train_minutes={minutes:g}: a training step of {batch} x {size[0]}x{size[1]} in {choice.chosen} takes "
-            f"{step_ms:.0f} ms "
-            f"on this CPU, so max_steps={steps} ({TIME_RESERVE:.0%} of the time kept for validation, data and "
-            f"checkpoints), validating "
-            + ("as --trainer.val_check_interval says" if interval_typed else f"every {every} steps")
+            f"{step_ms:.0f} ms and {validation.describe()} on this CPU, so max_steps={steps} ({VALIDATIONS} "
+            f"validations, {TIME_RESERVE:.0%} of the time for data, logging and checkpoints), validating {validating}"
         )
-        if interval_typed:
-            return {"max_steps": steps}
-        return {"max_steps": steps, "val_check_interval": every, "check_val_every_n_epoch": None}
+        interval = {} if interval_typed else {"val_check_interval": every, "check_val_every_n_epoch": None}
+        return {"max_steps": steps} | interval
 
 
 # Lightning's own method for it would reject an older checkpoint's flat options.

@@ -1,0 +1,58 @@
+"""``--train_minutes``: a schedule sized to a time budget from measured steps, validations included.
+
+The number of steps is what fits in the minutes once the three validations are paid for: each a forward
+pass of every validation (and dev) image and of the images that recalibrate BatchNorm, at the size of the
+validation images, timed like the training step (see :mod:`bisenet_pl.precision`, cached alike). On an
+AVX2-only CPU the three validations of ``make demo`` took a third of its ten minutes, more than the fifth
+once kept for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bisenet_pl.data.predict import header_size
+from bisenet_pl.precision import fastest_cpu_precision
+
+#: Share of the budget kept for data, logging and checkpoints (validations are measured).
+TIME_RESERVE = 0.1
+#: Validations of a run sized by minutes: at thirds of it, the last on its last step.
+VALIDATIONS = 3
+
+
+@dataclass(frozen=True)
+class ValidationCost:
+    images: int  # forward passes per validation
+    size: tuple[int, int]  # the first validation image's height and width
+    ms_per_image: float
+
+    @property
+    def ms(self) -> float:
+        return self.images * self.ms_per_image
+
+    def describe(self) -> str:
+        return (
+            f"a validation about {self.ms / 1000:.0f} s ({self.images} images of {self.size[0]}x{self.size[1]} "
+            f"at {self.ms_per_image:.0f} ms)"
+        )
+
+
+def validation_cost(module, datamodule, candidate: str, recalibration_images: int = 0) -> ValidationCost:
+    """The time of one validation of ``datamodule``'s validation splits (and BatchNorm recalibration on
+    ``recalibration_images`` training images) in ``candidate`` (a precision and memory format, see
+    :func:`~bisenet_pl.precision.candidate_name`), from a measured forward pass at the evaluation batch."""
+    samples = [sample for split in datamodule.val_splits for sample in datamodule.split_samples(split)]
+    width_height = header_size(Path(samples[0][0])) if samples else None
+    size = (width_height[1], width_height[0]) if width_height else tuple(datamodule.crop_size)
+    batch = datamodule.val_batch_size
+    precision = candidate.split(" ")[0]
+    choice = fastest_cpu_precision(module, batch, size, train=False, candidates=(precision,))
+    recalibrated = min(recalibration_images, len(datamodule.split_samples("train")))  # at most every training image
+    return ValidationCost(len(samples) + recalibrated, size, choice.step_ms[candidate] / batch)
+
+
+def steps_within(minutes: float, step_ms: float, reserve: float = TIME_RESERVE, other_ms: float = 0.0) -> int:
+    """Training steps of ``step_ms`` each that fit in ``minutes`` after ``other_ms`` (e.g. the validations),
+    with ``reserve`` of the time kept aside; at least one."""
+    return max(1, int((minutes * 60_000 * (1 - reserve) - other_ms) / step_ms))
