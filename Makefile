@@ -48,8 +48,8 @@ clean:
 # CamVid for the demo: a local copy if one is there (or CAMVID=/path), else downloaded to data/camvid.
 CAMVID ?= $(firstword $(wildcard ../shared/camvid) data/camvid)
 DEMO_MINUTES ?= 10
-# The CPU recipe (configs/camvid_cpu.yaml) for about DEMO_MINUTES of training on this CPU: the step is
-# timed first and the schedule sized to it. Sequence 0006R0 is held out as the dev split, so that one of
+# The CPU recipe (configs/camvid_cpu.yaml) for about DEMO_MINUTES of training on this CPU: a step and a
+# validation's forward pass are timed first and the schedule sized to them. Sequence 0006R0 is held out as the dev split, so that one of
 # the two printed scores is on scenes the network never saw. On a GPU run configs/camvid.yaml.
 demo: $(STAMP)
 	$(BIN)/bisenet-pl fit --config configs/camvid_cpu.yaml \
