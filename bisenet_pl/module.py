@@ -118,7 +118,8 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
         check_checkpoint_fits(self.state_dict(), theirs, f"net.{self.net.classifier_weight}", self.num_classes)
 
     def configure_model(self) -> None:
-        if self.hparams.channels_last == "auto" and self.measured_channels_last is None:
+        # Lightning's load_from_checkpoint calls this hook without a Trainer: NCHW until one measures.
+        if self.hparams.channels_last == "auto" and self.measured_channels_last is None and self._trainer:
             self.measured_channels_last = self._faster_memory_format()
         if self.uses_channels_last:
             self.net.to(memory_format=torch.channels_last)
