@@ -215,7 +215,7 @@ def training_table(args, device: torch.device) -> list[dict]:
         not_timed = [name for name in choice.step_ms if name not in considered]
         chosen = choice.chosen
     else:
-        chosen = candidate_name(precision, channels_last is True or (channels_last == "auto" and device.type != "cpu"))
+        chosen = candidate_name(precision, channels_last in (True, "auto"))  # auto here: a GPU, channels-last
         considered = [chosen]
     rounds = max(1, min(args.train_rounds, args.train_steps))
     per_block = [args.train_steps // rounds + (1 if r < args.train_steps % rounds else 0) for r in range(rounds)]

@@ -120,7 +120,7 @@ def time_alternately(
     slow: set[str] = set()
     if probes:
         seconds = {}
-        for _ in range(2):
+        for _ in range(2):  # the first round pays each candidate's set-up; the second is compared
             for name, probe in probes.items():
                 begin = clock()
                 probe()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bisenet_pl.data.predict import header_size
-from bisenet_pl.precision import fastest_cpu_precision
+from bisenet_pl.precision import fastest_cpu_precision, parse_candidate
 
 #: Share of the budget kept for data, logging and checkpoints (validations are measured).
 TIME_RESERVE = 0.1
@@ -46,8 +46,7 @@ def validation_cost(module, datamodule, candidate: str, recalibration_images: in
     width_height = header_size(Path(samples[0][0])) if samples else None
     size = (width_height[1], width_height[0]) if width_height else tuple(datamodule.crop_size)
     batch = datamodule.val_batch_size
-    precision = candidate.split(" ")[0]
-    choice = fastest_cpu_precision(module, batch, size, train=False, candidates=(precision,))
+    choice = fastest_cpu_precision(module, batch, size, train=False, candidates=(parse_candidate(candidate)[0],))
     recalibrated = min(recalibration_images, len(datamodule.split_samples("train")))  # at most every training image
     return ValidationCost(len(samples) + recalibrated, size, choice.step_ms[candidate] / batch)
 

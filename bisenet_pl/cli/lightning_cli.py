@@ -209,10 +209,8 @@ class BiSeNetCLI(LightningCLI):
         batch, size, _ = self._probe_shape()
         choice = fastest_cpu_precision(self.model, batch, size, candidates=(precision,))
         self.model.use_measured_memory_format(choice.channels_last)
-        step_ms, validation = (
-            choice.step_ms[choice.chosen],
-            validation_cost(self.model, self.datamodule, choice.chosen, recalibration_images),
-        )
+        step_ms = choice.step_ms[choice.chosen]
+        validation = validation_cost(self.model, self.datamodule, choice.chosen, recalibration_images)
         every = max(1, steps_within(minutes, step_ms, other_ms=VALIDATIONS * validation.ms) // VALIDATIONS)
         steps = VALIDATIONS * every  # the third validation falls on the last step
         validating = "as --trainer.val_check_interval says" if interval_typed else f"every {every} steps"
