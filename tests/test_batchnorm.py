@@ -16,10 +16,16 @@ from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
 # The CPU recipe on 48x64 images, 32x48 crops: full-size feature maps differ from the crops' as in CamVid.
+# In one memory format, not the one measured fastest (the recipe's channels_last: auto).
 COMMON = [
     f"--config={REPO / 'configs' / 'camvid_cpu.yaml'}", "--data.batch_size=2", "--data.crop_size=[32,48]",
-    "--trainer.precision=32", "--progress_bar.refresh_rate=0",
+    "--trainer.precision=32", "--model.channels_last=false", "--progress_bar.refresh_rate=0",
 ]  # fmt: skip
+
+
+# Variances summed in another order (threads, batches) differ by a few parts in a million; crop statistics
+# differ from whole images' by orders of magnitude (issue 20: up to a million times the variance).
+ROUND_OFF = 1e-5
 
 
 def fit_run(root: Path, out: Path, images: int, *extra: str) -> Path:
@@ -58,7 +64,7 @@ def test_logged_val_equals_a_fresh_evaluation_of_the_saved_checkpoint_and_its_ex
     datamodule = CamVidDataModule(root=str(root), batch_size=2, num_workers=0)
     expected = full_size_statistics(module, datamodule, 4)
     for name, norm in batchnorm_layers(module).items():
-        torch.testing.assert_close(norm.running_var, expected[name])
+        torch.testing.assert_close(norm.running_var, expected[name], rtol=ROUND_OFF, atol=1e-5)
     # The user's way: float16 weights exported from it, then test on the same split in float32.
     main(["export", f"--ckpt_path={last}", "--format=weights", f"--output={tmp_path / 'w.pt'}"])
     tested = build_cli([
@@ -83,7 +89,7 @@ def test_with_an_ema_of_the_weights_the_checkpoint_holds_the_average_and_scores_
     module = SegmentationModule.load_from_checkpoint(last, map_location="cpu")
     expected = full_size_statistics(module, CamVidDataModule(root=str(root), batch_size=2, num_workers=0), 4)
     for name, norm in batchnorm_layers(module).items():
-        torch.testing.assert_close(norm.running_var, expected[name])
+        torch.testing.assert_close(norm.running_var, expected[name], rtol=ROUND_OFF, atol=1e-5)
     validated = build_cli(["validate", *COMMON, f"--data.root={root}", f"--ckpt_path={last}", "--trainer.logger=false"])
     assert validated.trainer.callback_metrics["val/mIoU"].item() == pytest.approx(curve[3], abs=1e-6)
 

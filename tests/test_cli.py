@@ -80,6 +80,7 @@ def test_the_finish_config_continues_a_recipe_run_on_whole_frames(tmp_path, capl
     last = next((tmp_path / "recipe").rglob("last.ckpt"))
     # The finish's own crop and batch, not the tiny ones the other tests train on.
     whole_frames = [option for option in CPU if not option.startswith(("--data.crop_size", "--data.batch_size"))]
+    whole_frames.append("--model.channels_last=false")  # not the memory format's measurement at 360x480
     caplog.set_level(logging.INFO)
     finish = build_cli([
         "fit", *recipe, "--config", str(REPO / "configs" / "camvid_cpu_finish.yaml"), f"--model.pretrained={last}",
@@ -208,6 +209,7 @@ def _logged(output: str, key: str) -> float:
     return float(row.split("│")[2])
 
 
+@pytest.mark.slow
 def test_two_process_ddp_validation_equals_one_process(tmp_path):
     # 5 val images over 2 processes: padding would count one of them twice.
     root = make_camvid_segnet(tmp_path / "camvid", {"train": 8, "val": 5, "test": 1})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import trained_like
-from synthetic import make_camvid_segnet
+from synthetic import TinyNetwork, make_camvid_segnet, write_tiny_weights
 
 from bisenet_pl import precision as precision_module
 from bisenet_pl.cli import main
@@ -34,8 +34,22 @@ MEAN, STD = (0.39, 0.40, 0.41), (0.30, 0.31, 0.29)
 
 @pytest.fixture(scope="module")
 def net():
+    """BiSeNetV2, for what each backend and precision makes of the real network."""
     torch.manual_seed(0)
     return trained_like(BiSeNetV2(num_classes=5))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """For the mechanics around the file (inputs, outputs, errors, modes): exported in seconds."""
+    torch.manual_seed(0)
+    return trained_like(TinyNetwork(num_classes=5))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A weights file as the released one (CamVid's classes and normalisation) of a TinyNetwork."""
+    return write_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny_camvid.pt")
 
 
 def images(count: int = 3, seed: int = 0) -> list[np.ndarray]:
@@ -81,17 +95,17 @@ def test_each_backend_and_precision_exports_loads_and_predicts(net, tmp_path, fo
 
 
 @pytest.mark.parametrize("image_input", ["uint8_nhwc", "uint8_nchw"])
-def test_8bit_input_equals_normalising_by_hand(net, tmp_path, image_input):
+def test_8bit_input_equals_normalising_by_hand(tiny, tmp_path, image_input):
     image = images(1)[0]
     by_hand = (image.astype(np.float32) / 255 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
     with torch.no_grad():
-        expected = net(torch.from_numpy(by_hand.transpose(2, 0, 1)[None].copy())).numpy()
-        ours = DeployedNetwork(net, image_input=image_input, mean=MEAN, std=STD)(
+        expected = tiny(torch.from_numpy(by_hand.transpose(2, 0, 1)[None].copy())).numpy()
+        ours = DeployedNetwork(tiny, image_input=image_input, mean=MEAN, std=STD)(
             torch.from_numpy(model_input(image, image_input, MEAN, STD))
         ).numpy()
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
     options = ExportOptions(labels="int32", image_input=image_input, mean=MEAN, std=STD, example_size=(64, 96))
-    labels = load_predictor(export(net, tmp_path / "net.onnx", options=options))(
+    labels = load_predictor(export(tiny, tmp_path / "net.onnx", options=options))(
         model_input(image, image_input, MEAN, STD)
     )
     assert labels.dtype == np.int32 and labels.shape == (1, *image.shape[:2])
@@ -113,12 +127,12 @@ def test_int8_calibration_on_a_handful_of_images(net, tmp_path):
         quantize_onnx(float_path, [], "float", MEAN, STD)
 
 
-def test_export_command_writes_int8_openvino_and_scores_it(tmp_path, capsys):
+def test_export_command_writes_int8_openvino_and_scores_it(tmp_path, tiny_weights, capsys):
     camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 3, "val": 2})
     output = tmp_path / "out" / "camvid.xml"
     output.parent.mkdir()
     main([
-        "export", "--model.pretrained=bisenetv2_camvid", "--format=openvino", "--precision=int8", "--input=uint8_nhwc",
+        "export", f"--model.pretrained={tiny_weights}", "--format=openvino", "--precision=int8", "--input=uint8_nhwc",
         "--labels=int32", f"--config={REPO / 'configs' / 'camvid.yaml'}", f"--data.root={camvid}", "--size", "64", "96",
         "--calibration_images=2", "--score", f"--output={output}", "--label_resolution=half",
     ])  # fmt: skip
@@ -132,13 +146,15 @@ def test_export_command_writes_int8_openvino_and_scores_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bf16_ms", [30.0, 49.0])
-def test_export_command_precision_auto_records_what_measures_fastest(tmp_path, capsys, monkeypatch, bf16_ms):
+def test_export_command_precision_auto_records_what_measures_fastest(
+    tmp_path, tiny_weights, capsys, monkeypatch, bf16_ms
+):
     monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(precision_module, "time_alternately", lambda steps: {"fp32": 0.050, "bf16": bf16_ms / 1000})
     camvid = make_camvid_segnet(tmp_path / "camvid", {"train": 3, "val": 2})
     output = tmp_path / "camvid.xml"
     main([
-        "export", "--model.pretrained=bisenetv2_camvid", "--format=openvino", "--precision=auto", "--input=uint8_nhwc",
+        "export", f"--model.pretrained={tiny_weights}", "--format=openvino", "--precision=auto", "--input=uint8_nhwc",
         "--labels=int32", f"--config={REPO / 'configs' / 'camvid.yaml'}", f"--data.root={camvid}", "--size", "64", "96",
         "--score", f"--output={output}",
     ])  # fmt: skip
@@ -156,7 +172,7 @@ def test_export_command_precision_auto_records_what_measures_fastest(tmp_path, c
         main(
             [
                 "export",
-                "--model.pretrained=bisenetv2_camvid",
+                f"--model.pretrained={tiny_weights}",
                 "--format=onnx",
                 "--precision=auto",
                 f"--output={tmp_path / 'x.onnx'}",
@@ -164,10 +180,10 @@ def test_export_command_precision_auto_records_what_measures_fastest(tmp_path, c
         )
 
 
-def test_export_command_calibrates_on_a_folder(tmp_path, capsys):
+def test_export_command_calibrates_on_a_folder(tmp_path, tiny_weights, capsys):
     folder = make_camvid_segnet(tmp_path / "camvid", {"train": 2}) / "train"
     output = tmp_path / "int8.onnx"
-    main(["export", "--model.pretrained=bisenetv2_camvid", "--precision=int8", f"--calibration={folder}", "--size",
+    main(["export", f"--model.pretrained={tiny_weights}", "--precision=int8", f"--calibration={folder}", "--size",
     "64", "96", f"--output={output}",
           "--calibration_images=50"])  # fmt: skip
     printed = capsys.readouterr().out
@@ -244,9 +260,9 @@ def test_uint8_input_needs_the_training_normalisation():
         ExportOptions(image_input="uint8_nhwc")
 
 
-def test_throughput_mode_predicts_what_one_at_a_time_does_in_order(tmp_path, net):
+def test_throughput_mode_predicts_what_one_at_a_time_does_in_order(tmp_path, tiny):
     options = ExportOptions(labels="int32", image_input="uint8_nhwc", mean=MEAN, std=STD, example_size=(64, 96))
-    xml = export(net, tmp_path / "net.xml", "openvino", options=options)
+    xml = export(tiny, tmp_path / "net.xml", "openvino", options=options)
     # Two shapes, the second after the first's batches are in flight, then the first again.
     batches = [image[None] for image in images(3) for _ in range(3)] + [images(1)[0][None]]
     one_at_a_time = load_predictor(xml, precision="fp32")
@@ -258,15 +274,15 @@ def test_throughput_mode_predicts_what_one_at_a_time_does_in_order(tmp_path, net
     for output, wanted in zip(outputs, expected):
         np.testing.assert_array_equal(output, wanted)
     assert all(np.array_equal(a, b) for a, b in zip(one_at_a_time.map(batches), expected))  # any predictor maps
-    onnx_file = export(net, tmp_path / "net.onnx", options=options)
+    onnx_file = export(tiny, tmp_path / "net.onnx", options=options)
     with pytest.raises(ConfigError, match="throughput mode is OpenVINO's"):
         load_predictor(onnx_file, throughput=True)
     assert list(load_predictor(onnx_file).map([])) == []
 
 
-def test_a_batch_the_file_does_not_take_is_one_line_saying_what_it_takes(tmp_path, net):
+def test_a_batch_the_file_does_not_take_is_one_line_saying_what_it_takes(tmp_path, tiny):
     options = ExportOptions(labels="int32", image_input="uint8_nhwc", mean=MEAN, std=STD, example_size=(64, 96))
-    onnx_file = export(net, tmp_path / "net.onnx", options=options)
+    onnx_file = export(tiny, tmp_path / "net.onnx", options=options)
     for predictor in (load_predictor(onnx_file), load_predictor(onnx_file, backend="openvino")):
         assert predictor(np.zeros((1, 40, 56, 3), np.uint8)).shape == (1, 40, 56)
         for wrong in (
@@ -278,15 +294,15 @@ def test_a_batch_the_file_does_not_take_is_one_line_saying_what_it_takes(tmp_pat
                 ConfigError, match=r"net.onnx takes a batch of images \(N, H, W, 3\) of uint8 .* got an array"
             ):
                 predictor(wrong)
-    floats = export(net, tmp_path / "float.onnx", options=ExportOptions(example_size=(64, 96)))
+    floats = export(tiny, tmp_path / "float.onnx", options=ExportOptions(example_size=(64, 96)))
     with pytest.raises(ConfigError, match=r"takes a batch of images \(N, 3, H, W\) of float32 .* \(1, 3, 0, 56\)"):
         load_predictor(floats)(np.zeros((1, 3, 0, 56), np.float32))
 
 
-def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
+def test_load_predictor_refuses_what_it_cannot_run(tmp_path, tiny):
     with pytest.raises(ConfigError, match=r"expected an exported .onnx or OpenVINO .xml file \(a weights file or "):
         load_predictor(tmp_path / "net.pt")
-    path = export(net, tmp_path / "net.onnx", options=ExportOptions(example_size=(64, 96)))
+    path = export(tiny, tmp_path / "net.onnx", options=ExportOptions(example_size=(64, 96)))
     with pytest.raises(ConfigError, match="needs OpenVINO: load_predictor\\(path, backend='openvino', ...\\)"):
         load_predictor(path, precision="bf16")
     assert load_predictor(path, backend="openvino", precision="fp32").describe() == "openvino fp32"
@@ -306,7 +322,7 @@ def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ConfigError, match="truncated.onnx is not a model ONNX Runtime can load"):
         load_predictor(truncated)
-    xml = export(net, tmp_path / "net.xml", "openvino", options=ExportOptions(example_size=(64, 96)))
+    xml = export(tiny, tmp_path / "net.xml", "openvino", options=ExportOptions(example_size=(64, 96)))
     xml.with_suffix(".bin").unlink()
     with pytest.raises(ConfigError, match=r"net.xml: its weights .*net.bin are missing"):
         load_predictor(xml)
@@ -316,8 +332,8 @@ def test_load_predictor_refuses_what_it_cannot_run(tmp_path, net):
         load_predictor(tmp_path / "garbage.xml")
 
 
-def test_precision_auto_keeps_what_openvino_measures_fastest_for_the_file(tmp_path, net, monkeypatch, caplog):
-    path = export(net, tmp_path / "net.xml", "openvino", options=ExportOptions(example_size=(64, 96)))
+def test_precision_auto_keeps_what_openvino_measures_fastest_for_the_file(tmp_path, tiny, monkeypatch, caplog):
+    path = export(tiny, tmp_path / "net.xml", "openvino", options=ExportOptions(example_size=(64, 96)))
     cache, measured = tmp_path / "precision.json", []
 
     def fake_measure(timings):
@@ -345,7 +361,7 @@ def test_precision_auto_keeps_what_openvino_measures_fastest_for_the_file(tmp_pa
     with caplog.at_level(logging.INFO):
         predictor = load_predictor(path, precision="auto", auto_size=(64, 96))
     assert predictor.config["INFERENCE_PRECISION_HINT"] == "f32" and "precision=auto: fp32" in caplog.text
-    onnx_file = export(net, tmp_path / "net.onnx", options=ExportOptions(example_size=(64, 96)))
+    onnx_file = export(tiny, tmp_path / "net.onnx", options=ExportOptions(example_size=(64, 96)))
     assert load_predictor(onnx_file, precision="auto").describe() == "onnxruntime fp32"  # nothing to choose
 
 

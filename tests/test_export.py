@@ -2,7 +2,6 @@
 
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import trained_like
-from synthetic import make_camvid_segnet
+from synthetic import make_camvid_segnet, write_tiny_weights
 
 from bisenet_pl.cli import main
 from bisenet_pl.deploy import ExportOptions, export_onnx, fold_batchnorm, inference_network, onnx_session
 from bisenet_pl.models import BiSeNetV1, BiSeNetV2
-from bisenet_pl.models.weights import released_weights_path
 from bisenet_pl.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,8 +111,7 @@ def test_export_command_refuses_a_missing_checkpoint(tmp_path):
 
 
 def test_an_export_never_overwrites_its_input_nor_a_file_nobody_named(tmp_path, monkeypatch):
-    released = tmp_path / "bisenetv2_camvid.pt"
-    shutil.copy(released_weights_path("bisenetv2_camvid"), released)
+    released = write_tiny_weights(tmp_path / "bisenetv2_camvid.pt")  # named as the released file, exported in seconds
     before = released.read_bytes()
     monkeypatch.chdir(tmp_path)
     # The default output of --format weights for a .pt input is the input itself.
@@ -182,7 +179,7 @@ def interrupted_check(*args, **kwargs):
     time.sleep(5)
 
 deploy.compare_with_pytorch = interrupted_check
-sys.argv = ["bisenet-pl", "export", "--model.pretrained=bisenetv2_camvid", "--size", "64", "96",
+sys.argv = ["bisenet-pl", "export", f"--model.pretrained={sys.argv[2]}", "--size", "64", "96",
             f"--output={folder / 'new' / 'x.onnx'}"]
 command()
 """
@@ -190,9 +187,11 @@ command()
 
 def test_an_export_interrupted_while_checking_its_file_says_the_file_is_whole(tmp_path):
     # The program (command, not main) ends such an interrupt without the interpreter's teardown.
+    weights = write_tiny_weights(tmp_path / "weights" / "tiny.pt")  # exported in seconds
     result = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_CHECK, str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONWARNINGS": "ignore"},
+        [sys.executable, "-c", INTERRUPTED_CHECK, str(tmp_path), str(weights)],
+        capture_output=True, text=True, timeout=300,
+        env=os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(Path(__file__).parent)},
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-2000:]
     written = tmp_path / "new" / "x.onnx"  # --output's folder made, as the run folders of fit are
