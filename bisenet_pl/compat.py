@@ -14,6 +14,7 @@ from torch import nn
 
 __all__ = [
     "CHECKPOINT_HYPERPARAMETERS",
+    "LIGHTNING_INFO_LOGGER",
     "ONNX_REGISTRATION_LOGGER",
     "PRECISION_INPUT",
     "TRAIN_DESCRIPTION",
@@ -22,6 +23,8 @@ __all__ = [
     "subcommand_parser",
 ]
 
+#: The logger of Lightning's rank_zero_info lines (its tips among them, filtered in bisenet_pl.trainer).
+LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 #: The logger of torch's ONNX exporter that reports each operator it cannot register (silenced in export).
 ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
 #: LightningCLI's method that lays a ``--ckpt_path``'s saved hyperparameters over the parsed config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -13,9 +14,20 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.allocator import keep_freed_memory
-from bisenet_pl.compat import PRECISION_INPUT
+from bisenet_pl.compat import LIGHTNING_INFO_LOGGER, PRECISION_INPUT
 from bisenet_pl.errors import check_options
 from bisenet_pl.files import atomic_write
+
+
+class _NoAdvertisement(logging.Filter):
+    """Lightning 2.6 logs a tip to install its hosted logger each time a Trainer is built (every validation
+    of a sweep, every row of the benchmark): not about the run, so left out of its output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "try installing [litlogger]" not in record.getMessage()
+
+
+logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(_NoAdvertisement())
 
 
 def auto_precision(accelerator: str = "auto") -> tuple[str, str]:

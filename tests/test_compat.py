@@ -3,6 +3,7 @@ versions: an upgrade that renames one fails here, by name."""
 
 import importlib.util
 import inspect
+import logging
 import typing
 
 import lightning as L
@@ -61,3 +62,10 @@ def test_a_weight_averaging_callback_keeps_its_average_as_a_copy_of_the_module(t
     average = compat.averaged_module(callback)
     assert isinstance(average, L.LightningModule) and average is not module
     assert torch.equal(average.layer.weight, module.layer.weight)
+
+
+def test_lightnings_tip_to_install_its_logger_is_left_out_and_our_lines_are_not(caplog):
+    with caplog.at_level(logging.INFO, logger=compat.LIGHTNING_INFO_LOGGER):
+        Trainer(accelerator="cpu", precision="auto", logger=False, enable_progress_bar=False)
+    assert "trainer.precision=auto: 32-true" in caplog.text  # a line of ours, through the same logger
+    assert "litlogger" not in caplog.text
