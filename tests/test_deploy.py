@@ -42,23 +42,26 @@ def net():
 
 
 @pytest.fixture(scope="module")
-def float_graph_once():
-    """export_onnx remembered per network and options within this module: the five backend-precision cases
-    all start from the same float graph of ``net`` (BiSeNetV2: about 12 s an export on a 2-core AVX2 CPU);
-    what each does with it (quantize, convert, load, compare) still runs in each."""
-    exported, export_onnx = {}, EXPORT_MODULE.export_onnx
+def float_graphs() -> dict:
+    return {}
+
+
+@pytest.fixture
+def float_graph_once(float_graphs, monkeypatch):
+    """export_onnx remembered per network and options across the five backend-precision cases: they all start
+    from the same float graph of ``net`` (BiSeNetV2: about 12 s an export on a 2-core AVX2 CPU); what each does
+    with it (quantize, convert, load, compare) still runs in each."""
+    export_onnx = EXPORT_MODULE.export_onnx
 
     def export_onnx_once(net, path, options=ExportOptions(), opset=18):
-        key = (id(net), options, opset)
-        if key not in exported:
-            exported[key] = export_onnx(net, path, options, opset).read_bytes()
+        key = (id(net), repr(options), opset)
+        if key not in float_graphs:
+            float_graphs[key] = export_onnx(net, path, options, opset).read_bytes()
         else:
-            Path(path).write_bytes(exported[key])
+            Path(path).write_bytes(float_graphs[key])
         return Path(path)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(EXPORT_MODULE, "export_onnx", export_onnx_once)
-        yield exported
+    monkeypatch.setattr(EXPORT_MODULE, "export_onnx", export_onnx_once)
 
 
 @pytest.fixture(scope="module")
