@@ -37,8 +37,8 @@ lock: $(STAMP)
 # Python-bound exporters, compilers and processes of its own, so two workers on 2 cores took 6.0 minutes
 # where one took 11.7. PYTEST_ARGS= runs it in one process.
 PYTEST_ARGS ?= -n auto --maxprocesses=4 --dist worksteal
-# The runs marked slow (real CamVid learning, the benchmark with the released weights, a two-process DDP run)
-# are left to `make test-all`: on a 2-core AVX2 CPU they alone took about 5 minutes of the suite's time.
+# The runs marked slow (real CamVid learning, the benchmark with the released weights, a two-process DDP run,
+# bf16 resuming where bf16 is emulated) are left to `make test-all`: 4 minutes on their own on a 2-core AVX2 CPU.
 PYTEST_MARKERS ?= not slow
 test: $(STAMP)
 	$(BIN)/ruff check .

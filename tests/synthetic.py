@@ -157,14 +157,12 @@ def write_tiny_weights(path: Path, width: int = 8) -> Path:
     2-core AVX2 CPU, most of it torch.export tracing the dynamic sizes)."""
     from dataclasses import replace
 
+    from conftest import trained_like
+
     from bisenet_pl.models.weights import read_weights_info, save_inference_weights
 
     torch.manual_seed(0)
-    net = TinyNetwork(num_classes=11, width=width)
-    generator = torch.Generator().manual_seed(0)
-    for norm in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):  # statistics as after training
-        norm.running_mean.copy_(0.1 * torch.randn(width, generator=generator))
-        norm.running_var.copy_(0.5 + torch.rand(width, generator=generator))
+    net = trained_like(TinyNetwork(num_classes=11, width=width))
     info = replace(
         read_weights_info("bisenetv2_camvid"),
         network={"class_path": "synthetic.TinyNetwork", "init_args": {"width": width}},
