@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +30,10 @@ from bisenet_pl.precision import fastest_cpu_precision
 from bisenet_pl.time_budget import TIME_RESERVE, VALIDATIONS, steps_within, validation_cost
 from bisenet_pl.trainer import LastCheckpoint, Trainer, auto_precision
 from bisenet_pl.writer import SegmentationWriter
+
+#: Precisions a GPU recipe may name that a CPU cannot compute (no fp16 autocast there): Lightning would take
+#: bf16-mixed for them without measuring, ten times slower than float32 on a CPU without native bf16.
+GPU_ONLY_PRECISIONS = ("16-mixed", "16")
 
 TOOLS_HELP = """\
 Other commands:
@@ -161,8 +166,12 @@ class BiSeNetCLI(LightningCLI):
             raise ConfigError(f"--train_minutes must be > 0; got {minutes}")
         if config.get("logger") in (None, True):  # a CSV log in the run's folder unless a config names loggers
             kwargs["logger"] = CSVLogger(save_dir=config.get("default_root_dir") or os.getcwd())
-        if config.get("precision") == "auto":
-            kwargs["precision"] = self.fastest_precision(config.get("accelerator", "auto"))
+        precision, accelerator = config.get("precision"), config.get("accelerator", "auto")
+        if precision == "auto":
+            kwargs["precision"] = self.fastest_precision(accelerator)
+        elif str(precision) in GPU_ONLY_PRECISIONS and self._cpu_training(accelerator):
+            setting = f"trainer.precision={precision}, which a CPU does not compute (fp16 autocast), measured like auto"
+            kwargs["precision"] = self.fastest_precision(accelerator, setting)
         if minutes is not None and self.subcommand in (None, "fit"):
             typed = self._typed_options
             if "--trainer.max_steps" in typed:
@@ -184,15 +193,16 @@ class BiSeNetCLI(LightningCLI):
         data, train = self.datamodule, self.subcommand in (None, "fit")  # None: built with run=False, to fit
         return (max(2, data.batch_size) if train else data.val_batch_size), tuple(data.crop_size), train
 
-    def fastest_precision(self, accelerator: object) -> str:
+    def fastest_precision(self, accelerator: object, setting: str = "trainer.precision=auto") -> str:
         """``trainer.precision=auto``: on a CPU, the precision this run's own step measures fastest
-        in (see :mod:`bisenet_pl.precision`); on a GPU, bf16-mixed where it computes bf16, else 16-mixed."""
+        in (see :mod:`bisenet_pl.precision`); on a GPU, bf16-mixed where it computes bf16, else 16-mixed.
+        ``setting`` begins the line that says so."""
         if not self._cpu_training(accelerator):
             precision, reason = auto_precision(accelerator if isinstance(accelerator, str) else "auto")
-            rank_zero_info(f"trainer.precision=auto: {precision}, because {reason}")
+            rank_zero_info(f"{setting}: {precision}, because {reason}")
             return precision
         batch, size, train = self._probe_shape()
-        choice = fastest_cpu_precision(self.model, batch, size, train=train)
+        choice = replace(fastest_cpu_precision(self.model, batch, size, train=train), setting=setting)
         rank_zero_info(choice.describe())
         self.model.use_measured_memory_format(choice.channels_last)
         return choice.precision
@@ -205,7 +215,7 @@ class BiSeNetCLI(LightningCLI):
         if not self._cpu_training(trainer_config.get("accelerator", "auto")):
             raise ConfigError("--train_minutes measures a training step on the CPU; on a GPU set --trainer.max_steps")
         precision = str(trainer_config.get("precision") or "32-true")
-        precision = {"32": "32-true", "bf16": "bf16-mixed", "16-mixed": "bf16-mixed"}.get(precision, precision)
+        precision = {"32": "32-true", "bf16": "bf16-mixed"}.get(precision, precision)
         batch, size, _ = self._probe_shape()
         choice = fastest_cpu_precision(self.model, batch, size, candidates=(precision,))
         self.model.use_measured_memory_format(choice.channels_last)
