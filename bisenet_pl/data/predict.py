@@ -220,6 +220,9 @@ class PredictSource:
             options.update(num_workers=min(1, options.get("num_workers", 0)), persistent_workers=False)
             return DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate_predict, **options)
         batches = SameSizeBatches(dataset.paths, self.batch_size)
+        # Lightning warns that it cannot check a custom batch sampler returns every index; this one does
+        # (each index in exactly one batch: tests/test_predict.py). Set here, not at import, to hold in any run.
+        warnings.filterwarnings("ignore", message="You are using a custom batch sampler `SameSizeBatches`")
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_predict, **options)
 
 
