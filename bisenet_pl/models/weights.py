@@ -259,7 +259,12 @@ def load_network_weights(
     if skipped:
         report.append(f"Ignored {len(skipped)} checkpoint tensors this network does not have (e.g. {skipped[0]})")
     if missing:
-        report.append(f"Kept fresh initialisation for {len(missing)} tensors not in the checkpoint (e.g. {missing[0]})")
+        heads = all(key.startswith("aux_heads.") for key in missing)
+        why = ": booster heads, which only training uses (a weights file for inference leaves them out)"
+        report.append(
+            f"Kept fresh initialisation for {len(missing)} tensors not in the checkpoint (e.g. {missing[0]})"
+            + (why if heads else "")
+        )
     return report
 
 
