@@ -47,6 +47,8 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
         compile: ``torch.compile`` the network.
         channels_last: run the network in channels-last memory format; ``auto``: in the format a
             measurement finds faster on a CPU (see :mod:`bisenet_pl.precision`), channels-last on a GPU.
+            The command line measures a fit's validations apart from its training steps: on an AVX2-only
+            CPU training stepped faster in NCHW, forward passes at the images' size in channels-last.
         renamed: the options' former flat names (``lr=...``, see :mod:`bisenet_pl.module_options`),
             moved into their groups with a warning.
     """
@@ -91,11 +93,45 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
         self._compiled = False
         #: ``channels_last="auto"`` resolved: by the command line's measurement, else when a Trainer sets up.
         self.measured_channels_last: bool | None = None
+        #: The same for a fit's validations, where the command line measured them apart (else as training).
+        self.measured_eval_channels_last: bool | None = None
+        self._channels_last_now = False  # the network's memory format at present
 
     @property
     def uses_channels_last(self) -> bool:
         setting = self.hparams.channels_last
         return bool(self.measured_channels_last) if setting == "auto" else bool(setting)
+
+    @property
+    def validates_channels_last(self) -> bool:
+        """The memory format of a fit's validations: measured apart where ``channels_last=auto`` (the command
+        line's), else training's."""
+        if self.hparams.channels_last == "auto" and self.measured_eval_channels_last is not None:
+            return self.measured_eval_channels_last
+        return self.uses_channels_last
+
+    def _to_memory_format(self, channels_last: bool) -> None:
+        self.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self._channels_last_now = channels_last
+
+    def _switches_format_to_validate(self) -> bool:
+        # Not under torch.compile (a recompilation each time) or several processes (DDP holds views of the
+        # parameters); the format a run validates in is then the one it trains in.
+        return (
+            self.validates_channels_last != self.uses_channels_last
+            and not self._compiled
+            and self.trainer.world_size == 1
+        )
+
+    def on_validation_model_eval(self) -> None:
+        super().on_validation_model_eval()
+        if self._switches_format_to_validate():
+            self._to_memory_format(self.validates_channels_last)
+
+    def on_validation_model_train(self) -> None:
+        if self._switches_format_to_validate():
+            self._to_memory_format(self.uses_channels_last)
+        super().on_validation_model_train()
 
     def setup(self, stage: str) -> None:
         crop_size = getattr(self.trainer.datamodule, "crop_size", None) if self._trainer else None
@@ -122,15 +158,17 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
         if self.hparams.channels_last == "auto" and self.measured_channels_last is None and self._trainer:
             self.measured_channels_last = self._faster_memory_format()
         if self.uses_channels_last:
-            self.net.to(memory_format=torch.channels_last)
+            self._to_memory_format(True)
         if self.hparams.compile and not self._compiled:  # configure_model runs for every trainer call
             self.net.compile()
             self._compiled = True
 
-    def use_measured_memory_format(self, channels_last: bool | None) -> None:
-        """``channels_last=auto``: run in the memory format a measurement chose (the command line's)."""
+    def use_measured_memory_format(self, channels_last: bool | None, validation: bool | None = None) -> None:
+        """``channels_last=auto``: run in the memory format a measurement chose (the command line's); a fit's
+        validations in ``validation``'s where that was measured too."""
         if self.hparams.channels_last == "auto":
             self.measured_channels_last = channels_last
+            self.measured_eval_channels_last = validation
 
     def _faster_memory_format(self) -> bool:
         """``channels_last=auto`` where the command line has not measured it (a Trainer set up in Python):
@@ -149,7 +187,7 @@ class SegmentationModule(PretrainedWeights, L.LightningModule):
         return bool(choice.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if self.uses_channels_last:
+        if self._channels_last_now:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 

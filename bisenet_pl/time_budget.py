@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bisenet_pl.data.predict import header_size
-from bisenet_pl.precision import fastest_cpu_precision, parse_candidate
+from bisenet_pl.precision import PrecisionChoice, fastest_cpu_precision
 
 #: Share of the budget kept for data, logging and checkpoints (validations are measured).
 TIME_RESERVE = 0.1
@@ -38,17 +38,30 @@ class ValidationCost:
         )
 
 
-def validation_cost(module, datamodule, candidate: str, recalibration_images: int = 0) -> ValidationCost:
-    """The time of one validation of ``datamodule``'s validation splits (and BatchNorm recalibration on
-    ``recalibration_images`` training images) in ``candidate`` (a precision and memory format, see
-    :func:`~bisenet_pl.precision.candidate_name`), from a measured forward pass at the evaluation batch."""
+def validation_size(datamodule) -> tuple[int, int]:
+    """Height and width of the first validation image (the crop size without one)."""
     samples = [sample for split in datamodule.val_splits for sample in datamodule.split_samples(split)]
     width_height = header_size(Path(samples[0][0])) if samples else None
-    size = (width_height[1], width_height[0]) if width_height else tuple(datamodule.crop_size)
-    batch = datamodule.val_batch_size
-    choice = fastest_cpu_precision(module, batch, size, train=False, candidates=(parse_candidate(candidate)[0],))
+    return (width_height[1], width_height[0]) if width_height else tuple(datamodule.crop_size)
+
+
+def validation_choice(module, datamodule, precision: str) -> PrecisionChoice:
+    """The memory format a validation's forward passes measure fastest in, in ``precision``, at the evaluation
+    batch and :func:`validation_size`, among those ``module.channels_last`` allows (see
+    :func:`~bisenet_pl.precision.fastest_cpu_precision`)."""
+    size = validation_size(datamodule)
+    return fastest_cpu_precision(module, datamodule.val_batch_size, size, train=False, candidates=(precision,))
+
+
+def validation_cost(module, datamodule, precision: str, recalibration_images: int = 0) -> ValidationCost:
+    """The time of one validation of ``datamodule``'s validation splits (and BatchNorm recalibration on
+    ``recalibration_images`` training images) in ``precision``, in the memory format it measures fastest in
+    (:func:`validation_choice`), from a measured forward pass at the evaluation batch."""
+    choice = validation_choice(module, datamodule, precision)
+    images = sum(len(datamodule.split_samples(split)) for split in datamodule.val_splits)
     recalibrated = min(recalibration_images, len(datamodule.split_samples("train")))  # at most every training image
-    return ValidationCost(len(samples) + recalibrated, size, choice.step_ms[candidate] / batch)
+    per_image = choice.step_ms[choice.chosen] / datamodule.val_batch_size
+    return ValidationCost(images + recalibrated, validation_size(datamodule), per_image)
 
 
 def steps_within(minutes: float, step_ms: float, reserve: float = TIME_RESERVE, other_ms: float = 0.0) -> int:

@@ -321,6 +321,51 @@ def test_cpu_recipe_trains_with_cached_images_in_the_measured_memory_format(tmp_
     assert read_image(tmp_path / "curves.png").shape[2] == 3
 
 
+def test_a_fit_validates_in_the_memory_format_its_forward_passes_measure_fastest(tmp_path, monkeypatch, caplog):
+    """On the AVX2-only Zen 3 a training step ran 1.12x faster in NCHW and a forward pass of 4 val images 1.31x
+    faster in channels-last: with channels_last=auto a fit trains in the one and validates in the other."""
+    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
+    root = make_camvid_segnet(tmp_path / "camvid")
+
+    def fake_timing(steps, **_):  # training: NCHW 1.2x faster; forward passes: channels-last 1.4x; bf16 5x slower
+        seconds = {}
+        for name, step in steps.items():
+            channels_last = "channels-last" in name
+            seconds[name] = 0.3 * (1.2 if channels_last else 1) if step.train else 1.0 / (1.4 if channels_last else 1)
+            seconds[name] *= 5 if "bf16" in name else 1
+        return seconds
+
+    monkeypatch.setattr(precision_module, "time_alternately", fake_timing)
+    formats = []
+
+    def recording(method, stage):
+        def step(module, batch, *args, **kwargs):
+            weight = module.net.detail_branch.stage1[0].conv.weight
+            formats.append((stage, weight.is_contiguous(memory_format=torch.channels_last)))
+            return method(module, batch, *args, **kwargs)
+
+        return step
+
+    for name in ("training_step", "validation_step"):
+        monkeypatch.setattr(SegmentationModule, name, recording(getattr(SegmentationModule, name), name[:-5]))
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO):
+        cli = build_cli([
+            "fit", "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}",
+            "--trainer.max_steps=4", "--trainer.val_check_interval=2", "--data.batch_size=2",
+            "--data.crop_size=[32,48]", "--data.val_batch_size=1", "--progress_bar.refresh_rate=0",
+        ])  # fmt: skip
+    assert (cli.model.measured_channels_last, cli.model.measured_eval_channels_last) == (False, True)
+    assert re.search(r"model.channels_last=auto, validating: 32-true channels-last, the fastest for a forward pass "
+                     r"of BiSeNetV2 \(1 x \d+x\d+\)", caplog.text)  # fmt: skip
+    sanity = [fmt for stage, fmt in formats[:2]]  # Lightning's sanity check validates before training
+    later = formats[2:]
+    assert sanity == [True, True] and {fmt for stage, fmt in later if stage == "training"} == {False}
+    assert [fmt for stage, fmt in later if stage == "validation"] == [True] * 4  # 2 val images, twice
+    assert not cli.model.net.detail_branch.stage1[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert cli.trainer.global_step == 4 and "val/mIoU" in cli.trainer.callback_metrics
+
+
 def test_freed_memory_is_kept_unless_the_user_chose_an_allocator():
     assert user_chose_allocator({}) is None
     assert user_chose_allocator({"BISENET_PL_ALLOCATOR": "System"}) == "BISENET_PL_ALLOCATOR"

@@ -26,8 +26,8 @@ from bisenet_pl.loggers import SaveConfigToLoggers
 from bisenet_pl.models.weights import check_lightning_checkpoint
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.module_options import read_checkpoint_lazily, upgrade_command_line, upgrade_options
-from bisenet_pl.precision import fastest_cpu_precision
-from bisenet_pl.time_budget import TIME_RESERVE, VALIDATIONS, steps_within, validation_cost
+from bisenet_pl.precision import PrecisionChoice, fastest_cpu_precision
+from bisenet_pl.time_budget import TIME_RESERVE, VALIDATIONS, steps_within, validation_choice, validation_cost
 from bisenet_pl.trainer import LastCheckpoint, Trainer, auto_precision
 from bisenet_pl.writer import SegmentationWriter
 
@@ -204,8 +204,19 @@ class BiSeNetCLI(LightningCLI):
         batch, size, train = self._probe_shape()
         choice = replace(fastest_cpu_precision(self.model, batch, size, train=train), setting=setting)
         rank_zero_info(choice.describe())
-        self.model.use_measured_memory_format(choice.channels_last)
+        self.model.use_measured_memory_format(choice.channels_last, self._validation_format(choice, train))
         return choice.precision
+
+    def _validation_format(self, training: PrecisionChoice, train: bool) -> bool | None:
+        """A fit's validations' memory format where ``model.channels_last=auto``: measured apart from the
+        training step's (a forward pass at the images' size), said in a line when it differs; else None."""
+        data = self.datamodule
+        if not (train and self.model.hparams.channels_last == "auto" and hasattr(data, "val_splits")):
+            return None
+        choice = validation_choice(self.model, data, training.precision)
+        if choice.channels_last != training.channels_last:
+            rank_zero_info(replace(choice, setting="model.channels_last=auto, validating").describe())
+        return choice.channels_last
 
     def schedule_for_minutes(
         self, minutes: float, trainer_config: dict, interval_typed: bool = False, recalibration_images: int = 0
@@ -218,9 +229,11 @@ class BiSeNetCLI(LightningCLI):
         precision = {"32": "32-true", "bf16": "bf16-mixed"}.get(precision, precision)
         batch, size, _ = self._probe_shape()
         choice = fastest_cpu_precision(self.model, batch, size, candidates=(precision,))
-        self.model.use_measured_memory_format(choice.channels_last)
+        validating = self.model.measured_eval_channels_last  # measured already where precision=auto
+        validating = self._validation_format(choice, True) if validating is None else validating
+        self.model.use_measured_memory_format(choice.channels_last, validating)
         step_ms = choice.step_ms[choice.chosen]
-        validation = validation_cost(self.model, self.datamodule, choice.chosen, recalibration_images)
+        validation = validation_cost(self.model, self.datamodule, choice.precision, recalibration_images)
         every = max(1, steps_within(minutes, step_ms, other_ms=VALIDATIONS * validation.ms) // VALIDATIONS)
         steps = VALIDATIONS * every  # the third validation falls on the last step
         validating = "as --trainer.val_check_interval says" if interval_typed else f"every {every} steps"
