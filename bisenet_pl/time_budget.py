@@ -38,11 +38,16 @@ class ValidationCost:
         )
 
 
-def validation_size(datamodule) -> tuple[int, int]:
-    """Height and width of the first validation image (the crop size without one)."""
-    samples = [sample for split in datamodule.val_splits for sample in datamodule.split_samples(split)]
+def evaluation_size(datamodule, splits: list[str]) -> tuple[int, int]:
+    """Height and width of the first image of ``splits`` (the crop size without one)."""
+    samples = [sample for split in splits for sample in datamodule.split_samples(split)]
     width_height = header_size(Path(samples[0][0])) if samples else None
     return (width_height[1], width_height[0]) if width_height else tuple(datamodule.crop_size)
+
+
+def validation_size(datamodule) -> tuple[int, int]:
+    """Height and width of the first validation image (the crop size without one)."""
+    return evaluation_size(datamodule, datamodule.val_splits)
 
 
 def validation_choice(module, datamodule, precision: str) -> PrecisionChoice:

@@ -229,6 +229,11 @@ def test_a_gpu_recipes_fp16_on_a_cpu_is_measured_not_replaced_by_bf16_unseen(tmp
     timings.update({"bf16-mixed NCHW": 0.15})
     assert build_cli(args, run=False).trainer.precision == "bf16-mixed"
     assert build_cli([*args, "--trainer.precision=32"], run=False).trainer.precision == "32-true"  # given: kept
+    # test and validate time a forward pass at the size of the images they read, not of the training crop.
+    with caplog.at_level(logging.INFO):
+        build_cli(["test", *args, "--ckpt_path=null", "--progress_bar.refresh_rate=0"])
+    height, width = read_image(next((root / "test").iterdir())).shape[:2]
+    assert f"the fastest for a forward pass of BiSeNetV2 (4 x {height}x{width})" in caplog.text
 
 
 def test_train_minutes_sizes_the_schedule_from_the_measured_step_and_validations(tmp_path, monkeypatch, caplog):

@@ -27,7 +27,14 @@ from bisenet_pl.models.weights import check_lightning_checkpoint
 from bisenet_pl.module import SegmentationModule
 from bisenet_pl.module_options import read_checkpoint_lazily, upgrade_command_line, upgrade_options
 from bisenet_pl.precision import PrecisionChoice, fastest_cpu_precision
-from bisenet_pl.time_budget import TIME_RESERVE, VALIDATIONS, steps_within, validation_choice, validation_cost
+from bisenet_pl.time_budget import (
+    TIME_RESERVE,
+    VALIDATIONS,
+    evaluation_size,
+    steps_within,
+    validation_choice,
+    validation_cost,
+)
 from bisenet_pl.trainer import LastCheckpoint, Trainer, auto_precision
 from bisenet_pl.writer import SegmentationWriter
 
@@ -189,9 +196,13 @@ class BiSeNetCLI(LightningCLI):
         return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
 
     def _probe_shape(self) -> tuple[int, tuple[int, int], bool]:
-        """Batch, size and kind of the step this run repeats: a training step when fitting, else a forward pass."""
+        """Batch, size and kind of the step this run repeats: a training step of a crop when fitting, else a
+        forward pass at the size of the first image the command evaluates (the crop size for other sources)."""
         data, train = self.datamodule, self.subcommand in (None, "fit")  # None: built with run=False, to fit
-        return (max(2, data.batch_size) if train else data.val_batch_size), tuple(data.crop_size), train
+        if train:
+            return max(2, data.batch_size), tuple(data.crop_size), train
+        splits = data.stage_splits(self.subcommand) if hasattr(data, "stage_splits") else []
+        return data.val_batch_size, evaluation_size(data, splits), train
 
     def fastest_precision(self, accelerator: object, setting: str = "trainer.precision=auto") -> str:
         """``trainer.precision=auto``: on a CPU, the precision this run's own step measures fastest
