@@ -5,6 +5,7 @@ Checked against lightning 2.6.6 and torch 2.13.0, the versions pyproject.toml al
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -20,6 +21,7 @@ __all__ = [
     "TRAIN_DESCRIPTION",
     "averaged_module",
     "batches_done",
+    "quiet_dependency_warnings",
     "subcommand_parser",
 ]
 
@@ -32,6 +34,17 @@ ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
 CHECKPOINT_HYPERPARAMETERS = "_parse_ckpt_path"
 #: RichProgressBar's method for the training bar's text: it has no public hook for it.
 TRAIN_DESCRIPTION = "_get_train_description"
+#: Where Lightning 2.6 builds torch's deprecated LeafSpec (torch 2.13 warns at each validation and prediction).
+LIGHTNING_PYTREE = "lightning.pytorch.utilities._pytree"
+
+
+def quiet_dependency_warnings() -> None:
+    """Hide warnings that one dependency raises about another's use of it and that nothing a user does can
+    change (the command line calls this; a warning filter set at import does not survive pytest's collection)."""
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
+        module=LIGHTNING_PYTREE,
+    )  # fmt: skip
 
 
 def averaged_module(callback: WeightAveraging) -> nn.Module | None:

@@ -1,10 +1,12 @@
 """The private Lightning and torch names of bisenet_pl/compat.py, each checked against the installed
 versions: an upgrade that renames one fails here, by name."""
 
+import importlib
 import importlib.util
 import inspect
 import logging
 import typing
+import warnings
 
 import lightning as L
 import torch
@@ -69,3 +71,18 @@ def test_lightnings_tip_to_install_its_logger_is_left_out_and_our_lines_are_not(
         Trainer(accelerator="cpu", precision="auto", logger=False, enable_progress_bar=False)
     assert "trainer.precision=auto: 32-true" in caplog.text  # a line of ours, through the same logger
     assert "litlogger" not in caplog.text
+
+
+def test_lightnings_use_of_torchs_deprecated_leafspec_is_quiet_on_the_command_line():
+    """Lightning 2.6 builds torch.utils._pytree.LeafSpec, which torch 2.13 deprecates: a FutureWarning from
+    Lightning's file at every validation and prediction, which no user can act on. The command line hides it;
+    when this first assertion fails, Lightning no longer warns and the filter can go."""
+    flatten = importlib.import_module(compat.LIGHTNING_PYTREE)._tree_flatten
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flatten({"loss": torch.zeros(())})
+        assert any("LeafSpec" in str(warning.message) for warning in caught)
+        caught.clear()
+        compat.quiet_dependency_warnings()
+        flatten({"loss": torch.zeros(())})
+        assert not caught

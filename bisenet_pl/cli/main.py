@@ -12,6 +12,7 @@ from bisenet_pl.cli.errors import Interrupted, config_files, one_line, parse_err
 from bisenet_pl.cli.export import export_command
 from bisenet_pl.cli.lightning_cli import build_cli
 from bisenet_pl.cli.tools import convert_command, demo_command, stats_command, sweep_command
+from bisenet_pl.compat import quiet_dependency_warnings
 
 TOOLS = {
     "stats": stats_command,
@@ -58,6 +59,7 @@ def command() -> None:
 def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     keep_freed_memory()  # before anything is timed or trained
+    quiet_dependency_warnings()
     try:
         if argv and argv[0] in TOOLS:
             run_tool(argv[0], argv[1:])
