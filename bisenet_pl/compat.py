@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import nn
 
 __all__ = [
+    "CHECKPOINT_CALLBACK_MODULE",
     "CHECKPOINT_HYPERPARAMETERS",
     "LIGHTNING_INFO_LOGGER",
     "ONNX_REGISTRATION_LOGGER",
@@ -34,6 +35,9 @@ ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
 CHECKPOINT_HYPERPARAMETERS = "_parse_ckpt_path"
 #: RichProgressBar's method for the training bar's text: it has no public hook for it.
 TRAIN_DESCRIPTION = "_get_train_description"
+#: The module of ModelCheckpoint, which warns when a checkpoint it restores was written to another folder
+#: (test, validate and predict hide that: they write no checkpoint).
+CHECKPOINT_CALLBACK_MODULE = "lightning.pytorch.callbacks.model_checkpoint"
 #: Where Lightning 2.6 builds torch's deprecated LeafSpec (torch 2.13 warns at each validation and prediction).
 LIGHTNING_PYTREE = "lightning.pytorch.utilities._pytree"
 

@@ -86,3 +86,8 @@ def test_lightnings_use_of_torchs_deprecated_leafspec_is_quiet_on_the_command_li
         compat.quiet_dependency_warnings()
         flatten({"loss": torch.zeros(())})
         assert not caught
+
+
+def test_the_checkpoint_callbacks_module_is_where_the_changed_dirpath_warning_comes_from():
+    source = inspect.getsource(importlib.import_module(compat.CHECKPOINT_CALLBACK_MODULE))
+    assert "The dirpath has changed from" in source

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -19,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from bisenet_pl.batchnorm import BatchNormRecalibration
 from bisenet_pl.callbacks import ConsoleReport, ProgressBar, TrainingTime, ValidationImages
-from bisenet_pl.compat import CHECKPOINT_HYPERPARAMETERS, subcommand_parser
+from bisenet_pl.compat import CHECKPOINT_CALLBACK_MODULE, CHECKPOINT_HYPERPARAMETERS, subcommand_parser
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import check_writable
 from bisenet_pl.loggers import SaveConfigToLoggers
@@ -150,6 +151,9 @@ class BiSeNetCLI(LightningCLI):
             if isinstance(callback, SegmentationWriter) and callback.output_dir and self.subcommand == "predict":
                 check_writable(callback.output_dir, "prediction_writer.output_dir")
                 check_outside_source(Path(callback.output_dir), getattr(self.datamodule, "predict_source", None))
+
+        if self.subcommand != "fit":  # its checkpoint callback writes nothing: where fit's wrote is no concern
+            warnings.filterwarnings("ignore", message="The dirpath has changed from", module=CHECKPOINT_CALLBACK_MODULE)
 
         # The subcommand's arguments are read from config_init after this hook.
         arguments = self.config_init[self.subcommand]
