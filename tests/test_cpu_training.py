@@ -55,6 +55,16 @@ class FakeClock:
         return run
 
 
+def measuring_with(monkeypatch, tmp_path: Path, seconds) -> Path:
+    """A synthetic CamVid (4 train, 2 val, 2 test images), a measurement cache of the test's own, and fake
+    timings for every measurement: ``seconds`` per candidate name (a dict, read when measured) or a function
+    of the step functions (each with ``train`` and ``images``)."""
+    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
+    timing = seconds if callable(seconds) else (lambda steps, **_: {name: seconds[name] for name in steps})
+    monkeypatch.setattr(precision_module, "time_alternately", timing)
+    return make_camvid_segnet(tmp_path / "camvid")
+
+
 def test_the_fastest_step_wins_and_bf16_must_beat_float32_clearly():
     assert choose_fastest({"32-true": 1.0, "bf16-mixed": 0.55}) == "bf16-mixed"
     assert choose_fastest({"32-true": 1.0, "bf16-mixed": 0.95}) == "32-true"  # 5% faster: not worth the numerics
@@ -174,17 +184,13 @@ def test_the_step_functions_run_a_real_step_in_each_precision():
 
 
 def test_the_command_line_resolves_auto_by_measuring(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
-    root = make_camvid_segnet(tmp_path / "camvid")
     timings = {
         "32-true NCHW": 0.3,
         "32-true channels-last": 0.35,
         "bf16-mixed NCHW": 0.7,
         "bf16-mixed channels-last": 0.6,
     }
-    monkeypatch.setattr(
-        precision_module, "time_alternately", lambda steps, **_: {name: timings[name] for name in steps}
-    )
+    root = measuring_with(monkeypatch, tmp_path, timings)
     args = [
         "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--trainer.max_steps=1",
         "--data.batch_size=2", "--data.crop_size=[32,48]", "--progress_bar.refresh_rate=0",
@@ -207,12 +213,8 @@ def test_a_gpu_recipes_fp16_on_a_cpu_is_measured_not_replaced_by_bf16_unseen(tmp
     """configs/camvid.yaml trains in 16-mixed (the reference's fp16 AMP on a GPU). A CPU has no fp16 autocast, and
     Lightning would run bf16-mixed instead, unmeasured: 9.5 s for one 360x480 image on an AVX2-only Zen 3, where
     float32 takes 0.3. On a CPU the two it can compute are timed instead, and the line says so."""
-    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
-    root = make_camvid_segnet(tmp_path / "camvid")
     timings = {"32-true NCHW": 0.3, "bf16-mixed NCHW": 3.0}
-    monkeypatch.setattr(
-        precision_module, "time_alternately", lambda steps, **_: {name: timings[name] for name in steps}
-    )
+    root = measuring_with(monkeypatch, tmp_path, timings)
     args = [
         "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={root}", "--trainer.accelerator=cpu",
         "--data.batch_size=2", "--data.crop_size=[32,48]", "--data.num_workers=0",
@@ -237,14 +239,11 @@ def test_a_gpu_recipes_fp16_on_a_cpu_is_measured_not_replaced_by_bf16_unseen(tmp
 
 
 def test_train_minutes_sizes_the_schedule_from_the_measured_step_and_validations(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
-    root = make_camvid_segnet(tmp_path / "camvid")  # 4 train and 2 val images
-
     def fake_timing(steps, **_):  # a training step 500 ms in float32, 250 in bf16; 1 s a validation image
         return {name: {"32-true": 0.5, "bf16-mixed": 0.25}[name.split()[0]] if step.train else len(step.images)
                 for name, step in steps.items()}  # fmt: skip
 
-    monkeypatch.setattr(precision_module, "time_alternately", fake_timing)
+    root = measuring_with(monkeypatch, tmp_path, fake_timing)  # 4 train and 2 val images
     args = [
         "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--data.batch_size=2",
         "--data.crop_size=[32,48]", "--train_minutes=10",
@@ -329,8 +328,6 @@ def test_cpu_recipe_trains_with_cached_images_in_the_measured_memory_format(tmp_
 def test_a_fit_validates_in_the_memory_format_its_forward_passes_measure_fastest(tmp_path, monkeypatch, caplog):
     """On the AVX2-only Zen 3 a training step ran 1.12x faster in NCHW and a forward pass of 4 val images 1.31x
     faster in channels-last: with channels_last=auto a fit trains in the one and validates in the other."""
-    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
-    root = make_camvid_segnet(tmp_path / "camvid")
 
     def fake_timing(steps, **_):  # training: NCHW 1.2x faster; forward passes: channels-last 1.4x; bf16 5x slower
         seconds = {}
@@ -340,7 +337,7 @@ def test_a_fit_validates_in_the_memory_format_its_forward_passes_measure_fastest
             seconds[name] *= 5 if "bf16" in name else 1
         return seconds
 
-    monkeypatch.setattr(precision_module, "time_alternately", fake_timing)
+    root = measuring_with(monkeypatch, tmp_path, fake_timing)
     formats = []
 
     def recording(method, stage):

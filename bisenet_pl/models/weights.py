@@ -259,11 +259,11 @@ def load_network_weights(
     if skipped:
         report.append(f"Ignored {len(skipped)} checkpoint tensors this network does not have (e.g. {skipped[0]})")
     if missing:
-        heads = all(key.startswith("aux_heads.") for key in missing)
+        only_booster_heads = all(key.startswith("aux_heads.") for key in missing)
         why = ": booster heads, which only training uses (a weights file for inference leaves them out)"
         report.append(
             f"Kept fresh initialisation for {len(missing)} tensors not in the checkpoint (e.g. {missing[0]})"
-            + (why if heads else "")
+            + (why if only_booster_heads else "")
         )
     return report
 
