@@ -118,7 +118,8 @@ class LastCheckpoint(ModelCheckpoint):
         between_saves = self.every_steps and trainer.global_step % self.every_steps != 0
         if self.save_last and between_saves and self.dirpath and not trainer.fast_dev_run:
             if self._saved_step != trainer.global_step:
-                trainer.save_checkpoint(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+                last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+                trainer.save_checkpoint(last, weights_only=self.save_weights_only)
                 self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:

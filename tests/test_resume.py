@@ -1,6 +1,7 @@
 """A run killed mid-epoch and resumed with --ckpt_path last ends exactly as an uninterrupted one."""
 
 import errno
+import logging
 import os
 import subprocess
 import sys
@@ -127,15 +128,24 @@ def test_a_checkpoint_that_fails_to_write_leaves_the_previous_one_whole(tmp_path
     ]
 
 
-def test_last_ckpt_holds_the_last_step_even_between_its_periodic_saves(tmp_path):
+def test_last_ckpt_holds_the_last_step_even_between_its_periodic_saves(tmp_path, caplog):
     root = make_camvid_segnet(tmp_path / "camvid")
     out = tmp_path / "out"
-    build_cli([
-        "fit", "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--data.batch_size=2",
-        "--data.crop_size=[32,48]", "--trainer.precision=32", "--progress_bar.refresh_rate=0", "--trainer.max_steps=3",
-        "--trainer.limit_val_batches=0", "--last_checkpoint.every_n_train_steps=2", f"--trainer.default_root_dir={out}",
-    ])  # fmt: skip
+    lightning_log = logging.getLogger("lightning.pytorch")  # it does not propagate to the root logger
+    lightning_log.addHandler(caplog.handler)
+    try:
+        build_cli([
+            "fit", "--config", str(REPO / "configs" / "camvid_cpu.yaml"), f"--data.root={root}", "--data.batch_size=2",
+            "--data.crop_size=[32,48]", "--trainer.precision=32", "--progress_bar.refresh_rate=0",
+            "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--last_checkpoint.every_n_train_steps=2",
+            f"--trainer.default_root_dir={out}",
+        ])  # fmt: skip
+    finally:
+        lightning_log.removeHandler(caplog.handler)
     assert torch.load(next(out.rglob("last.ckpt")), weights_only=True)["global_step"] == 3  # not 2
+    # The save between periodic ones is a full checkpoint, asked for as such: no note that it defaulted to one.
+    assert "`max_steps=3` reached" in caplog.text  # the handler saw Lightning's lines
+    assert "weights_only" not in caplog.text
 
 
 def test_resuming_on_a_changed_training_split_says_so():
