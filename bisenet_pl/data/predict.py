@@ -218,6 +218,10 @@ class PredictSource:
         dataset = self.dataset
         if isinstance(dataset, VideoFrames):
             options.update(num_workers=min(1, options.get("num_workers", 0)), persistent_workers=False)
+            # Lightning doubts any stream with a length: this one is decoded by one process, so its length is
+            # exact, and the writer names frames by number, not by the batch indices a stream cannot give.
+            warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
             return DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate_predict, **options)
         batches = SameSizeBatches(dataset.paths, self.batch_size)
         # Lightning warns that it cannot check a custom batch sampler returns every index; this one does
