@@ -8,7 +8,10 @@ first runs a forward pass of each candidate (precision, and memory format where 
 drops those more than twice as slow as the fastest, then times a few training steps of the actual
 network, batch and crop (a forward pass at the evaluation batch for validate/test/predict) of the rest, in
 alternating order, and remembers the answer per CPU, torch version, thread count, network, shape and
-version of this package's code in a small JSON cache, so that it is measured once.
+version of this package's code in a small JSON cache, so that it is measured once. A measurement during
+which other processes (or, on a VM, the hypervisor) took a tenth of the CPUs or more is used for the run
+but not remembered: every later run on the machine would otherwise read its slowed times (``--train_minutes``
+sizes schedules from them).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 
 from bisenet_pl.allocator import freed_memory_kept, keep_freed_memory
@@ -40,6 +44,10 @@ TIMED_STEPS = 3
 #: A candidate whose forward pass takes more than this many times the fastest's is not timed further
 #: (bf16 without native bf16 instructions: one training step of it took 24 s where float32's took 2.5).
 PROBE_SLOWER = 2.0
+#: A measurement during which other processes took at least this share of the CPUs is not cached.
+BUSY_SHARE = 0.10
+#: Shorter measurements are not judged busy or quiet: the system's CPU clock ticks are too coarse for them.
+BUSY_MIN_SECONDS = 1.0
 
 
 def cache_path() -> Path:
@@ -70,6 +78,7 @@ class PrecisionChoice:
     cached: bool = False
     setting: str = "trainer.precision=auto"
     channels_last: bool | None = None  # a training choice's memory format
+    busy_share: float | None = None  # the CPUs' share other processes took while it was measured (OtherLoad)
 
     @property
     def chosen(self) -> str:
@@ -87,6 +96,8 @@ class PrecisionChoice:
         if dropped:
             times += f"; not timed, a forward pass over {PROBE_SLOWER:g}x the fastest's: {', '.join(dropped)}"
         source = "measured earlier on this machine" if self.cached else "measured now"
+        if self.busy_share is not None and self.busy_share >= BUSY_SHARE:
+            source += f" while other processes took {self.busy_share:.0%} of the CPUs, so not remembered"
         return f"{self.setting}: {self.chosen}, the fastest for {self.what} ({source}: {times})"
 
 
@@ -203,16 +214,43 @@ def measurement_key(module, batch: int, size: tuple[int, int], train: bool) -> s
     return " | ".join(parts)
 
 
+def cpu_seconds() -> tuple[float, float, float]:
+    """Three running totals in CPU seconds, for :class:`OtherLoad`: what the machine's CPUs could give (wall
+    time times their count), what they were busy for (the hypervisor's steal included) and this process's."""
+    machine = psutil.cpu_times()
+    # Guest time is counted in user time as well; idle and I/O wait are not busy.
+    not_busy = sum(getattr(machine, name, 0.0) for name in ("idle", "iowait", "guest", "guest_nice"))
+    own = psutil.Process().cpu_times()
+    return time.monotonic() * (psutil.cpu_count() or 1), sum(machine) - not_busy, own.user + own.system
+
+
+class OtherLoad:
+    """``with OtherLoad() as load: ...``: ``load.share``, the share of the machine's CPU time that other
+    processes took while the block ran (None for a block under :data:`BUSY_MIN_SECONDS`)."""
+
+    share: float | None = None
+
+    def __enter__(self) -> OtherLoad:
+        self._start = cpu_seconds()
+        return self
+
+    def __exit__(self, *exception) -> None:
+        capacity, busy, own = (end - start for end, start in zip(cpu_seconds(), self._start))
+        if capacity >= BUSY_MIN_SECONDS * (psutil.cpu_count() or 1):
+            self.share = max(0.0, busy - own) / capacity
+
+
 def measured_step_ms(
     key: str,
     steps: Callable[[], dict[str, Callable[[], object]]],
     candidates: tuple[str, ...],
     measure: Callable[[dict[str, Callable[[], object]]], dict[str, float]] | None = None,
     cache: Path | None = None,
-) -> tuple[dict[str, float], bool]:
-    """Milliseconds per step of each candidate, and whether they come from the cache: read under
-    ``key`` when measured before, else measured now (``measure``, by default :func:`time_alternately`,
-    of the step functions ``steps()`` builds) and added to the cache."""
+) -> tuple[dict[str, float], bool, float | None]:
+    """Milliseconds per step of each candidate, whether they come from the cache, and the share of the CPUs
+    other processes took while they were measured: read under ``key`` when measured before, else measured now
+    (``measure``, by default :func:`time_alternately`, of the step functions ``steps()`` builds) and added to
+    the cache unless that share was :data:`BUSY_SHARE` or more."""
     cache = cache_path() if cache is None else cache
     try:
         known = json.loads(cache.read_text())
@@ -221,9 +259,13 @@ def measured_step_ms(
     known = known if isinstance(known, dict) else {}
     entry = known.get(key) if isinstance(known.get(key), dict) else {}
     if set(candidates) <= set(entry):
-        return {name: float(entry[name]) for name in candidates}, True
-    seconds = (measure or time_alternately)(steps())
+        return {name: float(entry[name]) for name in candidates}, True, None
+    step_functions = steps()  # built outside the timed block: setting up is not measured
+    with OtherLoad() as load:
+        seconds = (measure or time_alternately)(step_functions)
     step_ms = {name: 1000 * seconds[name] for name in candidates}
+    if load.share is not None and load.share >= BUSY_SHARE:
+        return step_ms, False, load.share
     known[key] = entry | step_ms
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +274,7 @@ def measured_step_ms(
         os.replace(temporary, cache)
     except OSError:
         pass  # a read-only home: measured again next time
-    return step_ms, False
+    return step_ms, False, load.share
 
 
 def this_cpu() -> str:
@@ -272,11 +314,11 @@ def fastest_cpu_precision(
     # Measuring trains a copy of the network, whose dropout draws from the global RNG: forked, so that a
     # run's random stream (and so its result) never depends on whether the answer was cached.
     with torch.random.fork_rng(devices=[]):
-        step_ms, cached = measured_step_ms(
+        step_ms, cached, busy_share = measured_step_ms(
             measurement_key(module, batch, size, train),
             lambda: {name: CandidateStep(module, name, batch, size, train) for name in names},
             names, measure or probed, cache,
         )  # fmt: skip
     chosen = choose_fastest(step_ms, exact=lambda name: parse_candidate(name)[0] == candidates[0])
     precision, channels_last = parse_candidate(chosen)
-    return PrecisionChoice(precision, step_ms, what, cached, channels_last=channels_last)
+    return PrecisionChoice(precision, step_ms, what, cached, channels_last=channels_last, busy_share=busy_share)

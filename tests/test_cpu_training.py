@@ -157,6 +157,35 @@ def test_auto_measures_once_per_machine_and_shape_then_reads_the_cache(tmp_path)
     assert not fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache).cached
 
 
+def test_a_measurement_on_a_busy_machine_is_used_but_not_remembered(tmp_path, monkeypatch):
+    """Timings taken while other processes ran would size every later --train_minutes run on the machine."""
+    module = SegmentationModule(net=BiSeNetV2, num_classes=3, channels_last=True)
+    cache = tmp_path / "precision.json"
+    clocks = []  # (capacity, busy, own) CPU seconds, read before and after each measurement
+    monkeypatch.setattr(precision_module, "cpu_seconds", lambda: clocks.pop(0))
+    monkeypatch.setattr(precision_module.psutil, "cpu_count", lambda: 2)
+    measured = []
+
+    def fake_measure(steps):
+        measured.append(1)
+        return {"32-true channels-last": 3.0, "bf16-mixed channels-last": 6.0}
+
+    # 10 s on 2 CPUs: 20 CPU seconds, 19 busy, 12 of them ours: others took 35%.
+    clocks[:] = [(100.0, 50.0, 5.0), (120.0, 69.0, 17.0)]
+    busy = fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache)
+    assert busy.chosen == "32-true channels-last" and not busy.cached and not cache.exists()
+    assert "(measured now while other processes took 35% of the CPUs, so not remembered: 32-true" in busy.describe()
+    # Measured again; others took 1 of 20 CPU seconds (5%): remembered, and said as usual.
+    clocks[:] = [(200.0, 80.0, 20.0), (220.0, 99.0, 38.0)]
+    quiet = fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache)
+    assert len(measured) == 2 and "(measured now: 32-true channels-last 3000 ms" in quiet.describe()
+    assert fastest_cpu_precision(module, 8, (192, 256), measure=fake_measure, cache=cache).cached and len(measured) == 2
+    # A measurement too short to judge (fake timings in tests, a tiny network) is remembered.
+    clocks[:] = [(300.0, 80.0, 20.0), (300.5, 81.0, 20.0)]
+    short = fastest_cpu_precision(module, 4, (192, 256), measure=fake_measure, cache=cache)
+    assert short.busy_share is None and len(json.loads(cache.read_text())) == 2
+
+
 def test_channels_last_auto_measures_both_memory_formats_and_says_what_was_not_timed(tmp_path):
     module = SegmentationModule(net=BiSeNetV2, num_classes=3, channels_last="auto")
     timings = {"32-true NCHW": 2.3, "32-true channels-last": 2.5, "bf16-mixed NCHW": float("inf"),

@@ -224,9 +224,11 @@ def fastest_openvino_precision(
             runs[precision] = lambda predictor=predictor, images=images: predictor(images)
         return runs
 
-    step_ms, cached = measured_step_ms(key, steps, tuple(OPENVINO_PRECISION), measure, cache)
+    step_ms, cached, busy_share = measured_step_ms(key, steps, tuple(OPENVINO_PRECISION), measure, cache)
     what = f"{path.name} in OpenVINO at {size[0]}x{size[1]}"
-    return PrecisionChoice(choose_fastest(step_ms), step_ms, what, cached, setting="precision=auto")
+    return PrecisionChoice(
+        choose_fastest(step_ms), step_ms, what, cached, setting="precision=auto", busy_share=busy_share
+    )
 
 
 def load_predictor(
