@@ -6,6 +6,7 @@ import pytest
 from conftest import load_benchmark
 from synthetic import make_camvid_segnet, make_folder
 
+from bisenet_pl import precision as precision_module
 from bisenet_pl.cli import build_cli
 from bisenet_pl.data import CamVidDataModule, DataError, FolderDataModule
 from bisenet_pl.data.io import read_image
@@ -71,6 +72,19 @@ def test_dev_options_that_cannot_work_are_refused_in_words(camvid_sequences):
         CamVidDataModule(root=str(camvid_sequences), dev_sequences=["0006R0"], dev_files=["0001TP_*"])
     with pytest.raises(DataError, match="there is no dev split: choose its training images with data.dev_files"):
         CamVidDataModule(root=str(camvid_sequences), test_split="dev").split_samples("dev")
+
+
+def test_a_dev_split_that_cannot_work_is_refused_before_anything_is_measured(camvid_sequences, tmp_path, monkeypatch):
+    """precision=auto times training steps for up to 20 s: a typo in data options is said before that."""
+    measured = []
+    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision_module, "time_alternately", lambda steps, **_: measured.append(1) or {})
+    with pytest.raises(DataError, match=r"'0006R1_\*' matches none of the 9 training images"):
+        build_cli([
+            "fit", "--config=configs/camvid_cpu.yaml", f"--data.root={camvid_sequences}", "--trainer.precision=auto",
+            "--data.dev_sequences=[0006R1]", f"--trainer.default_root_dir={tmp_path / 'out'}",
+        ])  # fmt: skip
+    assert not measured and not (tmp_path / "out").exists()
 
 
 def test_fit_logs_val_and_dev_and_test_scores_the_dev_split(camvid_sequences, tmp_path, capsys):

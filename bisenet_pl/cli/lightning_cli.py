@@ -139,8 +139,8 @@ class BiSeNetCLI(LightningCLI):
             restore_user_model_options(typed, self.config[subcommand].model, subcommand_parser(self, subcommand))
 
     def _before_subcommand(self) -> None:
-        # Before the trainer creates log folders: bad data or an unwritable output leaves nothing behind.
-        self.datamodule.check_data(self.subcommand)
+        # Before the trainer creates log folders: an unwritable output leaves nothing behind (bad data was
+        # refused earlier still, in instantiate_trainer).
         check_writable(self.trainer.default_root_dir, "trainer.default_root_dir")
         for logger in self.trainer.loggers:
             if logger.save_dir:
@@ -170,6 +170,8 @@ class BiSeNetCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         # precision=auto and --train_minutes resolved here, as Trainer arguments that override the
         # config's (switched-off callbacks are left out by the Trainer itself: without_switched_off).
+        if self.subcommand:  # bad data is said before precision=auto measures for seconds or anything is written
+            self.datamodule.check_data(self.subcommand)
         subcommand_config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         config = {**subcommand_config.get("trainer", {}), **kwargs}
         minutes = subcommand_config.get("train_minutes")
