@@ -139,7 +139,7 @@ def test_full_size_batches_group_images_by_size_and_export_says_how_many_it_used
     assert "recomputed BatchNorm statistics on 4 training images" in capsys.readouterr().out
 
 
-COMMITTED_RUNS = [f"budget400_dev/seed{seed}" for seed in (42, 1, 2)] + [
+COMMITTED_RUNS = [f"budget400_dev{cpu}/seed{seed}" for cpu in ("", "_zen3") for seed in (42, 1, 2)] + [
     f"release_v{version}/{run}" for version in (2, 3) for run in ("dev_run", "release_run")
 ]
 
