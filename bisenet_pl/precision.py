@@ -96,7 +96,7 @@ class PrecisionChoice:
         if dropped:
             times += f"; not timed, a forward pass over {PROBE_SLOWER:g}x the fastest's: {', '.join(dropped)}"
         source = "measured earlier on this machine" if self.cached else "measured now"
-        if self.busy_share is not None and self.busy_share >= BUSY_SHARE:
+        if too_busy(self.busy_share):
             source += f" while other processes took {self.busy_share:.0%} of the CPUs, so not remembered"
         return f"{self.setting}: {self.chosen}, the fastest for {self.what} ({source}: {times})"
 
@@ -240,6 +240,11 @@ class OtherLoad:
             self.share = max(0.0, busy - own) / capacity
 
 
+def too_busy(share: float | None) -> bool:
+    """Whether other processes took so much of the CPUs (:attr:`OtherLoad.share`) that timings are not kept."""
+    return share is not None and share >= BUSY_SHARE
+
+
 def measured_step_ms(
     key: str,
     steps: Callable[[], dict[str, Callable[[], object]]],
@@ -264,7 +269,7 @@ def measured_step_ms(
     with OtherLoad() as load:
         seconds = (measure or time_alternately)(step_functions)
     step_ms = {name: 1000 * seconds[name] for name in candidates}
-    if load.share is not None and load.share >= BUSY_SHARE:
+    if too_busy(load.share):
         return step_ms, False, load.share
     known[key] = entry | step_ms
     try:
