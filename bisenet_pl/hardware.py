@@ -1,13 +1,15 @@
 """What this CPU offers: the instructions that decide which precision and runtime are fastest on it,
 read from /proc/cpuinfo (what OpenVINO and ONNX Runtime can use) and from torch (what its autocast
-runs on)."""
+runs on); and how much of it other processes take while we time something on it."""
 
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import dataclass
 from functools import cache
 
+import psutil
 import torch
 
 
@@ -79,3 +81,33 @@ def native_bf16_feature() -> str | None:
         if getattr(torch.cpu, check, lambda: False)():
             return feature
     return None
+
+
+#: Shorter blocks are not judged busy or quiet: the system's CPU clock ticks are too coarse for them.
+BUSY_MIN_SECONDS = 1.0
+
+
+def cpu_seconds() -> tuple[float, float, float]:
+    """Three running totals in CPU seconds, for :class:`OtherLoad`: what the machine's CPUs could give (wall
+    time times their count), what they were busy for (the hypervisor's steal included) and this process's."""
+    machine = psutil.cpu_times()
+    # Guest time is counted in user time as well; idle and I/O wait are not busy.
+    not_busy = sum(getattr(machine, name, 0.0) for name in ("idle", "iowait", "guest", "guest_nice"))
+    own = psutil.Process().cpu_times()
+    return time.monotonic() * (psutil.cpu_count() or 1), sum(machine) - not_busy, own.user + own.system
+
+
+class OtherLoad:
+    """``with OtherLoad() as load: ...``: ``load.share``, the share of the machine's CPU time that other
+    processes took while the block ran (None for a block under :data:`BUSY_MIN_SECONDS`)."""
+
+    share: float | None = None
+
+    def __enter__(self) -> OtherLoad:
+        self._start = cpu_seconds()
+        return self
+
+    def __exit__(self, *exception) -> None:
+        capacity, busy, own = (end - start for end, start in zip(cpu_seconds(), self._start))
+        if capacity >= BUSY_MIN_SECONDS * (psutil.cpu_count() or 1):
+            self.share = max(0.0, busy - own) / capacity

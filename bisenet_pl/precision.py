@@ -28,11 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
 
 from bisenet_pl.allocator import freed_memory_kept, keep_freed_memory
-from bisenet_pl.hardware import cpu_features
+from bisenet_pl.hardware import OtherLoad, cpu_features
 
 CPU_CANDIDATES = ("32-true", "bf16-mixed")
 #: bf16 changes the numerics; it must beat float32 by this share to be chosen over it.
@@ -46,8 +45,6 @@ TIMED_STEPS = 3
 PROBE_SLOWER = 2.0
 #: A measurement during which other processes took at least this share of the CPUs is not cached.
 BUSY_SHARE = 0.10
-#: Shorter measurements are not judged busy or quiet: the system's CPU clock ticks are too coarse for them.
-BUSY_MIN_SECONDS = 1.0
 
 
 def cache_path() -> Path:
@@ -214,34 +211,8 @@ def measurement_key(module, batch: int, size: tuple[int, int], train: bool) -> s
     return " | ".join(parts)
 
 
-def cpu_seconds() -> tuple[float, float, float]:
-    """Three running totals in CPU seconds, for :class:`OtherLoad`: what the machine's CPUs could give (wall
-    time times their count), what they were busy for (the hypervisor's steal included) and this process's."""
-    machine = psutil.cpu_times()
-    # Guest time is counted in user time as well; idle and I/O wait are not busy.
-    not_busy = sum(getattr(machine, name, 0.0) for name in ("idle", "iowait", "guest", "guest_nice"))
-    own = psutil.Process().cpu_times()
-    return time.monotonic() * (psutil.cpu_count() or 1), sum(machine) - not_busy, own.user + own.system
-
-
-class OtherLoad:
-    """``with OtherLoad() as load: ...``: ``load.share``, the share of the machine's CPU time that other
-    processes took while the block ran (None for a block under :data:`BUSY_MIN_SECONDS`)."""
-
-    share: float | None = None
-
-    def __enter__(self) -> OtherLoad:
-        self._start = cpu_seconds()
-        return self
-
-    def __exit__(self, *exception) -> None:
-        capacity, busy, own = (end - start for end, start in zip(cpu_seconds(), self._start))
-        if capacity >= BUSY_MIN_SECONDS * (psutil.cpu_count() or 1):
-            self.share = max(0.0, busy - own) / capacity
-
-
 def too_busy(share: float | None) -> bool:
-    """Whether other processes took so much of the CPUs (:attr:`OtherLoad.share`) that timings are not kept."""
+    """Whether other processes took so much of the CPUs (``OtherLoad.share``) that timings are not kept."""
     return share is not None and share >= BUSY_SHARE
 
 

@@ -16,6 +16,7 @@ import torch
 from conftest import load_benchmark
 from synthetic import make_camvid_segnet
 
+from bisenet_pl import hardware
 from bisenet_pl import precision as precision_module
 from bisenet_pl.allocator import USER_SETTINGS, user_chose_allocator
 from bisenet_pl.cli import build_cli
@@ -162,8 +163,8 @@ def test_a_measurement_on_a_busy_machine_is_used_but_not_remembered(tmp_path, mo
     module = SegmentationModule(net=BiSeNetV2, num_classes=3, channels_last=True)
     cache = tmp_path / "precision.json"
     clocks = []  # (capacity, busy, own) CPU seconds, read before and after each measurement
-    monkeypatch.setattr(precision_module, "cpu_seconds", lambda: clocks.pop(0))
-    monkeypatch.setattr(precision_module.psutil, "cpu_count", lambda: 2)
+    monkeypatch.setattr(hardware, "cpu_seconds", lambda: clocks.pop(0))
+    monkeypatch.setattr(hardware.psutil, "cpu_count", lambda: 2)
     measured = []
 
     def fake_measure(steps):
