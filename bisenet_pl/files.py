@@ -1,4 +1,5 @@
-"""Writing files so that none is ever half-written, and checking output folders before any work."""
+"""Writing files so that none is ever half-written, checking output folders before any work, and finding
+the last checkpoint to resume from."""
 
 from __future__ import annotations
 
@@ -46,3 +47,31 @@ def check_writable(folder: str | Path, option: str) -> None:
             pass
     except OSError as error:
         raise ConfigError(f"{option} {folder}: cannot write in {existing} ({error.strerror or error})") from None
+
+
+def check_outside_source(output_dir: Path, source: Path | None) -> None:
+    """Predictions never go inside the folder they are read from: it is searched recursively, so the next
+    run would take the written label maps and overlays for images."""
+    if source is None or not source.is_dir():
+        return
+    output, folder = output_dir.expanduser().resolve(), source.expanduser().resolve()
+    if output == folder or folder in output.parents:
+        raise ConfigError(
+            f"prediction_writer.output_dir {output_dir} is inside data.predict_source {source}, which is read "
+            "with its subfolders: the next run would take the predictions for images. Give a folder outside it"
+        )
+
+
+def find_last_checkpoint(roots: list[Path]) -> Path:
+    """The newest last.ckpt under any of ``roots`` (the default root dir and the loggers' save
+    dirs), whichever logger version or W&B run wrote it.
+
+    Lightning alone would look only in the new run's own (next version's) folder.
+    """
+    found = {path for root in roots for path in root.rglob("last*.ckpt")}
+    if not found:
+        where = ", ".join(str(root) for root in dict.fromkeys(roots))
+        raise ConfigError(
+            f"--ckpt_path last: no last.ckpt under {where} (trainer.default_root_dir, logger save_dir) to resume from"
+        )
+    return max(found, key=lambda path: path.stat().st_mtime)

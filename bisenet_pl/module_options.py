@@ -3,6 +3,7 @@ the flat names they had before (``--model.lr`` is ``--model.optimizer.lr`` since
 
 Old names keep working wherever they can come from (keyword arguments, checkpoints and their saved
 hyperparameters, config files, the command line), each moved into its group with a warning that names it.
+With ``--ckpt_path``, options typed on the command line win over the checkpoint's, except those it decides.
 """
 
 from __future__ import annotations
@@ -171,3 +172,24 @@ def _upgraded_config(path: str) -> str:
             section["model"] = upgrade_options(model, path)
             changed = True
     return yaml.safe_dump(config, sort_keys=False) if changed else path
+
+
+#: Model options a checkpoint always decides: the network's shape and what the data links.
+CHECKPOINT_DECIDES = ("net", "num_classes", "ignore_index", "class_names")
+
+
+def restore_user_model_options(typed, model, parser) -> None:
+    """Undo Lightning's overwrite of user-set model options by a ``--ckpt_path``'s hyperparameters.
+
+    Since Lightning 2.5.5, ``LightningCLI`` lays the checkpoint's saved hyperparameters over the
+    parsed config, command line included, so ``--model.evaluation.mode=msf`` with a checkpoint
+    evaluated ``ss``. ``typed`` is the model config as parsed; options in it that differ from
+    the ``parser``'s defaults win again in ``model``; options left at their default, and the
+    network itself, come from the checkpoint.
+    """
+    defaults = parser.get_defaults()["model"]
+    for key, value in typed.items():
+        if key.split(".", 1)[0] in CHECKPOINT_DECIDES:
+            continue
+        if value != defaults.get(key):
+            model[key] = value

@@ -22,11 +22,16 @@ from bisenet_pl.batchnorm import BatchNormRecalibration
 from bisenet_pl.callbacks import ConsoleReport, ProgressBar, TrainingTime, ValidationImages
 from bisenet_pl.compat import CHECKPOINT_CALLBACK_MODULE, CHECKPOINT_HYPERPARAMETERS, subcommand_parser
 from bisenet_pl.errors import ConfigError
-from bisenet_pl.files import check_writable
+from bisenet_pl.files import check_outside_source, check_writable, find_last_checkpoint
 from bisenet_pl.loggers import SaveConfigToLoggers
 from bisenet_pl.models.weights import check_lightning_checkpoint
 from bisenet_pl.module import SegmentationModule
-from bisenet_pl.module_options import read_checkpoint_lazily, upgrade_command_line, upgrade_options
+from bisenet_pl.module_options import (
+    read_checkpoint_lazily,
+    restore_user_model_options,
+    upgrade_command_line,
+    upgrade_options,
+)
 from bisenet_pl.precision import PrecisionChoice, fastest_cpu_precision
 from bisenet_pl.time_budget import (
     TIME_RESERVE,
@@ -266,41 +271,6 @@ class BiSeNetCLI(LightningCLI):
 # Lightning's own method for it would reject an older checkpoint's flat options.
 setattr(BiSeNetCLI, CHECKPOINT_HYPERPARAMETERS, BiSeNetCLI.parse_checkpoint_hyperparameters)
 
-#: Model options a checkpoint always decides: the network's shape and what the data links.
-CHECKPOINT_DECIDES = ("net", "num_classes", "ignore_index", "class_names")
-
-
-def restore_user_model_options(typed, model, parser) -> None:
-    """Undo Lightning's overwrite of user-set model options by a ``--ckpt_path``'s hyperparameters.
-
-    Since Lightning 2.5.5, ``LightningCLI`` lays the checkpoint's saved hyperparameters over the
-    parsed config, command line included, so ``--model.evaluation.mode=msf`` with a checkpoint
-    evaluated ``ss``. ``typed`` is the model config as parsed; options in it that differ from
-    the ``parser``'s defaults win again in ``model``; options left at their default, and the
-    network itself, come from the checkpoint.
-    """
-    defaults = parser.get_defaults()["model"]
-    for key, value in typed.items():
-        if key.split(".", 1)[0] in CHECKPOINT_DECIDES:
-            continue
-        if value != defaults.get(key):
-            model[key] = value
-
-
-def find_last_checkpoint(roots: list[Path]) -> Path:
-    """The newest last.ckpt under any of ``roots`` (the default root dir and the loggers' save
-    dirs), whichever logger version or W&B run wrote it.
-
-    Lightning alone would look only in the new run's own (next version's) folder.
-    """
-    found = {path for root in roots for path in root.rglob("last*.ckpt")}
-    if not found:
-        where = ", ".join(str(root) for root in dict.fromkeys(roots))
-        raise ConfigError(
-            f"--ckpt_path last: no last.ckpt under {where} (trainer.default_root_dir, logger save_dir) to resume from"
-        )
-    return max(found, key=lambda path: path.stat().st_mtime)
-
 
 def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
     return BiSeNetCLI(
@@ -321,16 +291,3 @@ def build_cli(args: list[str] | None, run: bool = True) -> BiSeNetCLI:
             "exit_on_error": False,  # main() reports parse errors as one line
         },
     )
-
-
-def check_outside_source(output_dir: Path, source: Path | None) -> None:
-    """Predictions never go inside the folder they are read from: it is searched recursively, so the next
-    run would take the written label maps and overlays for images."""
-    if source is None or not source.is_dir():
-        return
-    output, folder = output_dir.expanduser().resolve(), source.expanduser().resolve()
-    if output == folder or folder in output.parents:
-        raise ConfigError(
-            f"prediction_writer.output_dir {output_dir} is inside data.predict_source {source}, which is read "
-            "with its subfolders: the next run would take the predictions for images. Give a folder outside it"
-        )
