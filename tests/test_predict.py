@@ -48,6 +48,18 @@ def write_video(path: Path, frames: int, codec: str) -> Path:
     return path
 
 
+def predict_noting_warnings(camvid: Path, checkpoint: Path, source: Path, out: Path, *options: str) -> list[str]:
+    """``bisenet-pl predict`` of ``source`` on the CPU; the messages of every warning no filter hid."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", append=True)  # even one seen before in this process
+        main([
+            "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
+            f"--data.predict_source={source}", "--data.val_batch_size=2", f"--ckpt_path={checkpoint}",
+            f"--prediction_writer.output_dir={out}", *options,
+        ])  # fmt: skip
+    return [str(w.message) for w in caught]
+
+
 def expected_labels(module: SegmentationModule, path: Path, mean, std) -> np.ndarray:
     image, _ = to_tensors(eval_transform(mean, std)(image=read_image(path))["image"], None)
     with torch.no_grad():
@@ -65,14 +77,8 @@ def test_predict_a_folder_of_mixed_images(tmp_path):
     assert cv2.imwrite(str(inputs / "sub" / "c.png"), rng.integers(0, 255, (40, 56, 4), dtype=np.uint8))  # RGBA
     write_gray(inputs / "d.jpg", rng.integers(0, 255, (33, 71)))  # grayscale, odd size
     out = tmp_path / "predictions"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", append=True)  # every warning that no filter hides, even one seen before
-        main([
-            "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
-            f"--data.predict_source={inputs}", "--data.val_batch_size=2", f"--ckpt_path={tmp_path / 'model.ckpt'}",
-            f"--prediction_writer.output_dir={out}",
-            "--prediction_writer.outputs=[labels,colour,overlay,probabilities]",
-        ])  # fmt: skip
+    every_output = "--prediction_writer.outputs=[labels,colour,overlay,probabilities]"
+    messages = predict_noting_warnings(camvid, tmp_path / "model.ckpt", inputs, out, every_output)
     datamodule_stats = (0.4119, 0.4251, 0.4327), (0.3071, 0.3116, 0.3072)  # CamVid's (configs use the dataset's)
     for name, image in {"a": "a.png", "b": "b.png", "sub/c": "sub/c.png", "d": "d.jpg"}.items():
         labels = cv2.imread(str(out / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
@@ -89,7 +95,7 @@ def test_predict_a_folder_of_mixed_images(tmp_path):
     # Batches of one size each hold every image once, so Lightning's doubt about custom samplers is not shown.
     batches = SameSizeBatches(sorted(inputs.rglob("*.*")), batch_size=2)
     assert sorted(index for batch in batches for index in batch) == [0, 1, 2, 3] and len(batches) == 3
-    assert not [str(w.message) for w in caught if "custom batch sampler" in str(w.message)]
+    assert not [m for m in messages if "custom batch sampler" in m]
 
 
 def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
@@ -137,16 +143,9 @@ def test_predict_a_video(tmp_path):
     save_checkpoint(tmp_path / "model.ckpt", num_classes=11)
     video = write_video(tmp_path / "drive.mp4", frames=5, codec="mp4v")
     out = tmp_path / "predictions"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", append=True)  # every warning that no filter hides, even one seen before
-        main([
-            "predict", "--config", str(REPO / "configs" / "camvid.yaml"), f"--data.root={camvid}", *CPU,
-            f"--data.predict_source={video}", "--data.val_batch_size=2", f"--ckpt_path={tmp_path / 'model.ckpt'}",
-            f"--prediction_writer.output_dir={out}",
-        ])  # fmt: skip
+    messages = predict_noting_warnings(camvid, tmp_path / "model.ckpt", video, out)
     # Lightning's doubts about a frame stream do not apply: one process decodes it (so its length is exact),
     # and the writer names each frame by its number, not by batch indices.
-    messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "`IterableDataset` has `__len__`" in m or "infer the batch indices" in m]
     assert sorted(p.name for p in (out / "labels" / "drive").iterdir()) == [f"frame_{i:06d}.png" for i in range(5)]
     for kind in ("colour", "overlay"):
