@@ -50,11 +50,11 @@ def validation_size(datamodule) -> tuple[int, int]:
     return evaluation_size(datamodule, datamodule.val_splits)
 
 
-def validation_choice(module, datamodule, precision: str) -> PrecisionChoice:
+def validation_choice(module, datamodule, precision: str, size: tuple[int, int] | None = None) -> PrecisionChoice:
     """The memory format a validation's forward passes measure fastest in, in ``precision``, at the evaluation
-    batch and :func:`validation_size`, among those ``module.channels_last`` allows (see
+    batch and ``size`` (:func:`validation_size` unless given), among those ``module.channels_last`` allows (see
     :func:`~bisenet_pl.precision.fastest_cpu_precision`)."""
-    size = validation_size(datamodule)
+    size = size or validation_size(datamodule)
     return fastest_cpu_precision(module, datamodule.val_batch_size, size, train=False, candidates=(precision,))
 
 
@@ -62,11 +62,12 @@ def validation_cost(module, datamodule, precision: str, recalibration_images: in
     """The time of one validation of ``datamodule``'s validation splits (and BatchNorm recalibration on
     ``recalibration_images`` training images) in ``precision``, in the memory format it measures fastest in
     (:func:`validation_choice`), from a measured forward pass at the evaluation batch."""
-    choice = validation_choice(module, datamodule, precision)
+    size = validation_size(datamodule)
+    choice = validation_choice(module, datamodule, precision, size)
     images = sum(len(datamodule.split_samples(split)) for split in datamodule.val_splits)
     recalibrated = min(recalibration_images, len(datamodule.split_samples("train")))  # at most every training image
     per_image = choice.step_ms[choice.chosen] / datamodule.val_batch_size
-    return ValidationCost(images + recalibrated, validation_size(datamodule), per_image)
+    return ValidationCost(images + recalibrated, size, per_image)
 
 
 def steps_within(minutes: float, step_ms: float, reserve: float = TIME_RESERVE, other_ms: float = 0.0) -> int:
