@@ -23,17 +23,21 @@ VALIDATIONS = 3
 
 @dataclass(frozen=True)
 class ValidationCost:
-    images: int  # forward passes per validation
+    images: int  # validation (and dev) images
     size: tuple[int, int]  # the first validation image's height and width
     ms_per_image: float
+    recalibration_images: int = 0  # training images that recompute BatchNorm's statistics first
 
     @property
     def ms(self) -> float:
-        return self.images * self.ms_per_image
+        return (self.images + self.recalibration_images) * self.ms_per_image
 
     def describe(self) -> str:
+        counted = f"{self.images} images"
+        if self.recalibration_images:
+            counted += f" and {self.recalibration_images} for BatchNorm"
         return (
-            f"a validation about {self.ms / 1000:.0f} s ({self.images} images of {self.size[0]}x{self.size[1]} "
+            f"a validation about {self.ms / 1000:.0f} s ({counted}, {self.size[0]}x{self.size[1]} "
             f"at {self.ms_per_image:.0f} ms)"
         )
 
@@ -67,7 +71,7 @@ def validation_cost(module, datamodule, precision: str, recalibration_images: in
     images = sum(len(datamodule.split_samples(split)) for split in datamodule.val_splits)
     recalibrated = min(recalibration_images, len(datamodule.split_samples("train")))  # at most every training image
     per_image = choice.step_ms[choice.chosen] / datamodule.val_batch_size
-    return ValidationCost(images + recalibrated, size, per_image)
+    return ValidationCost(images, size, per_image, recalibrated)
 
 
 def steps_within(minutes: float, step_ms: float, reserve: float = TIME_RESERVE, other_ms: float = 0.0) -> int:

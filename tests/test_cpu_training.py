@@ -285,7 +285,8 @@ def test_train_minutes_sizes_the_schedule_from_the_measured_step_and_validations
     assert trainer.precision == "bf16-mixed" and trainer.max_steps == 2088 and trainer.val_check_interval == 696
     assert re.search(
         r"--train_minutes=10: a training step of 2 x 32x48 in bf16-mixed NCHW takes 250 ms and a validation about 6 s "
-        r"\(6 images of \d+x\d+ at 1000 ms\) on this CPU, so max_steps=2088 \(3 validations, 10% of the time for",
+        r"\(2 images and 4 for BatchNorm, \d+x\d+ at 1000 ms\) on this CPU, "
+        r"so max_steps=2088 \(3 validations, 10% of the time for",
         caplog.text,
     )
     assert build_cli([*args, "--trainer.precision=32"], run=False).trainer.max_steps == 1044  # float32's step: 500 ms
