@@ -143,6 +143,7 @@ COMMITTED_RUNS = (
     [f"budget400_dev{cpu}/seed{seed}" for cpu in ("", "_zen3") for seed in (42, 1, 2)]
     + [f"release_v{version}/{run}" for version in (2, 3) for run in ("dev_run", "release_run")]
     + [f"recipe_finish_zen4/{run}_seed42" for run in ("full", "full1800", "full_again1200")]
+    + ["recipe_finish_zen4/full_seed1"]
 )
 
 
