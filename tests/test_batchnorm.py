@@ -142,7 +142,12 @@ def test_full_size_batches_group_images_by_size_and_export_says_how_many_it_used
 COMMITTED_RUNS = (
     [f"budget400_dev{cpu}/seed{seed}" for cpu in ("", "_zen3") for seed in (42, 1, 2)]
     + [f"release_v{version}/{run}" for version in (2, 3) for run in ("dev_run", "release_run")]
-    + [f"recipe_finish_zen4/{run}" for run in ("full_seed42", "full_seed1", "full1800_seed42", "full_again1200_seed42")]
+    + [
+        f"recipe_finish_zen4/{run}"
+        for run in ("full_seed42", "full_seed1", "full1800_seed42", "full_again1200_seed42")
+        + tuple(f"{change}_seed{seed}" for change in ("scales0.5-2", "photometric") for seed in (42, 1))
+        + ("hires_seed42",)
+    ]
 )
 
 
