@@ -145,7 +145,7 @@ COMMITTED_RUNS = (
     + [
         f"recipe_finish_zen4/{run}"
         for run in ("full_seed42", "full_seed1", "full1800_seed42", "full_again1200_seed42")
-        + tuple(f"{change}_seed{seed}" for change in ("scales0.5-2", "photometric") for seed in (42, 1))
+        + tuple(f"{change}_seed{seed}" for change in ("scales0.5-2", "photometric", "ohem") for seed in (42, 1))
         + ("hires_seed42",)
     ]
 )
