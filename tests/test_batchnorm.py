@@ -139,13 +139,14 @@ def test_full_size_batches_group_images_by_size_and_export_says_how_many_it_used
     assert "recomputed BatchNorm statistics on 4 training images" in capsys.readouterr().out
 
 
+FINISH_CHANGES = ("scales0.5-2", "photometric", "ohem", "lr1e-3")  # README: the finish changed, two seeds each
 COMMITTED_RUNS = (
     [f"budget400_dev{cpu}/seed{seed}" for cpu in ("", "_zen3") for seed in (42, 1, 2)]
     + [f"release_v{version}/{run}" for version in (2, 3) for run in ("dev_run", "release_run")]
     + [
         f"recipe_finish_zen4/{run}"
         for run in ("full_seed42", "full_seed1", "full1800_seed42", "full_again1200_seed42")
-        + tuple(f"{change}_seed{seed}" for change in ("scales0.5-2", "photometric", "ohem") for seed in (42, 1))
+        + tuple(f"{change}_seed{seed}" for change in FINISH_CHANGES for seed in (42, 1))
         + ("hires_seed42",)
     ]
 )
@@ -154,7 +155,7 @@ COMMITTED_RUNS = (
 @pytest.mark.parametrize("run_name", COMMITTED_RUNS)
 def test_the_committed_runs_logged_what_their_exported_files_score(run_name):
     """The README's evidence: CamVid runs whose last logged val and dev mIoU equal the score of their
-    last checkpoint exported as a weights file (float16) and tested in float32 (within 0.1 points);
+    last checkpoint exported as a weights file (float16) and tested in float32 (within issue 20's 0.5 points);
     for the release run, that file is weights/bisenetv2_camvid.pt."""
     run = REPO / "results" / run_name
     exported = dict(
@@ -163,5 +164,6 @@ def test_the_committed_runs_logged_what_their_exported_files_score(run_name):
     assert set(exported) in ({"val", "dev"}, {"val"})  # the release run has no dev split
     for split, score in exported.items():
         curve = logged(run, f"{split}/mIoU")
-        # bf16 validation in fit against a float32 test of the float16 file: 0.06 points apart at most so far.
-        assert curve[max(curve)] == pytest.approx(float(score), abs=0.001)
+        # bf16 validation in fit against a float32 test of the float16 file: 0.13 points apart at most so far
+        # (lr1e-3_seed42's val), 0.08 for every other run; a BatchNorm drift moves them by points.
+        assert curve[max(curve)] == pytest.approx(float(score), abs=0.005)
