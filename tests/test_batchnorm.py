@@ -139,16 +139,9 @@ def test_full_size_batches_group_images_by_size_and_export_says_how_many_it_used
     assert "recomputed BatchNorm statistics on 4 training images" in capsys.readouterr().out
 
 
-FINISH_CHANGES = ("scales0.5-2", "photometric", "ohem", "lr1e-3")  # README: the finish changed, two seeds each
-COMMITTED_RUNS = (
-    [f"budget400_dev{cpu}/seed{seed}" for cpu in ("", "_zen3") for seed in (42, 1, 2)]
-    + [f"release_v{version}/{run}" for version in (2, 3) for run in ("dev_run", "release_run")]
-    + [
-        f"recipe_finish_zen4/{run}"
-        for run in ("full_seed42", "full_seed1", "full1800_seed42", "full_again1200_seed42")
-        + tuple(f"{change}_seed{seed}" for change in FINISH_CHANGES for seed in (42, 1))
-        + ("hires_seed42",)
-    ]
+# Every committed run whose last checkpoint was exported and scored (results/README.md says how).
+COMMITTED_RUNS = sorted(
+    str(path.parent.relative_to(REPO / "results")) for path in REPO.glob("results/**/exported_scores.txt")
 )
 
 
