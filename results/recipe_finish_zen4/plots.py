@@ -1,0 +1,74 @@
+"""Draws the README's two plots of the runs in this folder (run from the repository root):
+docs/recipe_finish_augmentation_dev.png (the changed 600-step finishes) and docs/recipe_frames_dev.png (whole
+frames from the first step against the recipe's crops, then the finish)."""
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+RUNS = Path(__file__).parent
+FINISHES = [("full", "v3's finish"), ("scales0.5-2", "scales 0.5-2"), ("photometric", "photometric"),
+            ("ohem", "OHEM"), ("lr1e-3", "lr 1e-3"), ("lr2.5e-4", "lr 2.5e-4")]  # fmt: skip
+
+
+def dev_curve(run: str, steps_before: int = 0, minutes_before: float = 0.0) -> tuple[list, list, list]:
+    """Steps, minutes and dev mIoU (%) at each validation of a run, shifted to start where another ended."""
+    rows = [r for r in csv.DictReader(open(RUNS / run / "metrics.csv")) if r.get("dev/mIoU")]
+    return (
+        [int(r["step"]) + 1 + steps_before for r in rows],
+        [float(r["time/minutes"]) + minutes_before for r in rows],
+        [100 * float(r["dev/mIoU"]) for r in rows],
+    )
+
+
+def figure(title: str):
+    fig, (by_step, by_minute) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    by_step.set_xlabel("training step")
+    by_minute.set_xlabel("minutes of training (validation included)")
+    by_step.set_ylabel("dev/mIoU (%)")
+    for ax in (by_step, by_minute):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig, by_step, by_minute
+
+
+def draw(axes, curve, style: str, color: str, label: str) -> None:
+    by_step, by_minute = axes
+    steps, minutes, miou = curve
+    by_step.plot(steps, miou, style, ms=3, color=color, label=label)
+    by_minute.plot(minutes, miou, style, ms=3, color=color)
+
+
+def save(fig, by_step, path: str, ncol: int) -> None:
+    by_step.legend(fontsize=7, loc="lower right", ncol=ncol)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def augmentation_plot(path: str = "docs/recipe_finish_augmentation_dev.png") -> None:
+    fig, *axes = figure("dev mIoU, the 600-step finish changed (from the same 3000-step run; Zen 4)")
+    for color, (run, label) in zip(("C0", "C2", "C4", "C6", "C8", "C3"), FINISHES):
+        for seed, style in (("42", "o-"), ("1", "s--")):
+            draw(axes, dev_curve(f"{run}_seed{seed}"), style, color, f"{label}, seed {seed}")
+    save(fig, axes[0], path, ncol=2)
+
+
+def frames_plot(path: str = "docs/recipe_frames_dev.png") -> None:
+    fig, *axes = figure("dev mIoU, whole frames from the first step against crops then the finish (Zen 4)")
+    base = dev_curve("base3000_seed42")
+    for seed, color in (("42", "C0"), ("1", "C1")):
+        finish = dev_curve(f"full_seed{seed}", base[0][-1], base[1][-1])
+        crops_then_finish = tuple(b + f for b, f in zip(base, finish))
+        draw(axes, crops_then_finish, "o-", color, f"3000 steps of 8 x 192x256, then the finish (its seed {seed})")
+    for seed, color in (("42", "C2"), ("1", "C3")):
+        draw(axes, dev_curve(f"frames3600_seed{seed}"), "s-", color, f"3600 steps of 2 x 360x480, seed {seed}")
+    save(fig, axes[0], path, ncol=1)
+
+
+if __name__ == "__main__":
+    augmentation_plot()
+    frames_plot()
