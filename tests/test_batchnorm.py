@@ -1,7 +1,6 @@
 """An honest val curve: what a validation logs is what the checkpoint of that step scores."""
 
 import copy
-import csv
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from bisenet_pl.cli import build_cli, main
 from bisenet_pl.data import CamVidDataModule
 from bisenet_pl.models import BiSeNetV2
 from bisenet_pl.module import SegmentationModule
+from bisenet_pl.results import metric_history
 
 REPO = Path(__file__).resolve().parents[1]
 # The CPU recipe on 48x64 images, 32x48 crops: full-size feature maps differ from the crops' as in CamVid.
@@ -38,8 +38,7 @@ def fit_run(root: Path, out: Path, images: int, *extra: str) -> Path:
 
 
 def logged(run: Path, metric: str) -> dict[int, float]:
-    rows = csv.DictReader(open(run / "metrics.csv"))
-    return {int(row["step"]): float(row[metric]) for row in rows if row.get(metric)}
+    return dict(zip(*metric_history(run, metric)))
 
 
 def full_size_statistics(

@@ -2,13 +2,14 @@
 docs/recipe_finish_augmentation_dev.png (the changed 600-step finishes) and docs/recipe_frames_dev.png (whole
 frames from the first step against the recipe's crops, then the finish)."""
 
-import csv
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from bisenet_pl.results import metric_history
 
 RUNS = Path(__file__).parent
 FINISHES = [("full", "v3's finish"), ("scales0.5-2", "scales 0.5-2"), ("photometric", "photometric"),
@@ -18,11 +19,12 @@ FINISHES = [("full", "v3's finish"), ("scales0.5-2", "scales 0.5-2"), ("photomet
 
 def dev_curve(run: str, steps_before: int = 0, minutes_before: float = 0.0) -> tuple[list, list, list]:
     """Steps, minutes and dev mIoU (%) at each validation of a run, shifted to start where another ended."""
-    rows = [r for r in csv.DictReader(open(RUNS / run / "metrics.csv")) if r.get("dev/mIoU")]
+    steps, miou = metric_history(RUNS / run, "dev/mIoU")
+    _, minutes = metric_history(RUNS / run, "time/minutes")  # logged with each validation
     return (
-        [int(r["step"]) + 1 + steps_before for r in rows],
-        [float(r["time/minutes"]) + minutes_before for r in rows],
-        [100 * float(r["dev/mIoU"]) for r in rows],
+        [step + 1 + steps_before for step in steps],  # metrics.csv counts steps from 0
+        [m + minutes_before for m in minutes],
+        [100 * value for value in miou],
     )
 
 
