@@ -1,6 +1,7 @@
-"""Draws the README's two plots of the runs in this folder (run from the repository root):
-docs/recipe_finish_augmentation_dev.png (the changed 600-step finishes) and docs/recipe_frames_dev.png (whole
-frames from the first step against the recipe's crops, then the finish)."""
+"""Draws the README's three plots of the runs in this folder (run from the repository root):
+docs/recipe_finish_augmentation_dev.png (the changed 600-step finishes), docs/recipe_frames_dev.png (whole
+frames from the first step against the recipe's crops, then the finish) and docs/recipe_weight_decay_dev.png
+(five times the weight decay through the crops and the finish)."""
 
 from pathlib import Path
 
@@ -60,18 +61,37 @@ def augmentation_plot(path: str = "docs/recipe_finish_augmentation_dev.png") -> 
     save(fig, axes[0], path, ncol=2)
 
 
+def crops_then_finish(base: str, finish: str) -> tuple[list, list, list]:
+    """A 3000-step run's dev curve followed by its finish's, on one axis of steps and minutes."""
+    before = dev_curve(base)
+    after = dev_curve(finish, before[0][-1], before[1][-1])
+    return tuple(b + a for b, a in zip(before, after))
+
+
+def recipe_curves(axes, label: str) -> None:
+    """The recipe's 3000 steps (seed 42), then v3's finish with seeds 42 and 1."""
+    for seed, color in (("42", "C0"), ("1", "C1")):
+        draw(axes, crops_then_finish("base3000_seed42", f"full_seed{seed}"), "o-", color, label.format(seed=seed))
+
+
 def frames_plot(path: str = "docs/recipe_frames_dev.png") -> None:
     fig, *axes = figure("dev mIoU, whole frames from the first step against crops then the finish (Zen 4)")
-    base = dev_curve("base3000_seed42")
-    for seed, color in (("42", "C0"), ("1", "C1")):
-        finish = dev_curve(f"full_seed{seed}", base[0][-1], base[1][-1])
-        crops_then_finish = tuple(b + f for b, f in zip(base, finish))
-        draw(axes, crops_then_finish, "o-", color, f"3000 steps of 8 x 192x256, then the finish (its seed {seed})")
+    recipe_curves(axes, "3000 steps of 8 x 192x256, then the finish (its seed {seed})")
     for seed, color in (("42", "C2"), ("1", "C3")):
         draw(axes, dev_curve(f"frames3600_seed{seed}"), "s-", color, f"3600 steps of 2 x 360x480, seed {seed}")
+    save(fig, axes[0], path, ncol=1)
+
+
+def weight_decay_plot(path: str = "docs/recipe_weight_decay_dev.png") -> None:
+    fig, *axes = figure("dev mIoU, weight decay 0.05 (the recipe's 0.01) in the crops and the finish (Zen 4)")
+    recipe_curves(axes, "the recipe (seed 42), then the finish (its seed {seed})")
+    for seed, color in (("42", "C2"), ("1", "C3")):
+        curve = crops_then_finish(f"wd0.05_base_seed{seed}", f"wd0.05_seed{seed}")
+        draw(axes, curve, "s-", color, f"weight decay 0.05, seed {seed} (both phases)")
     save(fig, axes[0], path, ncol=1)
 
 
 if __name__ == "__main__":
     augmentation_plot()
     frames_plot()
+    weight_decay_plot()
