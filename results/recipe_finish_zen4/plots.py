@@ -13,9 +13,10 @@ import matplotlib.pyplot as plt
 from bisenet_pl.results import metric_history
 
 RUNS = Path(__file__).parent
-FINISHES = [("full", "v3's finish"), ("scales0.5-2", "scales 0.5-2"), ("photometric", "photometric"),
-            ("ohem", "OHEM"), ("lr1e-3", "lr 1e-3"), ("lr2.5e-4", "lr 2.5e-4"),
-            ("mfweights", "full class weights"), ("scales0.875-1.25", "scales 0.875-1.25")]  # fmt: skip
+# (run name, label, colour): a finish's colour stays the same as rows are added
+FINISHES = [("full", "v3's finish", "C0"), ("scales0.5-2", "scales 0.5-2", "C2"), ("photometric", "photometric", "C4"),
+            ("ohem", "OHEM", "C6"), ("lr1e-3", "lr 1e-3", "C8"), ("lr2.5e-4", "lr 2.5e-4", "C3"),
+            ("mfweights", "full class weights", "C1"), ("scales0.875-1.25", "scales 0.875-1.25", "C5")]  # fmt: skip
 
 
 def dev_curve(run: str, steps_before: int = 0, minutes_before: float = 0.0) -> tuple[list, list, list]:
@@ -55,7 +56,7 @@ def save(fig, by_step, path: str, ncol: int) -> None:
 
 def augmentation_plot(path: str = "docs/recipe_finish_augmentation_dev.png") -> None:
     fig, *axes = figure("dev mIoU, the 600-step finish changed (from the same 3000-step run; Zen 4)")
-    for color, (run, label) in zip(("C0", "C2", "C4", "C6", "C8", "C3", "C1", "C5"), FINISHES):
+    for run, label, color in FINISHES:
         for seed, style in (("42", "o-"), ("1", "s--")):
             draw(axes, dev_curve(f"{run}_seed{seed}"), style, color, f"{label}, seed {seed}")
     save(fig, axes[0], path, ncol=2)
