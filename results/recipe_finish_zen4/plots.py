@@ -1,7 +1,8 @@
 """Draws the README's three plots of the runs in this folder (run from the repository root):
 docs/recipe_finish_augmentation_dev.png (the changed 600-step finishes), docs/recipe_frames_dev.png (whole
-frames from the first step against the recipe's crops, then the finish) and docs/recipe_weight_decay_dev.png
-(five times the weight decay through the crops and the finish)."""
+frames from the first step against the recipe's crops, then the finish), docs/recipe_weight_decay_dev.png
+(five times the weight decay through the crops and the finish) and docs/recipe_narrower_scales_dev.png (v3's
+finish against the narrower scales, paired by seed)."""
 
 from pathlib import Path
 
@@ -92,7 +93,31 @@ def weight_decay_plot(path: str = "docs/recipe_weight_decay_dev.png") -> None:
     save(fig, axes[0], path, ncol=1)
 
 
+def last_value(run: str, metric: str) -> float:
+    return 100 * metric_history(RUNS / run, metric)[1][-1]
+
+
+def narrower_scales_plot(path: str = "docs/recipe_narrower_scales_dev.png", seeds=("42", "1", "2", "3", "4")) -> None:
+    """Each seed's dev and val mIoU after v3's finish and after the narrower-scales one, from the same checkpoint."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, metric in zip(axes, ("dev/mIoU", "val/mIoU")):
+        pairs = [[last_value(f"{run}_seed{seed}", metric) for run in ("full", "scales0.875-1.25")] for seed in seeds]
+        for index, (seed, pair) in enumerate(zip(seeds, pairs)):
+            ax.plot([0, 1], pair, "o-", color=f"C{index}", ms=4, alpha=0.7, label=f"seed {seed}")
+        means = [sum(column) / len(pairs) for column in zip(*pairs)]
+        ax.plot([0, 1], means, "D-", color="k", ms=6, label=f"mean of {len(pairs)} seeds")
+        ax.set_xticks([0, 1], ["v3's finish (scales 0.75-1.5)", "narrower scales (0.875-1.25)"])
+        ax.set_xlim(-0.25, 1.25)
+        ax.set_ylabel(f"{metric} (%) after the 600-step finish")
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center right")
+    fig.suptitle("the finish's scales, paired by seed (from the same 3000-step run; Zen 4)")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path, dpi=100)
+
+
 if __name__ == "__main__":
     augmentation_plot()
     frames_plot()
     weight_decay_plot()
+    narrower_scales_plot()
