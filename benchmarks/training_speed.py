@@ -47,6 +47,12 @@ def reference_ohem(
     return hard.mean()
 
 
+def heads_loss(model: SegmentationModule, criterion: Callable, outputs: tuple, target: torch.Tensor) -> torch.Tensor:
+    """The training loss of a step: the main head's plus each booster head's, weighted as the module weights them."""
+    aux = zip(model.aux_weights, outputs[1:])
+    return criterion(outputs[0], target) + sum(w * criterion(o, target) for w, o in aux)
+
+
 def as_reference(model: torch.nn.Module) -> torch.nn.Module:
     """The network computed the reference's way: dropout masks from torch's Bernoulli sampler
     (``nn.Dropout``), not ours, and the booster heads' refinements on the upsampled map, not by phases."""
@@ -110,9 +116,7 @@ class TrainingBench:
         for batch in self.loader(steps + 1):
             x, y = batch["image"].to(self.device), batch["mask"].to(self.device)
             with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = model(x)
-                aux = zip(model.aux_weights, outputs[1:])
-                loss = criterion(outputs[0], y) + sum(w * criterion(o, y) for w, o in aux)
+                loss = heads_loss(model, criterion, model(x), y)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)

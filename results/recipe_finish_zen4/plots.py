@@ -94,10 +94,13 @@ def weight_decay_plot(path: str = "docs/recipe_weight_decay_dev.png") -> None:
 
 
 def last_value(run: str, metric: str) -> float:
+    """The run's last logged value of a metric, in percent."""
     return 100 * metric_history(RUNS / run, metric)[1][-1]
 
 
-def narrower_scales_plot(path: str = "docs/recipe_narrower_scales_dev.png", seeds=("42", "1", "2", "3", "4")) -> None:
+def narrower_scales_plot(
+    path: str = "docs/recipe_narrower_scales_dev.png", seeds: tuple[str, ...] = ("42", "1", "2", "3", "4")
+) -> None:
     """Each seed's dev and val mIoU after v3's finish and after the narrower-scales one, from the same checkpoint."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, metric in zip(axes, ("dev/mIoU", "val/mIoU")):

@@ -1,5 +1,5 @@
-"""A one-off count (2026-12-03, AMD Zen 2; output in output.txt): the floating-point operations of the
-convolutions in one training step of profile_step.py's (torch's FlopCounterMode, forward and backward; a
+"""A one-off count (2026-12-03, AMD Zen 2; output in output.txt): the floating-point operations of one
+training step like profile_step.py's, by operator (torch's FlopCounterMode, forward and backward; a
 multiply-add counts 2), and the speed of a 2048x2048 float32 matrix multiply in the same process, for scale.
 
     python results/speed_zen2/flops.py
@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from training_speed import RECIPE_CONFIG, TrainingBench, recipe_options  # noqa: E402
+from training_speed import RECIPE_CONFIG, TrainingBench, heads_loss, recipe_options  # noqa: E402
 
 options, _ = recipe_options(RECIPE_CONFIG)
 options["channels_last"] = False
@@ -23,9 +23,7 @@ model.train()
 x, y = bench.images[:8], bench.masks[:8]
 counter = FlopCounterMode(display=False)
 with counter:
-    outputs = model(x)
-    aux = zip(model.aux_weights, outputs[1:])
-    loss = model.criterion(outputs[0], y) + sum(w * model.criterion(o, y) for w, o in aux)
+    loss = heads_loss(model, model.criterion, model(x), y)
     loss.backward()
 print("total GFLOP fwd+bwd", counter.get_total_flops() / 1e9)
 for op, flops in counter.get_flop_counts()["Global"].items():

@@ -1,6 +1,7 @@
 """A one-off profile (2026-12-03, AMD Zen 2, AVX2 only, torch 2.13.0; output in output.txt): where a float32
 NCHW training step of the CPU recipe goes, in a plain loop of the benchmark's own step (BiSeNetV2, 8 x 192x256
-random crops, main + four booster losses, fused AdamW), 4 steps under torch's profiler after 8 untimed ones.
+random crops, main + four booster losses, fused AdamW): 4 warm-up steps, 4 timed (ms/step), then 4 under torch's
+profiler.
 
     python results/speed_zen2/profile_step.py
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from training_speed import RECIPE_CONFIG, TrainingBench, recipe_options  # noqa: E402
+from training_speed import RECIPE_CONFIG, TrainingBench, heads_loss, recipe_options  # noqa: E402
 
 options, _ = recipe_options(RECIPE_CONFIG)
 options["channels_last"] = False  # auto's choice on this CPU
@@ -27,9 +28,7 @@ batches = list(bench.loader(12))
 
 def step(batch: dict) -> None:
     x, y = batch["image"], batch["mask"]
-    outputs = model(x)
-    aux = zip(model.aux_weights, outputs[1:])
-    loss = model.criterion(outputs[0], y) + sum(w * model.criterion(o, y) for w, o in aux)
+    loss = heads_loss(model, model.criterion, model(x), y)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
