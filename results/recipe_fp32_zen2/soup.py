@@ -10,6 +10,7 @@ import torch
 
 from bisenet_pl.batchnorm import recalibrate_batchnorm
 from bisenet_pl.data import CamVidDataModule
+from bisenet_pl.models.weights import StoredWeights
 from bisenet_pl.module import SegmentationModule
 
 out, *inputs = sys.argv[1:]
@@ -24,9 +25,8 @@ for key, first in states[0].items():
         soup[key] = first.clone()
 stored = dict(files[0], state_dict=soup)
 stored["training"] = dict(files[0]["training"], source=f"uniform average of {', '.join(inputs)}")
-torch.save(stored, out)
 
-module = SegmentationModule.from_pretrained(out)
+module = SegmentationModule.from_pretrained(StoredWeights(out, stored))  # built in memory: the file is written once
 data = CamVidDataModule(root="../shared/camvid", dev_sequences=["0006R0"], batch_size=2, cache_images=False)
 data.setup("fit")
 used = recalibrate_batchnorm(module.net, data.full_size_batches(64, 2))
