@@ -4,6 +4,8 @@ export command scores what it wrote; the CPU's features are read, not assumed.""
 
 import importlib
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -355,6 +357,37 @@ def test_load_predictor_refuses_what_it_cannot_run(tmp_path, tiny):
     (tmp_path / "garbage.bin").write_bytes(b"")
     with pytest.raises(ConfigError, match="garbage.xml is not a model OpenVINO can read"):
         load_predictor(tmp_path / "garbage.xml")
+
+
+TWO_PREDICTORS_THEN_A_SIGNAL = """
+import gc, signal, subprocess, sys
+from bisenet_pl.deploy import load_predictor
+
+first, second = load_predictor(sys.argv[1]), load_predictor(sys.argv[1])
+first(first.example_input(64, 96))
+second(second.example_input(64, 96))
+del first  # freed in the order they were made, as precision=auto frees the two it timed
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, as PyTorch's DataLoader sets
+subprocess.run([sys.executable, "-c", "pass"], check=True)  # its end is a SIGCHLD handled on this thread
+print("signals still handled")
+"""
+
+
+def test_openvino_predictors_freed_in_any_order_leave_the_process_able_to_handle_signals(tmp_path, tiny):
+    # Each OpenVINO Core used to load a CPU plugin of its own that moved the thread's alternate signal
+    # stack and moved it back when freed: two freed first-made-first left it on unmapped memory, and the
+    # next handled signal killed the process with SIGSEGV (it killed test workers that started a child).
+    path = export(tiny, tmp_path / "net.xml", "openvino", options=ExportOptions(example_size=(64, 96)))
+    result = subprocess.run(
+        [sys.executable, "-c", TWO_PREDICTORS_THEN_A_SIGNAL, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "signals still handled" in result.stdout, (
+        result.returncode,
+        result.stderr[-2000:],
+    )
 
 
 def test_precision_auto_keeps_what_openvino_measures_fastest_for_the_file(tmp_path, tiny, monkeypatch, caplog):

@@ -154,8 +154,8 @@ main(["export", "--model.pretrained=bisenetv2_camvid", "--size", "64", "96", f"-
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_export_ends_in_one_line_and_leaves_no_temporary_folder(tmp_path, signal_number):
-    # In a process of its own: a signal sent to the test process itself, once OpenVINO has been loaded
-    # by earlier tests, crashed it (SIGSEGV).
+    # In a process of its own, as a user's Ctrl-C reaches one (a signal sent to the test process itself
+    # once crashed it: see test_openvino_predictors_freed_in_any_order_leave_the_process_able_to_handle_signals).
     result = subprocess.run(
         [sys.executable, "-c", INTERRUPTED_EXPORT, str(tmp_path), str(int(signal_number))],
         capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONWARNINGS": "ignore"},

@@ -19,8 +19,8 @@ from bisenet_pl.deploy.runtime import (
     PRECISION_RT_INFO,
     Predictor,
     fastest_openvino_precision,
-    import_openvino,
     load_predictor,
+    openvino_core,
 )
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def choose_openvino_precision(
         if precision != "fp32" and loss > MIOU_TOLERANCE:
             precision = "fp32"
             print(f"{choice.precision} loses more than {MIOU_TOLERANCE} mIoU: keeping fp32")
-    model = import_openvino().Core().read_model(str(path))
+    model = openvino_core().read_model(str(path))
     model.set_rt_info(precision, PRECISION_RT_INFO)
     save_openvino(model, path)
     print(f"{path} runs in {precision} when loaded (load_predictor reads it from the file)")

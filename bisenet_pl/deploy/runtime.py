@@ -7,7 +7,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -85,8 +85,7 @@ class OpenVinoPredictor(Predictor):
         threads: int | None = None,
         throughput: bool = False,
     ) -> None:
-        openvino = import_openvino()
-        self.core = openvino.Core()
+        self.core = openvino_core()
         weights = Path(path).with_suffix(".bin")
         if Path(path).suffix.lower() == ".xml" and not weights.is_file():
             raise ConfigError(
@@ -193,6 +192,16 @@ def import_openvino():
     except ImportError:
         raise ConfigError("the OpenVINO backend needs the openvino package: pip install 'bisenet-pl[deploy]'") from None
     return openvino
+
+
+@cache
+def openvino_core():
+    """The one OpenVINO Core of the process, kept to its end. Each Core loads a CPU plugin of its own, which
+    points the loading thread's alternate signal stack at memory of its own and, when the Core is freed, back
+    at the stack it found there: two Cores freed in the order they were made (two predictors, the first
+    dropped first) left the thread's stack pointing at unmapped memory, and the next signal handled on that
+    thread (Ctrl-C, or a child process ending under PyTorch's DataLoader handler) killed Python with SIGSEGV."""
+    return import_openvino().Core()
 
 
 def fastest_openvino_precision(
