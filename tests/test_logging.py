@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import wandb
 from synthetic import make_camvid_segnet
-from wandb_records import history, read_records
+from wandb_records import history, read_finished_run
 
 from bisenet_pl.cli import main
 from bisenet_pl.visualize import colorize, confusion_matrix_figure, error_map, figure_to_array, sample_panel
@@ -39,7 +39,7 @@ def test_wandb_offline_runs_hold_metrics_images_and_config(tmp_path, monkeypatch
         config = (files / "cli_config.yaml").read_text()
         assert f"lr: {lr}" in config and "class_path: bisenet_pl.data.CamVidDataModule" in config
         assert "group: ablation" in config
-        records = read_records(next(run.glob("run-*.wandb")))
+        records = read_finished_run(next(run.glob("run-*.wandb")))
         logged = set().union(*history(records))
         assert {"val/mIoU", "val/pixel_accuracy", "val/IoU/Sky", "train/loss", "trainer/global_step"} <= logged
         assert any(key.startswith("lr-SGD") for key in logged)  # learning rates, per parameter group

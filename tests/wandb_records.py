@@ -5,6 +5,7 @@ check what a run logged without a W&B server.
 """
 
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -33,6 +34,19 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
             record.ParseFromString(pending)
             records.append(record)
     return records
+
+
+def read_finished_run(path: Path, timeout: float = 60.0) -> list[wandb_internal_pb2.Record]:
+    """The records of a run file once W&B's service has written its exit record, so that a test never reads
+    a file the service may still be writing (once, in a full test run, a file read right after wandb.finish()
+    lacked its last history row, the last one the run logs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            return records
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout:.0f} s"
+        time.sleep(0.2)
 
 
 def history(records) -> list[dict[str, str]]:
