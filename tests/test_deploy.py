@@ -377,9 +377,8 @@ print("signals still handled")
 
 
 def test_openvino_predictors_freed_in_any_order_leave_the_process_able_to_handle_signals(tmp_path, tiny):
-    # Each OpenVINO Core used to load a CPU plugin of its own that moved the thread's alternate signal
-    # stack and moved it back when freed: two freed first-made-first left it on unmapped memory, and the
-    # next handled signal killed the process with SIGSEGV (it killed test workers that started a child).
+    # The SIGSEGV that bisenet_pl.deploy.runtime.openvino_core's docstring explains (a Core per predictor);
+    # it killed test workers that started a child process. In a child here, so that a crash fails one test.
     path = export(tiny, tmp_path / "net.xml", "openvino", options=ExportOptions(example_size=(64, 96)))
     result = subprocess.run(
         [sys.executable, "-c", TWO_PREDICTORS_THEN_A_SIGNAL, str(path)], capture_output=True, text=True, timeout=300
