@@ -38,8 +38,10 @@ PAPER_SIZES = ["512x1024", "720x960", "1024x2048"]
 PYTORCH_VARIANTS = ["reference", "channels_last", "folded", "folded+channels_last", "compile", "pytorch-bf16"]
 EXPORTED_VARIANTS = [
     "onnxruntime",
+    "onnxruntime+winograd",
     "onnxruntime-int8",
     "openvino",
+    "openvino+winograd",
     "openvino-bf16",
     "openvino-int8",
     "openvino-int8+bf16",
@@ -104,15 +106,33 @@ def pytorch_variant(variant: str, net: torch.nn.Module, mean, std, device: torch
 
 
 def exported_files(
-    net: torch.nn.Module, folder: Path, mean, std, calibration: list[np.ndarray] | None
+    net: torch.nn.Module,
+    folder: Path,
+    mean,
+    std,
+    calibration: list[np.ndarray] | None,
+    winograd: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, tuple[Path, Path, Path]]:
     """The network as `bisenet-pl export --format onnx --input uint8_nhwc [--precision int8] [--labels int64]
     [--label_resolution half]` writes it, by the same functions and (int8) from the same calibration images: for
-    each precision, a file of logits, one of class ids and one of class ids at half resolution."""
+    each precision, a file of logits, one of class ids and one of class ids at half resolution. ``winograd``:
+    for each runtime named, fp32 files exported with `--winograd auto` for that runtime, measured at the size given
+    (keyed ``fp32+winograd-<runtime>``; the choice is printed)."""
     import onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
+    for runtime, size in (winograd or {}).items():
+        written = []
+        for labels in (None, "int64"):
+            options = ExportOptions(labels, "uint8_nhwc", mean, std, "fp32", size, winograd="auto")
+            path = folder / f"fp32.winograd.{runtime}{'.labels' if labels else ''}.onnx"
+            say = (lambda line, runtime=runtime: print(f"{runtime}: {line}", file=sys.stderr)) if labels else None
+            # The runtime's own format: the choice is timed in the runtime that will run the file.
+            format = "openvino" if runtime == "openvino" else "onnx"
+            path = path.with_suffix(".xml") if format == "openvino" else path
+            written.append(export(net, path, format, options, say=say or (lambda line: None)))
+        files[f"fp32+winograd-{runtime}"] = (*written, written[1])
     for precision in ["fp32"] + (["int8"] if calibration is not None else []):
         written = []
         for labels in (None, "int64"):
@@ -129,6 +149,11 @@ def exported_variant_files(
     variant: str, files: dict[str, tuple[Path, Path, Path]], threads: int
 ) -> tuple[Path, Path, dict]:
     """The logits file and the class-ids file of an exported variant, and the ``load_predictor`` options."""
+    if variant.endswith("+winograd"):
+        backend = variant.removesuffix("+winograd")
+        logits_file, labels_file, _ = files[f"fp32+winograd-{backend}"]
+        options = {"backend": backend, "threads": threads} | ({"precision": "fp32"} if backend == "openvino" else {})
+        return logits_file, labels_file, options
     backend, _, precision = variant.partition("-")
     file_precision = "int8" if "int8" in precision else "fp32"
     compute = "bf16" if "bf16" in precision else "fp32"
@@ -201,7 +226,10 @@ def inference_rows(args, device: torch.device, folder: Path) -> list[dict]:
         mean, std = normalisation if ours else (IMAGENET_MEAN, IMAGENET_STD)
         files = {}
         if any(v in EXPORTED_VARIANTS for v in args.variants):
-            files = exported_files(net, folder / name, mean, std, calibration)
+            winograd = {
+                v.removesuffix("+winograd"): parse_size(args.sizes[0]) for v in args.variants if "winograd" in v
+            }
+            files = exported_files(net, folder / name, mean, std, calibration, winograd)
         variants = {
             v: exported_variant(v, files, torch.get_num_threads())
             if v in EXPORTED_VARIANTS

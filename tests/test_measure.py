@@ -151,30 +151,45 @@ def test_speed_script_scores_every_variant_with_weights_and_data(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
     done = subprocess.run([
         sys.executable, str(script), "--networks", "v2", "--sizes", "64x96", "--variants", "reference", "onnxruntime",
-        "openvino", "openvino-int8", "openvino-int8+half", "--iterations", "1", "--warmup", "0", "--skip-training",
+        "openvino", "openvino+winograd", "openvino-int8", "openvino-int8+half", "--iterations", "1", "--warmup", "0",
+        "--skip-training",
         "--checkpoint",
         "bisenetv2_camvid", "--data-root", str(camvid), "--calibration-images", "2", "--benchmark-app", "1",
         "--json", str(tmp_path / "speed.json"),
-    ], capture_output=True, text=True, timeout=300, env=os.environ | {"WANDB_MODE": "disabled"})  # fmt: skip
+    ], capture_output=True, text=True, timeout=300,
+        env=os.environ | {"WANDB_MODE": "disabled", "BISENET_PL_CACHE": str(tmp_path / "cache")})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     written = json.loads((tmp_path / "speed.json").read_text())
     rows = {row["variant"]: row for row in written if row["kind"] == "inference"}
-    assert list(rows) == ["reference", "onnxruntime", "openvino", "openvino-int8", "openvino-int8+half"]
+    assert list(rows) == [
+        "reference",
+        "onnxruntime",
+        "openvino",
+        "openvino+winograd",
+        "openvino-int8",
+        "openvino-int8+half",
+    ]
+    assert "openvino: winograd=auto: " in done.stderr  # the measured choice, whatever it was on this machine
     # OpenVINO's files also timed by OpenVINO's benchmark_app, and with several images in flight
-    for variant in ("openvino", "openvino-int8", "openvino-int8+half"):
+    for variant in ("openvino", "openvino+winograd", "openvino-int8", "openvino-int8+half"):
         assert rows[variant]["benchmark_app_p50_ms"] > 0
         assert rows[variant]["p50_vs_benchmark_app"] == pytest.approx(
             rows[variant]["p50_ms"] / rows[variant]["benchmark_app_p50_ms"]
         )
     assert "benchmark_app_p50_ms" not in rows["onnxruntime"]
     throughput = [row for row in written if row["kind"] == "throughput"]
-    assert [row["variant"].split(" (")[0] for row in throughput] == ["openvino", "openvino-int8", "openvino-int8+half"]
+    assert [row["variant"].split(" (")[0] for row in throughput] == [
+        "openvino", "openvino+winograd", "openvino-int8", "openvino-int8+half"
+    ]  # fmt: skip
     assert all(row["images_per_s"] > 0 and "in flight)" in row["variant"] for row in throughput)
     assert "Throughput, several images in flight:" in done.stdout
     for row in rows.values():
         assert {"miou", "within_1_miou", "max_abs_diff", "logit_scale", "exact"} <= set(row) and 0 <= row["miou"] <= 100
     assert rows["reference"]["max_abs_diff"] == 0 and rows["reference"]["within_1_miou"]
     assert rows["onnxruntime"]["exact"] and rows["openvino"]["exact"]  # fp32: PyTorch's logits to round-off
+    assert rows["openvino+winograd"]["exact"] and rows["openvino+winograd"]["miou"] == pytest.approx(
+        rows["reference"]["miou"], abs=0.01
+    )  # with or without rewritten layers
     assert rows["onnxruntime"]["miou"] == pytest.approx(rows["reference"]["miou"], abs=0.01)
     assert not rows["openvino-int8"]["exact"]  # int8 is close, not equal
     # half-resolution labels: the same logits (compared as such), other class ids (scored as such)

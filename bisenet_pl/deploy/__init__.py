@@ -1,10 +1,12 @@
 """Deployment: a trained network made deployable (:mod:`.network`), written to ONNX, OpenVINO or
-TorchScript in fp32, bf16 or int8 (:mod:`.export`, :mod:`.quantize`) and run on a CPU (:mod:`.predictor`,
+TorchScript in fp32, bf16 or int8 (:mod:`.export`, :mod:`.quantize`; 3x3 layers optionally as Winograd's
+F(4x4, 3x3), :mod:`.winograd`) and run on a CPU (:mod:`.predictor`,
 :mod:`.runtime`)."""
 
 from bisenet_pl.batchnorm import recalibrate_batchnorm
 from bisenet_pl.deploy.export import (
     EXPORT_SUFFIXES,
+    WINOGRAD_SETTINGS,
     ExportFormat,
     ExportOptions,
     compare_with_pytorch,
@@ -34,5 +36,5 @@ __all__ = [
     "IMAGE_INPUTS", "ImageInput", "LABEL_RESOLUTIONS", "LabelDtype", "LabelResolution", "Precision", "Predictor",
     "append_argmax", "compare_with_pytorch", "cpu_features", "deployable", "describe_comparison", "example_images",
     "export", "export_onnx", "export_torchscript", "fold_batchnorm", "inference_network", "load_predictor",
-    "model_input", "onnx_session", "quantize_onnx", "recalibrate_batchnorm",
+    "model_input", "onnx_session", "quantize_onnx", "recalibrate_batchnorm", "WINOGRAD_SETTINGS",
 ]  # fmt: skip

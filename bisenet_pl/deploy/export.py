@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -22,11 +22,16 @@ from bisenet_pl.deploy.labels import LabelResolution, append_argmax, check_label
 from bisenet_pl.deploy.network import ImageInput, LabelDtype, deployable, example_images
 from bisenet_pl.deploy.predictor import Backend, Precision
 from bisenet_pl.deploy.quantize import quantize_onnx
-from bisenet_pl.deploy.runtime import PRECISION_RT_INFO, import_openvino, load_predictor
+from bisenet_pl.deploy.runtime import PRECISION_RT_INFO, WINOGRAD_RT_INFO, import_openvino, load_predictor
+from bisenet_pl.deploy.winograd import choose_winograd_layers, winograd_layers, with_winograd
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import atomic_write
 
 ExportFormat = Literal["onnx", "openvino", "torchscript"]
+#: How the file computes its 3x3 convolutions: directly, or some as F(4x4, 3x3) where that measures faster
+#: on this machine (:mod:`bisenet_pl.deploy.winograd`).
+Winograd = Literal["off", "auto"]
+WINOGRAD_SETTINGS: tuple[str, ...] = ("off", "auto")
 #: The file suffix of each format (OpenVINO writes a .bin of weights beside the .xml).
 EXPORT_SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript.pt"}
 
@@ -42,6 +47,7 @@ class ExportOptions:
     precision: Precision = "fp32"
     example_size: tuple[int, int] = (512, 1024)  # for tracing; the file takes any size
     label_resolution: LabelResolution = "full"  # half: the argmax at half size, ids repeated 2x2 (faster)
+    winograd: Winograd = "off"  # auto: 3x3 layers as F(4x4, 3x3) where that times faster here (fp32 files)
 
     def __post_init__(self) -> None:
         check_label_resolution(self.label_resolution, self.labels)
@@ -120,8 +126,16 @@ def save_openvino(model, path: Path) -> Path:
     return path
 
 
-def check_format(format: str, precision: str, label_resolution: str = "full") -> None:
-    """Refuse a format, precision and label resolution that do not go together, before any work is done."""
+def check_format(format: str, precision: str, label_resolution: str = "full", winograd: str = "off") -> None:
+    """Refuse a format, precision, label resolution and Winograd setting that do not go together, before any
+    work is done."""
+    if winograd not in WINOGRAD_SETTINGS:
+        raise ConfigError(f"--winograd must be one of {', '.join(WINOGRAD_SETTINGS)}; got {winograd!r}")
+    if winograd == "auto" and (format not in ("onnx", "openvino") or precision != "fp32"):
+        raise ConfigError(
+            f"--winograd auto times F(4x4, 3x3) layers in fp32 ONNX Runtime or OpenVINO files; got --format {format} "
+            f"--precision {precision} (its transforms would lose accuracy in bf16 or int8)"
+        )
     if format not in EXPORT_SUFFIXES:
         raise ConfigError(f"export format must be one of {', '.join(EXPORT_SUFFIXES)}; got {format!r}")
     if precision not in ("fp32", "bf16", "int8"):
@@ -143,18 +157,20 @@ def export(
     format: ExportFormat = "onnx",
     options: ExportOptions = ExportOptions(),
     calibration: Iterable[np.ndarray] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
     """Export ``net`` as ``format`` to ``path`` as ``options`` say (the one way to give them). int8
-    needs ``calibration``: RGB uint8 HxWx3 training images (a few hundred); bf16 is OpenVINO's."""
+    needs ``calibration``: RGB uint8 HxWx3 training images (a few hundred); bf16 is OpenVINO's. ``say``
+    (default: a log line) is told what ``winograd="auto"`` measured and chose."""
     path = Path(path)
-    check_format(format, options.precision, options.label_resolution)
+    check_format(format, options.precision, options.label_resolution, options.winograd)
     if format == "torchscript":
         return export_torchscript(net, path, options=options)
     if options.precision == "int8" and calibration is None:
         raise ConfigError(
             "int8 needs calibration images: give --calibration (a data config or a folder of training images)"
         )
-    if format == "onnx" and options.precision == "fp32":
+    if format == "onnx" and options.precision == "fp32" and options.winograd == "off":
         return export_onnx(net, path, options=options)
     import onnx
 
@@ -167,6 +183,10 @@ def export(
             onnx_path = save_onnx(
                 quantize_onnx(onnx_path, calibration, options.image_input, mean, std), Path(scratch) / "int8.onnx"
             )
+        if options.winograd == "auto":
+            onnx_path = save_onnx(
+                measured_winograd(net, onnx.load(str(onnx_path)), format, options, say), Path(scratch) / "winograd.onnx"
+            )
         if options.labels:
             onnx_path = save_onnx(
                 append_argmax(onnx.load(str(onnx_path)), options.labels, options.label_resolution),
@@ -178,7 +198,18 @@ def export(
         model = import_openvino().convert_model(str(onnx_path))
         # What load_predictor computes the file in: an int8 file's float layers stay fp32.
         model.set_rt_info("bf16" if options.precision == "bf16" else "fp32", PRECISION_RT_INFO)
+        if options.winograd == "auto":
+            model.set_rt_info(" ".join(winograd_layers(onnx.load(str(onnx_path)))), WINOGRAD_RT_INFO)
         return save_openvino(model, path)
+
+
+def measured_winograd(net: nn.Module, model, format: str, options: ExportOptions, say: Callable[[str], None] | None):
+    """The ONNX ``model`` with the 3x3 layers that compute faster as F(4x4, 3x3) in the format's runtime on
+    this machine, at the example size, so rewritten (see :func:`bisenet_pl.deploy.winograd.choose_winograd_layers`)."""
+    example = example_images(net, options.example_size, options.image_input).numpy()
+    choice = choose_winograd_layers(model, example, "openvino" if format == "openvino" else "onnxruntime")
+    (say or logging.getLogger(__name__).info)(choice.describe())
+    return with_winograd(model, choice.chosen) if choice.chosen else model
 
 
 def compare_with_pytorch(

@@ -21,6 +21,9 @@ OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 #: Where an OpenVINO file written by bisenet-pl export keeps the inference precision it was exported
 #: for (OpenVINO's own default depends on the CPU: bf16 wherever it is native).
 PRECISION_RT_INFO = ["bisenet_pl", "inference_precision"]
+#: Where it keeps the 3x3 layers it computes as Winograd F(4x4, 3x3) (``export --winograd auto``), which are
+#: for fp32 inference.
+WINOGRAD_RT_INFO = ["bisenet_pl", "winograd_layers"]
 #: The image size ``precision="auto"`` times a file at unless told (the papers' 512x1024).
 AUTO_EXAMPLE_SIZE = (512, 1024)
 
@@ -59,15 +62,16 @@ class OnnxRuntimePredictor(Predictor):
         return self.session.run(None, {self.input_name: images})[0]
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session with all graph optimisations."""
+def onnx_session(path: str | Path | bytes, threads: int | None = None):
+    """An onnxruntime CPU session with all graph optimisations, of a file or a serialized model."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class OpenVinoPredictor(Predictor):
@@ -97,6 +101,11 @@ class OpenVinoPredictor(Predictor):
             raise ConfigError(f"{path} is not a model OpenVINO can read (truncated, or another kind of file)") from None
         if precision is None and self.model.has_rt_info(PRECISION_RT_INFO):
             precision = self.model.get_rt_info(PRECISION_RT_INFO).astype(str)
+        if precision == "bf16" and self.winograd_layers:
+            raise ConfigError(
+                f"{path} computes {len(self.winograd_layers)} 3x3 layers as Winograd F(4x4, 3x3), for fp32 (its "
+                "transforms would lose accuracy in bf16): load it in fp32, or export without --winograd for bf16"
+            )
         self.config: dict[str, object] = {"PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = threads
@@ -134,6 +143,13 @@ class OpenVinoPredictor(Predictor):
     def quantized(self) -> bool:
         """Whether the file holds int8 layers (written by ``bisenet-pl export --precision int8``)."""
         return any(op.get_type_name() == "FakeQuantize" for op in self.model.get_ops())
+
+    @cached_property
+    def winograd_layers(self) -> list[str]:
+        """The 3x3 layers the file computes as Winograd F(4x4, 3x3) (``export --winograd auto``)."""
+        if not self.model.has_rt_info(WINOGRAD_RT_INFO):
+            return []
+        return self.model.get_rt_info(WINOGRAD_RT_INFO).astype(str).split()
 
     def compiled(self, shape: tuple[int, ...]):
         model = self.model.clone()
@@ -267,6 +283,9 @@ def load_predictor(
     if not Path(path).is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
     if backend == "openvino":
+        if precision == "auto" and OpenVinoPredictor(path, "fp32").winograd_layers:
+            logging.getLogger(__name__).info(f"precision=auto: fp32 ({path} computes Winograd layers, for fp32)")
+            precision = "fp32"
         if precision == "auto":
             choice = fastest_openvino_precision(path, threads, auto_size)
             logging.getLogger(__name__).info(choice.describe())
