@@ -8,18 +8,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from synthetic import write_tiny_weights
 from torch import nn
 
 from bisenet_pl import precision as precision_module
 from bisenet_pl.cli import main
 from bisenet_pl.deploy import ExportOptions, compare_with_pytorch, export, export_onnx, load_predictor
-from bisenet_pl.deploy.winograd import (
-    choose_winograd_layers,
-    eligible_convs,
-    model_runner,
-    winograd_layers,
-    with_winograd,
-)
+from bisenet_pl.deploy.winograd import eligible_convs, winograd_layers, with_winograd
+from bisenet_pl.deploy.winograd_choice import choose_winograd_layers, model_runner
 from bisenet_pl.errors import ConfigError
 
 
@@ -159,6 +155,17 @@ def test_export_with_winograd_auto_writes_what_was_measured_faster(monkeypatch, 
         assert load_predictor(path, precision="auto").config["INFERENCE_PRECISION_HINT"] == "f32"
     assert compare_with_pytorch(net, path, options, (45, 17))["agree"] == 1.0
     assert load_predictor(path).precision == "fp32"
+
+
+def test_export_command_says_what_winograd_auto_measured(tmp_path, monkeypatch, capsys):
+    weights = write_tiny_weights(tmp_path / "tiny.pt")  # a stride-2 body and 1x1 classifiers: nothing eligible
+    monkeypatch.setenv("BISENET_PL_CACHE", str(tmp_path / "cache"))
+    output = tmp_path / "tiny.xml"
+    main(["export", f"--model.pretrained={weights}", "--format=openvino", "--winograd=auto", f"--output={output}",
+          "--size", "64", "96"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "winograd=auto: no 3x3 layer of the file at 1x3x64x96 ran faster as F(4x4, 3x3) alone" in printed
+    assert output.is_file() and "agrees with PyTorch" in printed
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Deployment: a trained network made deployable (:mod:`.network`), written to ONNX, OpenVINO or
 TorchScript in fp32, bf16 or int8 (:mod:`.export`, :mod:`.quantize`; 3x3 layers optionally as Winograd's
-F(4x4, 3x3), :mod:`.winograd`) and run on a CPU (:mod:`.predictor`,
+F(4x4, 3x3) where :mod:`.winograd_choice` measures it faster, :mod:`.winograd`) and run on a CPU (:mod:`.predictor`,
 :mod:`.runtime`)."""
 
 from bisenet_pl.batchnorm import recalibrate_batchnorm

@@ -23,7 +23,8 @@ from bisenet_pl.deploy.network import ImageInput, LabelDtype, deployable, exampl
 from bisenet_pl.deploy.predictor import Backend, Precision
 from bisenet_pl.deploy.quantize import quantize_onnx
 from bisenet_pl.deploy.runtime import PRECISION_RT_INFO, WINOGRAD_RT_INFO, import_openvino, load_predictor
-from bisenet_pl.deploy.winograd import choose_winograd_layers, winograd_layers, with_winograd
+from bisenet_pl.deploy.winograd import winograd_layers, with_winograd
+from bisenet_pl.deploy.winograd_choice import choose_winograd_layers
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import atomic_write
 
@@ -205,7 +206,7 @@ def export(
 
 def measured_winograd(net: nn.Module, model, format: str, options: ExportOptions, say: Callable[[str], None] | None):
     """The ONNX ``model`` with the 3x3 layers that compute faster as F(4x4, 3x3) in the format's runtime on
-    this machine, at the example size, so rewritten (see :func:`bisenet_pl.deploy.winograd.choose_winograd_layers`)."""
+    this machine, at the example size, so rewritten (see :func:`.winograd_choice.choose_winograd_layers`)."""
     example = example_images(net, options.example_size, options.image_input).numpy()
     choice = choose_winograd_layers(model, example, "openvino" if format == "openvino" else "onnxruntime")
     (say or logging.getLogger(__name__).info)(choice.describe())
