@@ -143,6 +143,8 @@ def test_export_with_winograd_auto_writes_what_was_measured_faster(monkeypatch, 
     assert said[0].endswith("Rewritten: net.2.weight, net.4.weight")
     if format == "onnx":
         assert winograd_layers(onnx.load(str(path))) == ["net.2.weight", "net.4.weight"]
+        with pytest.raises(ConfigError, match="computes 2 3x3 layers as Winograd"):  # in OpenVINO too
+            load_predictor(path, backend="openvino", precision="bf16")
     else:  # two matrix products (over channels, then the output transform) of each rewritten layer
         from bisenet_pl.deploy.runtime import openvino_core
 

@@ -22,8 +22,8 @@ from bisenet_pl.deploy.labels import LabelResolution, append_argmax, check_label
 from bisenet_pl.deploy.network import ImageInput, LabelDtype, deployable, example_images
 from bisenet_pl.deploy.predictor import Backend, Precision
 from bisenet_pl.deploy.quantize import quantize_onnx
-from bisenet_pl.deploy.runtime import PRECISION_RT_INFO, WINOGRAD_RT_INFO, import_openvino, load_predictor
-from bisenet_pl.deploy.winograd import winograd_layers, with_winograd
+from bisenet_pl.deploy.runtime import PRECISION_RT_INFO, import_openvino, load_predictor
+from bisenet_pl.deploy.winograd import with_winograd
 from bisenet_pl.deploy.winograd_choice import choose_winograd_layers
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.files import atomic_write
@@ -199,8 +199,6 @@ def export(
         model = import_openvino().convert_model(str(onnx_path))
         # What load_predictor computes the file in: an int8 file's float layers stay fp32.
         model.set_rt_info("bf16" if options.precision == "bf16" else "fp32", PRECISION_RT_INFO)
-        if options.winograd == "auto":
-            model.set_rt_info(" ".join(winograd_layers(onnx.load(str(onnx_path)))), WINOGRAD_RT_INFO)
         return save_openvino(model, path)
 
 

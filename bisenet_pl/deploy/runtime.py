@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from bisenet_pl.deploy.predictor import PRECISIONS, Backend, Precision, Predictor, backend_for
+from bisenet_pl.deploy.winograd import rewritten_layers
 from bisenet_pl.errors import ConfigError
 from bisenet_pl.precision import PrecisionChoice, choose_fastest, measured_step_ms, this_cpu
 
@@ -21,9 +22,6 @@ OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 #: Where an OpenVINO file written by bisenet-pl export keeps the inference precision it was exported
 #: for (OpenVINO's own default depends on the CPU: bf16 wherever it is native).
 PRECISION_RT_INFO = ["bisenet_pl", "inference_precision"]
-#: Where it keeps the 3x3 layers it computes as Winograd F(4x4, 3x3) (``export --winograd auto``), which are
-#: for fp32 inference.
-WINOGRAD_RT_INFO = ["bisenet_pl", "winograd_layers"]
 #: The image size ``precision="auto"`` times a file at unless told (the papers' 512x1024).
 AUTO_EXAMPLE_SIZE = (512, 1024)
 
@@ -146,10 +144,9 @@ class OpenVinoPredictor(Predictor):
 
     @cached_property
     def winograd_layers(self) -> list[str]:
-        """The 3x3 layers the file computes as Winograd F(4x4, 3x3) (``export --winograd auto``)."""
-        if not self.model.has_rt_info(WINOGRAD_RT_INFO):
-            return []
-        return self.model.get_rt_info(WINOGRAD_RT_INFO).astype(str).split()
+        """The 3x3 layers the file computes as Winograd F(4x4, 3x3) (``export --winograd auto``), by its
+        operations' names."""
+        return rewritten_layers(op.get_friendly_name() for op in self.model.get_ops())
 
     def compiled(self, shape: tuple[int, ...]):
         model = self.model.clone()

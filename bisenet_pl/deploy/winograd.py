@@ -251,12 +251,12 @@ def following_pointwise(graph, conv, tensors) -> tuple | None:
     return relu, pointwise
 
 
+def rewritten_layers(names: Iterable[str]) -> list[str]:
+    """The layers (weight names) :func:`with_winograd` rewrote, from the names of a graph's nodes: an ONNX
+    model's, or the operations OpenVINO reads from one (it keeps them, also in the IR it writes)."""
+    return sorted({name[len(NODE_PREFIX) :].split("/", 1)[0] for name in names if name.startswith(NODE_PREFIX)})
+
+
 def winograd_layers(model) -> list[str]:
     """The layers (weight names) of an ONNX model that :func:`with_winograd` rewrote."""
-    return sorted(
-        {
-            node.name[len(NODE_PREFIX) :].rsplit("/", 1)[0]
-            for node in model.graph.node
-            if node.name.startswith(NODE_PREFIX)
-        }
-    )
+    return rewritten_layers(node.name for node in model.graph.node)
