@@ -229,3 +229,38 @@ def test_a_channels_last_network_exports_to_onnx(tmp_path):
     assert not first.is_contiguous() and first.is_contiguous(
         memory_format=torch.channels_last
     )  # the caller's net is untouched
+
+
+FORKED_WHILE_A_TOOL_RUNS = """
+import ctypes, importlib, multiprocessing, time
+cli = importlib.import_module("bisenet_pl.cli.main")
+
+def stuck():
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # zeroed: an unlocked default mutex
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)  # blocked in C for good, as on a lock inherited locked
+
+def tool(args):
+    child = multiprocessing.get_context("fork").Process(target=stuck, daemon=True)
+    child.start()
+    time.sleep(0.5)
+    child.terminate()  # as OpenVINO's telemetry ends its sender after 3 s
+    child.join(5)
+    print("exit code", child.exitcode)
+    if child.is_alive():
+        child.kill()
+
+cli.TOOLS["stats"] = tool
+cli.main(["stats"])
+"""
+
+
+def test_a_child_forked_while_a_tool_runs_ends_on_sigterm_even_when_blocked_in_c():
+    # The tool's SIGTERM handler is Python, which such a child never runs: it must not inherit it (one of
+    # OpenVINO's telemetry senders outlived an export, holding its stdout open).
+    result = subprocess.run(
+        [sys.executable, "-c", FORKED_WHILE_A_TOOL_RUNS], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"exit code {-signal.SIGTERM}" in result.stdout  # was "exit code None": still running after terminate()

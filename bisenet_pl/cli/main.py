@@ -27,6 +27,18 @@ def stop_on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def default_sigterm_in_child() -> None:
+    """In a process forked while a tool runs, SIGTERM's default action instead of the tool's handler, which is
+    Python code that a child blocked in C never gets to run: OpenVINO's telemetry sends its event from a forked
+    child and terminates it after 3 s, and one such child, stuck in getaddrinfo on a lock it inherited locked,
+    outlived ``export --format openvino`` with the command's stdout open (``... | tail`` never ended)."""
+    if signal.getsignal(signal.SIGTERM) is stop_on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=default_sigterm_in_child)
+
+
 def run_tool(name: str, args: list[str]) -> None:
     """A tool (stats, convert, export, ...) that Ctrl-C or SIGTERM ends in one line, its temporary files
     removed on the way out (they live in context managers that an exception unwinds)."""
