@@ -24,7 +24,7 @@ from bisenet_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bisenet_pl.deploy import DeployedNetwork, inference_network, load_predictor
 from bisenet_pl.deploy.accuracy import MIOU_TOLERANCE, mean_iou
 from bisenet_pl.deploy.calibration import calibration_images as export_calibration_images
-from bisenet_pl.deploy.export import ExportOptions, export, save_onnx
+from bisenet_pl.deploy.export import EXPORT_SUFFIXES, ExportOptions, export, save_onnx
 from bisenet_pl.deploy.labels import append_argmax
 from bisenet_pl.hardware import cpu_features
 from bisenet_pl.measure import count_flops, count_parameters, measure_interleaved
@@ -123,15 +123,18 @@ def exported_files(
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for runtime, size in (winograd or {}).items():
+        format = "openvino" if runtime == "openvino" else "onnx"  # timed in the runtime that will run the file
         written = []
         for labels in (None, "int64"):
             options = ExportOptions(labels, "uint8_nhwc", mean, std, "fp32", size, winograd="auto")
-            path = folder / f"fp32.winograd.{runtime}{'.labels' if labels else ''}.onnx"
-            say = (lambda line, runtime=runtime: print(f"{runtime}: {line}", file=sys.stderr)) if labels else None
-            # The runtime's own format: the choice is timed in the runtime that will run the file.
-            format = "openvino" if runtime == "openvino" else "onnx"
-            path = path.with_suffix(".xml") if format == "openvino" else path
-            written.append(export(net, path, format, options, say=say or (lambda line: None)))
+            path = folder / f"fp32.winograd.{runtime}{'.labels' if labels else ''}{EXPORT_SUFFIXES[format]}"
+            # The class-ids file's choice is the logits file's, read from the cache: said once.
+            say = (
+                (lambda line: None)
+                if labels
+                else (lambda line, runtime=runtime: print(f"{runtime}: {line}", file=sys.stderr))
+            )
+            written.append(export(net, path, format, options, say=say))
         files[f"fp32+winograd-{runtime}"] = (*written, written[1])
     for precision in ["fp32"] + (["int8"] if calibration is not None else []):
         written = []

@@ -33,6 +33,10 @@ import torch
 from bisenet_pl.allocator import freed_memory_kept, keep_freed_memory
 from bisenet_pl.hardware import OtherLoad, cpu_features
 
+#: How candidates are timed: their step functions by name in, seconds per step by name out
+#: (:func:`time_alternately`, or a stand-in in tests).
+Measure = Callable[[dict[str, Callable[[], object]]], dict[str, float]]
+
 CPU_CANDIDATES = ("32-true", "bf16-mixed")
 #: bf16 changes the numerics; it must beat float32 by this share to be chosen over it.
 LOWER_PRECISION_MARGIN = 0.10
@@ -220,7 +224,7 @@ def measured_step_ms(
     key: str,
     steps: Callable[[], dict[str, Callable[[], object]]],
     candidates: tuple[str, ...],
-    measure: Callable[[dict[str, Callable[[], object]]], dict[str, float]] | None = None,
+    measure: Measure | None = None,
     cache: Path | None = None,
 ) -> tuple[dict[str, float], bool, float | None]:
     """Milliseconds per step of each candidate, whether they come from the cache, and the share of the CPUs
@@ -272,7 +276,7 @@ def fastest_cpu_precision(
     size: tuple[int, int],
     train: bool = True,
     candidates: tuple[str, ...] = CPU_CANDIDATES,
-    measure: Callable[[dict[str, Callable[[], object]]], dict[str, float]] | None = None,
+    measure: Measure | None = None,
     cache: Path | None = None,
 ) -> PrecisionChoice:
     """The fastest of the precisions ``candidates``, in each memory format :func:`memory_formats` gives,

@@ -16,7 +16,7 @@ import numpy as np
 from bisenet_pl.deploy.predictor import PRECISIONS, Backend, Precision, Predictor, backend_for
 from bisenet_pl.deploy.winograd import rewritten_layers
 from bisenet_pl.errors import ConfigError
-from bisenet_pl.precision import PrecisionChoice, choose_fastest, measured_step_ms, this_cpu
+from bisenet_pl.precision import Measure, PrecisionChoice, choose_fastest, measured_step_ms, this_cpu
 
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 #: Where an OpenVINO file written by bisenet-pl export keeps the inference precision it was exported
@@ -217,26 +217,34 @@ def openvino_core():
     return import_openvino().Core()
 
 
+def measured_where(backend: Backend, threads: int | None) -> str:
+    """What a timing in ``backend`` depends on besides the file, as the start of its cache key: the runtime and its
+    version, the CPU, the thread count."""
+    if backend == "openvino":
+        version = import_openvino().__version__
+    else:
+        import onnxruntime
+
+        version = onnxruntime.__version__
+    return f"{backend} {version} | {this_cpu()} | {threads or 'all'} threads"
+
+
 def fastest_openvino_precision(
     path: str | Path,
     threads: int | None = None,
     size: tuple[int, int] = AUTO_EXAMPLE_SIZE,
-    measure: Callable[[dict[str, Callable[[], object]]], dict[str, float]] | None = None,
+    measure: Measure | None = None,
     cache: Path | None = None,
 ) -> PrecisionChoice:
     """fp32 or bf16, whichever OpenVINO runs the file at ``path`` faster in on this CPU at ``size``
     (an int8 file's float layers), measured once per file, CPU, OpenVINO version and size (see
     :mod:`bisenet_pl.precision`); bf16 must win by 10% to be chosen over fp32's exact results."""
-    openvino = import_openvino()
     path = Path(path)
     digest = hashlib.sha1(path.read_bytes())
     weights = path.with_suffix(".bin")
     if weights.is_file():
         digest.update(weights.read_bytes())
-    key = (
-        f"openvino {openvino.__version__} | {this_cpu()} | {threads or 'all'} threads | {digest.hexdigest()[:16]} "
-        f"| {size[0]}x{size[1]}"
-    )
+    key = f"{measured_where('openvino', threads)} | {digest.hexdigest()[:16]} | {size[0]}x{size[1]}"
 
     def steps() -> dict[str, Callable[[], object]]:
         runs = {}
@@ -280,14 +288,15 @@ def load_predictor(
     if not Path(path).is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
     if backend == "openvino":
-        if precision == "auto" and OpenVinoPredictor(path, "fp32").winograd_layers:
+        if precision != "auto":
+            return not_quantized_refused(OpenVinoPredictor(path, precision, threads, throughput), precision)
+        fp32 = OpenVinoPredictor(path, "fp32", threads, throughput)  # read once; kept unless bf16 wins
+        if fp32.winograd_layers:
             logging.getLogger(__name__).info(f"precision=auto: fp32 ({path} computes Winograd layers, for fp32)")
-            precision = "fp32"
-        if precision == "auto":
-            choice = fastest_openvino_precision(path, threads, auto_size)
-            logging.getLogger(__name__).info(choice.describe())
-            precision = choice.precision
-        return not_quantized_refused(OpenVinoPredictor(path, precision, threads, throughput), precision)
+            return fp32
+        choice = fastest_openvino_precision(path, threads, auto_size)
+        logging.getLogger(__name__).info(choice.describe())
+        return fp32 if choice.precision == "fp32" else OpenVinoPredictor(path, choice.precision, threads, throughput)
     if throughput:
         raise ConfigError(
             f"{path}: throughput mode is OpenVINO's: load_predictor(path, backend='openvino', throughput=True)"

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bisenet_pl.deploy.runtime import measured_where, onnx_session, openvino_core
 from bisenet_pl.deploy.winograd import eligible_convs, winograd_nodes, with_winograd
+from bisenet_pl.precision import Measure
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,6 @@ def conv_input_shapes(model, layers: list[str], example: np.ndarray) -> dict[str
     """The input shape of each convolution named in ``layers`` when the model runs ``example`` (found by
     running it once in ONNX Runtime with those inputs as extra outputs)."""
     import onnx
-
-    from bisenet_pl.deploy.runtime import onnx_session
 
     probe = copy.deepcopy(model)
     inputs = {
@@ -89,8 +89,6 @@ def model_runner(model, backend: str, threads: int | None, shape: tuple[int, ...
     """The one-input ``model`` loaded in ``backend`` (ONNX Runtime, or OpenVINO in fp32 compiled for inputs of
     ``shape``, as its predictor compiles) as a function of its input."""
     if backend == "openvino":
-        from bisenet_pl.deploy.runtime import openvino_core
-
         core = openvino_core()
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -100,52 +98,30 @@ def model_runner(model, backend: str, threads: int | None, shape: tuple[int, ...
         compiled = core.compile_model(network, "CPU", config)
         request = compiled.create_infer_request()
         return lambda x: request.infer({0: x})
-    from bisenet_pl.deploy.runtime import onnx_session
-
     session = onnx_session(model.SerializeToString(), threads)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})
 
 
-def runtime_version(backend: str) -> str:
-    if backend == "openvino":
-        from bisenet_pl.deploy.runtime import import_openvino
-
-        return f"openvino {import_openvino().__version__}"
-    import onnxruntime
-
-    return f"onnxruntime {onnxruntime.__version__}"
-
-
 def fastest_conv_algorithms(
-    model,
-    example: np.ndarray,
-    backend: str,
-    threads: int | None = None,
-    measure: Callable[[dict[str, Callable[[], object]]], dict[str, float]] | None = None,
-    cache=None,
+    model, example: np.ndarray, backend: str, threads: int | None, timing: Measure, cache
 ) -> list[LayerChoice]:
     """For each 3x3 convolution of the ONNX ``model`` F(4x4, 3x3) computes, whether it runs faster so than
     directly in ``backend`` on this CPU, timed alone on the input it gets from ``example`` (an input of the
-    model), both ways in turn (:func:`bisenet_pl.precision.time_alternately` with a budget of
-    :data:`LAYER_BUDGET_S` each, or ``measure``). Measured once per layer shape, CPU, runtime and thread count
-    (the cache of :mod:`bisenet_pl.precision`)."""
+    model), both ways in turn by ``timing``. Measured once per layer shape, CPU, runtime and thread count (the
+    cache of :mod:`bisenet_pl.precision`)."""
     from onnx import numpy_helper
 
-    from bisenet_pl.precision import measured_step_ms, this_cpu, time_alternately
+    from bisenet_pl.precision import measured_step_ms
 
     layers = eligible_convs(model)
     shapes = conv_input_shapes(model, layers, example)
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
-    timing = measure or (lambda steps: time_alternately(steps, LAYER_BUDGET_S, LAYER_TIMED_STEPS))
     choices = []
     for layer in layers:
         weight = numpy_helper.to_array(weights[layer])
         shape = shapes[layer]
-        key = (
-            f"conv3x3 {runtime_version(backend)} | {this_cpu()} | {threads or 'all'} threads | "
-            f"{'x'.join(map(str, shape))} -> {weight.shape[0]}"
-        )
+        key = f"conv3x3 {measured_where(backend, threads)} | {'x'.join(map(str, shape))} -> {weight.shape[0]}"
 
         def steps(weight=weight, shape=shape) -> dict[str, Callable[[], object]]:
             x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -218,17 +194,19 @@ def choose_winograd_layers(
     example: np.ndarray,
     backend: str,
     threads: int | None = None,
-    measure: Callable[[dict[str, Callable[[], object]]], dict[str, float]] | None = None,
+    measure: Measure | None = None,
     cache=None,
 ) -> WinogradChoice:
     """The layers of the ONNX ``model`` to compute as F(4x4, 3x3) in ``backend`` on this CPU, by measuring:
-    each eligible layer alone (:func:`fastest_conv_algorithms`) proposes; the whole file on ``example``
+    each eligible layer alone (:func:`fastest_conv_algorithms`, by default :func:`time_alternately` with a budget
+    of :data:`LAYER_BUDGET_S` a layer) proposes; the whole file on ``example``
     with each proposed layer rewritten, against the direct file, all in turn, decides (each must save
     :data:`FILE_MARGIN`; on a 2-core Zen 2, eight of the nine layers that won alone in ONNX Runtime made the
     file slower); where several help, all of them together are kept only if faster than the best one."""
     from bisenet_pl.precision import time_alternately
 
-    layers = fastest_conv_algorithms(model, example, backend, threads, measure, cache)
+    by_layer = measure or (lambda steps: time_alternately(steps, LAYER_BUDGET_S, LAYER_TIMED_STEPS))
+    layers = fastest_conv_algorithms(model, example, backend, threads, by_layer, cache)
     candidates = [layer.layer for layer in layers if layer.winograd]
     what = f"the file at {'x'.join(map(str, example.shape))}"
     cached = all(layer.cached for layer in layers)
@@ -249,19 +227,22 @@ def choose_winograd_layers(
 
 
 def timed_files(
-    model, variants: dict[str, list[str]], example: np.ndarray, backend: str, threads, timing, cache
+    model,
+    variants: dict[str, list[str]],
+    example: np.ndarray,
+    backend: str,
+    threads: int | None,
+    timing: Measure,
+    cache,
 ) -> tuple[dict[str, float], bool]:
     """Milliseconds of the whole ``model`` on ``example`` with each variant's layers rewritten, timed in turn
     (cached per file, variants, CPU, runtime, threads and size), and whether they come from the cache."""
-    from bisenet_pl.precision import measured_step_ms, this_cpu
+    from bisenet_pl.precision import measured_step_ms
 
     digest = hashlib.sha1(model.SerializeToString())
     digest.update(repr(sorted(variants.items())).encode())
     shape = "x".join(map(str, example.shape))
-    key = (
-        f"winograd file {runtime_version(backend)} | {this_cpu()} | {threads or 'all'} threads | "
-        f"{digest.hexdigest()[:16]} | {shape}"
-    )
+    key = f"winograd file {measured_where(backend, threads)} | {digest.hexdigest()[:16]} | {shape}"
 
     def steps() -> dict[str, Callable[[], object]]:
         runs = {}
