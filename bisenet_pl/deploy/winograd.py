@@ -69,25 +69,27 @@ def conv_attributes(node) -> dict:
     return {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
 
 
+def plain_conv(node, weights: dict, kernel: int, padding: int) -> bool:
+    """Whether ONNX ``node`` is a convolution with a ``kernel`` x ``kernel`` weight among ``weights`` (the
+    initializers), stride 1, no dilation, no groups and ``padding`` on every side."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
+        return False
+    attributes = conv_attributes(node)
+    return (
+        list(weights[node.input[1]].dims[2:]) == [kernel, kernel]
+        and attributes.get("group", 1) == 1
+        and list(attributes.get("strides", [1, 1])) == [1, 1]
+        and list(attributes.get("dilations", [1, 1])) == [1, 1]
+        and list(attributes.get("pads", [0, 0, 0, 0])) == [padding] * 4
+        and attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+    )
+
+
 def eligible_convs(model) -> list[str]:
     """The weight names of the ONNX model's convolutions that F(4x4, 3x3) computes: 3x3 kernels given as
     initializers, stride 1, padding 1, no dilation, no groups."""
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
-    names = []
-    for node in model.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
-            continue
-        attributes = conv_attributes(node)
-        if (
-            list(weights[node.input[1]].dims[2:]) == [3, 3]
-            and attributes.get("group", 1) == 1
-            and list(attributes.get("strides", [1, 1])) == [1, 1]
-            and list(attributes.get("dilations", [1, 1])) == [1, 1]
-            and list(attributes.get("pads", [0, 0, 0, 0])) == [1, 1, 1, 1]
-            and attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
-        ):
-            names.append(node.input[1])
-    return names
+    return [node.input[1] for node in model.graph.node if plain_conv(node, weights, kernel=3, padding=1)]
 
 
 def winograd_nodes(
@@ -105,7 +107,6 @@ def winograd_nodes(
     out_channels, in_channels = weight.shape[:2]
     final_channels = out_channels if pointwise is None else pointwise[0].shape[0]
     prefix = NODE_PREFIX + node.input[1]
-    name = lambda part: f"{prefix}/{part}"  # noqa: E731
     transformed = np.einsum("ak,oikl,bl->aboi", KERNEL_TRANSFORM, weight.astype(np.float64), KERNEL_TRANSFORM)
     input_blocks = np.einsum("ak,bl->abkl", INPUT_TRANSFORM, INPUT_TRANSFORM).reshape(BLOCK * BLOCK, 1, BLOCK, BLOCK)
     output_blocks = np.einsum("ia,jb->ijab", OUTPUT_TRANSFORM, OUTPUT_TRANSFORM).reshape(TILE * TILE, BLOCK * BLOCK)
@@ -130,8 +131,11 @@ def winograd_nodes(
         constants["pointwise"] = pointwise[0].astype(np.float32).reshape(final_channels, out_channels)
         if pointwise[1] is not None:
             constants["pointwise_bias"] = pointwise[1].astype(np.float32).reshape(final_channels, 1)
-    initializers = [numpy_helper.from_array(value, name(key)) for key, value in constants.items()]
-    c = name  # constants and intermediate values share the prefix
+
+    def c(part: str) -> str:  # constants, intermediate values and nodes, all under the layer's prefix
+        return f"{prefix}/{part}"
+
+    initializers = [numpy_helper.from_array(value, c(key)) for key, value in constants.items()]
     x, y = node.input[0], node.output[0] if pointwise is None else pointwise[2]
     nodes = [
         helper.make_node("Pad", [x, c("pads")], [c("padded")], name=c("pad")),
@@ -191,9 +195,14 @@ def with_winograd(model, layers: Iterable[str]):
     tensors = {tensor.name: tensor for tensor in graph.initializer}
     array = lambda name: numpy_helper.to_array(tensors[name]) if name else None  # noqa: E731
     rewritten = [node for node in graph.node if node.op_type == "Conv" and node.input[1:2] and node.input[1] in layers]
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {output.name for output in graph.output}
     absorbed, replacements, unused = set(), {}, set()
     for node in rewritten:
-        pointwise = following_pointwise(graph, node, tensors)
+        pointwise = following_pointwise(node, consumers, outputs, tensors)
         if pointwise is not None:
             relu, conv = pointwise
             absorbed.update((id(relu), id(conv)))
@@ -221,34 +230,18 @@ def with_winograd(model, layers: Iterable[str]):
     return model
 
 
-def following_pointwise(graph, conv, tensors) -> tuple | None:
+def following_pointwise(conv, consumers: dict, outputs: set, tensors: dict) -> tuple | None:
     """The Relu and 1x1 convolution (stride 1, no groups, no padding, weights given) that alone take
-    ``conv``'s output in turn, if they do and neither output is one of the graph's; else None."""
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {output.name for output in graph.output}
+    ``conv``'s output in turn (``consumers``: the nodes taking each value), if they do and neither output is
+    one of the graph's ``outputs``; else None."""
     after = consumers.get(conv.output[0], [])
     if len(after) != 1 or after[0].op_type != "Relu" or conv.output[0] in outputs:
         return None
     relu = after[0]
     after = consumers.get(relu.output[0], [])
-    if len(after) != 1 or after[0].op_type != "Conv" or relu.output[0] in outputs:
+    if len(after) != 1 or relu.output[0] in outputs or not plain_conv(after[0], tensors, kernel=1, padding=0):
         return None
-    pointwise = after[0]
-    attributes = conv_attributes(pointwise)
-    if (
-        len(pointwise.input) < 2
-        or pointwise.input[1] not in tensors
-        or list(tensors[pointwise.input[1]].dims[2:]) != [1, 1]
-        or attributes.get("group", 1) != 1
-        or list(attributes.get("strides", [1, 1])) != [1, 1]
-        or any(attributes.get("pads", [0, 0, 0, 0]))
-        or attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
-    ):
-        return None
-    return relu, pointwise
+    return relu, after[0]
 
 
 def rewritten_layers(names: Iterable[str]) -> list[str]:
